@@ -1,0 +1,191 @@
+// Package config is the schema of sluice.yaml: the typed values every other
+// package is handed at construction, their defaults, and validation whose
+// errors name file, line and key. Only cmd/sluice loads a file; the packages
+// along the journey (relay, policy, signing, queue, upstream) read these
+// structs and never touch YAML or the environment themselves.
+package config
+
+import "time"
+
+// Config is one loaded, validated configuration.
+type Config struct {
+	Path string `yaml:"-"` // the file it came from ("" for the embedded dev config)
+
+	Hostname        string        `yaml:"hostname"`
+	StateDir        string        `yaml:"state_dir"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+
+	TLS       TLS                `yaml:"tls"`
+	Listeners []Listener         `yaml:"listeners"`
+	Users     []User             `yaml:"users"`
+	UsersFile string             `yaml:"users_file"`
+	Policies  map[string]*Policy `yaml:"policies"`
+	Routes    []Route            `yaml:"routes"`
+	DKIM      []DKIMKey          `yaml:"dkim"`
+	Upstreams []Upstream         `yaml:"upstreams"`
+	Queue     Queue              `yaml:"queue"`
+	HTTP      HTTP               `yaml:"http"`
+	RateLimit RateLimit          `yaml:"ratelimit"`
+	Log       Log                `yaml:"log"`
+}
+
+// TLS is the certificate the relay presents on STARTTLS and implicit-TLS listeners.
+type TLS struct {
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	SelfSigned bool   `yaml:"self_signed"`
+	MinVersion string `yaml:"min_version"` // "1.2" (default) or "1.3"
+}
+
+// Listener modes.
+const (
+	TLSStartTLS = "starttls"
+	TLSImplicit = "implicit"
+	TLSNone     = "none"
+	// upstream only: STARTTLS when offered, else plaintext.
+	TLSStartTLSOptional = "starttls-optional"
+
+	AuthRequired = "required"
+	AuthNone     = "none"
+)
+
+// Listener is one address the relay accepts submissions on.
+type Listener struct {
+	Name                string   `yaml:"name"`
+	Address             string   `yaml:"address"`
+	TLS                 string   `yaml:"tls"`  // starttls | implicit | none
+	Auth                string   `yaml:"auth"` // required | none
+	TrustedNetworks     []string `yaml:"trusted_networks"`
+	Policy              string   `yaml:"policy"` // policy for clients accepted by network (auth: none)
+	ProxyProtocol       bool     `yaml:"proxy_protocol"`
+	TrustedProxies      []string `yaml:"trusted_proxies"`
+	MaxConnections      int      `yaml:"max_connections"`        // default 1000
+	MaxConnectionsPerIP int      `yaml:"max_connections_per_ip"` // default 50
+	Line                int      `yaml:"-"`                      // line in the file, for later errors
+}
+
+// User is one SMTP AUTH identity. Users from users_file are appended to
+// Config.Users by the loader, with File/Line naming where they came from.
+type User struct {
+	Name         string `yaml:"name"`
+	PasswordHash string `yaml:"password_hash"`
+	Policy       string `yaml:"policy"` // default "default"
+	File         string `yaml:"-"`
+	Line         int    `yaml:"-"`
+}
+
+// Policy is what one class of sender may do.
+type Policy struct {
+	AllowedSenders    []string   `yaml:"allowed_senders"`    // empty: any
+	AllowedRecipients []string   `yaml:"allowed_recipients"` // empty: any
+	DeniedRecipients  []string   `yaml:"denied_recipients"`
+	MaxMessageSize    Size       `yaml:"max_message_size"` // default 25MB
+	MaxRecipients     int        `yaml:"max_recipients"`   // default 100
+	Rate              PolicyRate `yaml:"rate"`
+	Upstreams         []string   `yaml:"upstreams"` // empty: every upstream, by priority
+	RemoveHeaders     []string   `yaml:"remove_headers"`
+	RequireDKIM       bool       `yaml:"require_dkim"`
+}
+
+// PolicyRate holds per-user rate limits; a zero Rate is unlimited.
+type PolicyRate struct {
+	Messages   Rate `yaml:"messages"`
+	Recipients Rate `yaml:"recipients"`
+}
+
+// Route picks upstreams by sender domain or user, before the policy's list.
+type Route struct {
+	SenderDomains []string `yaml:"sender_domains"`
+	Users         []string `yaml:"users"`
+	Upstreams     []string `yaml:"upstreams"`
+}
+
+// DKIMKey is one signing key for one domain and selector.
+type DKIMKey struct {
+	Domain   string `yaml:"domain"`
+	Selector string `yaml:"selector"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Upstream types.
+const (
+	UpstreamSMTP    = "smtp"
+	UpstreamMaildir = "maildir"
+)
+
+// Upstream is one provider or smarthost Sluice forwards to.
+type Upstream struct {
+	Name                  string        `yaml:"name"`
+	Type                  string        `yaml:"type"` // smtp (default) | maildir
+	Path                  string        `yaml:"path"` // maildir only
+	Host                  string        `yaml:"host"`
+	Ports                 []int         `yaml:"ports"` // default by tls: starttls [587], implicit [465], none [25]
+	TLS                   string        `yaml:"tls"`   // starttls (default) | implicit | none | starttls-optional
+	TLSCAFile             string        `yaml:"tls_ca_file"`
+	TLSServerName         string        `yaml:"tls_server_name"`
+	TLSInsecureSkipVerify bool          `yaml:"tls_insecure_skip_verify"`
+	Profile               string        `yaml:"profile"` // generic (default) | ses | sendgrid | postmark | mailgun
+	Username              string        `yaml:"username"`
+	Password              string        `yaml:"password"`       // also filled from password_file
+	AuthMechanism         string        `yaml:"auth_mechanism"` // plain (default) | login | xoauth2
+	OAuth2                OAuth2        `yaml:"oauth2"`
+	Priority              int           `yaml:"priority"`        // lower first; default 10
+	Weight                int           `yaml:"weight"`          // default 1
+	MaxConnections        int           `yaml:"max_connections"` // default 10
+	Rate                  Rate          `yaml:"rate"`
+	BreakerBackoff        time.Duration `yaml:"breaker_backoff"` // default 30s
+	FailoverOn5xx         bool          `yaml:"failover_on_5xx"`
+	Timeout               time.Duration `yaml:"timeout"`         // per command; default 60s
+	ConnectTimeout        time.Duration `yaml:"connect_timeout"` // default 15s
+}
+
+// OAuth2 is how an xoauth2 upstream obtains access tokens.
+type OAuth2 struct {
+	TokenURL     string `yaml:"token_url"`
+	ClientID     string `yaml:"client_id"`
+	ClientSecret string `yaml:"client_secret"` // also client_secret_file
+	RefreshToken string `yaml:"refresh_token"` // also refresh_token_file
+	Scope        string `yaml:"scope"`
+}
+
+// Queue is the spool's retry and expiry behaviour.
+type Queue struct {
+	Retry         []time.Duration `yaml:"retry"`   // default 1m 5m 15m 30m 1h 2h 4h
+	MaxAge        time.Duration   `yaml:"max_age"` // default 5d
+	Workers       int             `yaml:"workers"` // default 32
+	BounceFrom    string          `yaml:"bounce_from"`
+	DelayWarning  time.Duration   `yaml:"delay_warning"` // 0: off
+	Webhook       string          `yaml:"webhook"`
+	WebhookSecret string          `yaml:"webhook_secret"`
+	MinFreeSpace  Size            `yaml:"min_free_space"` // default 100MB: below it new mail gets 451 4.3.0
+}
+
+// HTTP serves /metrics, /healthz and /readyz.
+type HTTP struct {
+	Address string `yaml:"address"` // "" : off
+}
+
+// RateLimit says where per-user limits and auth-failure counters live.
+type RateLimit struct {
+	Redis    string `yaml:"redis"`
+	FailOpen *bool  `yaml:"fail_open"` // default true
+}
+
+// Log is the log format and level.
+type Log struct {
+	Format string `yaml:"format"` // text | json
+	Level  string `yaml:"level"`  // debug | info | warn | error
+}
+
+// Size is a byte count parsed from "25MB", "25MiB" or a plain number.
+type Size int64
+
+// Rate is N events per Per with a burst; the zero Rate means unlimited.
+type Rate struct {
+	N     int
+	Per   time.Duration
+	Burst int // defaults to N
+}
+
+// Unlimited reports whether r sets no limit.
+func (r Rate) Unlimited() bool { return r.N == 0 }

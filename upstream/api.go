@@ -1,0 +1,47 @@
+// Package upstream delivers spooled messages to providers and smarthosts:
+// connection, STARTTLS/implicit TLS, AUTH, port fallback, failover by
+// priority and weight, connection reuse, pacing, circuit breakers, and the
+// classification of every reply into a typed Error.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/sluicemail/sluice/config"
+)
+
+// Message is one spooled message handed to Deliver.
+type Message struct {
+	ID    string   // queue ID (the maildir upstream names its file <ID>.eml)
+	From  string   // envelope sender, "" for the null sender
+	To    []string // recipients still to deliver
+	Size  int64    // bytes Open yields
+	Route []string // upstream names allowed, in config order; empty: every upstream
+	// Open returns the whole message (DKIM-Signature prefix, headers, body;
+	// CRLF line endings). It may be called more than once (failover, retry).
+	Open func() (io.ReadCloser, error)
+}
+
+// Result is the outcome of one Deliver call.
+type Result struct {
+	Upstream string  // the upstream that accepted (or finally refused) the message
+	Errs     []error // len(Msg.To): nil = accepted by Upstream, else *Error
+}
+
+// Options configure a Dispatcher.
+type Options struct {
+	Hostname  string // EHLO name
+	Upstreams []config.Upstream
+	RootCAs   *tls.Config // optional base TLS config (tests); nil: system roots
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+// Deliverer is what the queue needs from this package.
+type Deliverer interface {
+	Deliver(ctx context.Context, m *Message) Result
+}
