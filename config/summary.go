@@ -1,0 +1,152 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// Policy returns the named policy, or nil if there is none.
+func (c *Config) Policy(name string) *Policy {
+	if c == nil {
+		return nil
+	}
+	return c.Policies[name]
+}
+
+// Summary is what `sluice check-config` prints on success: the settings an
+// operator wants to confirm at a glance, in a fixed order (map keys sorted)
+// so the output can be diffed and golden-tested. It never prints a secret.
+func Summary(c *Config) string {
+	var b strings.Builder
+	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	file := c.Path
+	if file == "" {
+		file = "(built in)"
+	}
+	fmt.Fprintf(w, "config:\t%s\n", file)
+	fmt.Fprintf(w, "hostname:\t%s\n", c.Hostname)
+	fmt.Fprintf(w, "state_dir:\t%s\n", c.StateDir)
+	tlsLine := "none"
+	switch {
+	case c.TLS.CertFile != "":
+		tlsLine = c.TLS.CertFile
+	case c.TLS.SelfSigned:
+		tlsLine = "self-signed"
+	}
+	fmt.Fprintf(w, "tls:\t%s (min %s)\n", tlsLine, c.TLS.MinVersion)
+	w.Flush()
+
+	fmt.Fprintf(&b, "listeners: %d\n", len(c.Listeners))
+	w = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	for _, l := range c.Listeners {
+		extra := ""
+		if l.Auth == AuthNone {
+			extra = " trusted=" + strings.Join(l.TrustedNetworks, ",") + " policy=" + l.Policy
+		}
+		if l.ProxyProtocol {
+			extra += " proxy=" + strings.Join(l.TrustedProxies, ",")
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s\tauth=%s%s\n", l.Name, l.Address, l.TLS, l.Auth, extra)
+	}
+	w.Flush()
+
+	fmt.Fprintf(&b, "users: %d\n", len(c.Users))
+
+	names := make([]string, 0, len(c.Policies))
+	for n := range c.Policies {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	fmt.Fprintf(&b, "policies: %d\n", len(names))
+	w = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	for _, n := range names {
+		p := c.Policies[n]
+		route := "all upstreams"
+		if len(p.Upstreams) > 0 {
+			route = strings.Join(p.Upstreams, ",")
+		}
+		fmt.Fprintf(w, "  %s\tmax %s\t%d rcpts\tmessages %s\trecipients %s\t-> %s\n",
+			n, p.MaxMessageSize, p.MaxRecipients, p.Rate.Messages, p.Rate.Recipients, route)
+	}
+	w.Flush()
+
+	if len(c.Routes) > 0 {
+		fmt.Fprintf(&b, "routes: %d\n", len(c.Routes))
+		for _, r := range c.Routes {
+			var match []string
+			if len(r.SenderDomains) > 0 {
+				match = append(match, "domains "+strings.Join(r.SenderDomains, ","))
+			}
+			if len(r.Users) > 0 {
+				match = append(match, "users "+strings.Join(r.Users, ","))
+			}
+			fmt.Fprintf(&b, "  %s -> %s\n", strings.Join(match, " "), strings.Join(r.Upstreams, ","))
+		}
+	}
+
+	fmt.Fprintf(&b, "dkim keys: %d\n", len(c.DKIM))
+	for _, d := range c.DKIM {
+		fmt.Fprintf(&b, "  %s/%s\n", d.Domain, d.Selector)
+	}
+
+	fmt.Fprintf(&b, "upstreams: %d\n", len(c.Upstreams))
+	w = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	for _, u := range c.Upstreams {
+		if u.Type == UpstreamMaildir {
+			fmt.Fprintf(w, "  %s\tmaildir %s\t\tpriority %d/weight %d\n", u.Name, u.Path, u.Priority, u.Weight)
+			continue
+		}
+		ports := make([]string, len(u.Ports))
+		for i, p := range u.Ports {
+			ports[i] = strconv.Itoa(p)
+		}
+		rate := ""
+		if !u.Rate.Unlimited() {
+			rate = " rate " + u.Rate.String()
+		}
+		fmt.Fprintf(w, "  %s\t%s:%s\t%s\t%s\tpriority %d/weight %d%s\n",
+			u.Name, u.Host, strings.Join(ports, ","), u.TLS, u.Profile, u.Priority, u.Weight, rate)
+	}
+	w.Flush()
+
+	q := c.Queue
+	retry := make([]string, len(q.Retry))
+	for i, d := range q.Retry {
+		retry[i] = FormatDuration(d)
+	}
+	fmt.Fprintf(&b, "queue: retry %s, max_age %s, workers %d, bounce_from %s, min_free_space %s\n",
+		strings.Join(retry, " "), FormatDuration(q.MaxAge), q.Workers, q.BounceFrom, q.MinFreeSpace)
+	if q.Webhook != "" {
+		fmt.Fprintf(&b, "webhook: %s\n", q.Webhook)
+	}
+	httpAddr := c.HTTP.Address
+	if httpAddr == "" {
+		httpAddr = "off"
+	}
+	fmt.Fprintf(&b, "http: %s\n", httpAddr)
+	redis := "local"
+	if c.RateLimit.Redis != "" {
+		redis = redactURL(c.RateLimit.Redis)
+		if c.RateLimit.FailOpen != nil && !*c.RateLimit.FailOpen {
+			redis += " (fail closed)"
+		}
+	}
+	fmt.Fprintf(&b, "ratelimit: %s\n", redis)
+	fmt.Fprintf(&b, "log: %s %s\n", c.Log.Format, c.Log.Level)
+	fmt.Fprintf(&b, "shutdown_timeout: %s\n", FormatDuration(c.ShutdownTimeout))
+	return b.String()
+}
+
+// redactURL hides a password in a redis:// URL.
+func redactURL(s string) string {
+	at := strings.LastIndex(s, "@")
+	scheme := strings.Index(s, "://")
+	if at < 0 || scheme < 0 || at < scheme {
+		return s
+	}
+	return s[:scheme+3] + "***" + s[at:]
+}
+

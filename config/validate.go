@@ -1,0 +1,527 @@
+package config
+
+import (
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// validator checks a Config with defaults filled. lines gives each dotted
+// key's line (a missing key takes its nearest parent's); bad holds keys that
+// already failed to decode, so one mistake is reported once.
+type validator struct {
+	l     *Loader
+	file  string
+	lines map[string]int
+	bad   map[string]bool
+	errs  Errors
+}
+
+func (v *validator) line(key string) int {
+	for {
+		if n, ok := v.lines[key]; ok {
+			return n
+		}
+		if key == "" {
+			return 0
+		}
+		i := max(strings.LastIndexAny(key, ".["), 0)
+		key = key[:i]
+	}
+}
+
+// skip reports whether key or a parent of it failed to decode.
+func (v *validator) skip(key string) bool {
+	for {
+		if v.bad[key] {
+			return true
+		}
+		i := strings.LastIndexAny(key, ".[")
+		if i < 0 {
+			return false
+		}
+		key = key[:i]
+	}
+}
+
+func (v *validator) errorf(key, format string, args ...any) {
+	if v.skip(key) {
+		return
+	}
+	v.errs = append(v.errs, Error{File: v.file, Line: v.line(key), Key: key, Problem: fmt.Sprintf(format, args...)})
+}
+
+// at reports a problem located by File/Line rather than by key (users read
+// from users_file).
+func (v *validator) at(file string, line int, key, format string, args ...any) {
+	if v.skip(key) {
+		return
+	}
+	v.errs = append(v.errs, Error{File: file, Line: line, Key: key, Problem: fmt.Sprintf(format, args...)})
+}
+
+func oneOf(s string, allowed ...string) bool { return slices.Contains(allowed, s) }
+
+func hostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("address %q: want host:port (e.g. \":587\" or 127.0.0.1:8025)", s)
+	}
+	if strings.ContainsAny(host, " /") {
+		return fmt.Errorf("address %q: bad host %q", s, host)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("address %q: port %q must be a number from 0 to 65535", s, port)
+	}
+	return nil
+}
+
+// normalizeNets checks a list of CIDRs or bare IPs and rewrites each to its
+// canonical prefix ("192.0.2.15" → "192.0.2.15/32", "10.20.1.0/16" →
+// "10.20.0.0/16"), so the relay can use netip.ParsePrefix on every entry.
+func (v *validator) normalizeNets(list []string, key string) {
+	for i, s := range list {
+		k := fmt.Sprintf("%s[%d]", key, i)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			list[i] = p.Masked().String()
+		} else if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+			list[i] = netip.PrefixFrom(a, a.BitLen()).String()
+		} else {
+			v.errorf(k, "%q is not an IP address or CIDR network", s)
+		}
+	}
+}
+
+func (v *validator) validate(c *Config) {
+	if strings.TrimSpace(c.Hostname) == "" || strings.ContainsAny(c.Hostname, " \t\r\n") {
+		v.errorf("hostname", "%q is not a host name", c.Hostname)
+	}
+	if c.StateDir == "" {
+		v.errorf("state_dir", "must not be empty")
+	}
+	v.validateTLS(c)
+	v.validateListeners(c)
+	v.validateUsers(c)
+	v.validatePolicies(c)
+	v.validateDKIM(c)
+	v.validateUpstreams(c)
+	v.validateRoutes(c)
+	v.validateQueue(c)
+	if c.HTTP.Address != "" {
+		if err := hostPort(c.HTTP.Address); err != nil {
+			v.errorf("http.address", "%v", err)
+		}
+	}
+	if r := c.RateLimit.Redis; r != "" {
+		u, err := url.Parse(r)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			v.errorf("ratelimit.redis", "%q is not a redis:// or rediss:// URL", r)
+		}
+	}
+	if !oneOf(c.Log.Format, "text", "json") {
+		v.errorf("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if !oneOf(c.Log.Level, "debug", "info", "warn", "error") {
+		v.errorf("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+}
+
+func (v *validator) validateTLS(c *Config) {
+	if !oneOf(c.TLS.MinVersion, "1.2", "1.3") {
+		v.errorf("tls.min_version", "%q is not one of \"1.2\", \"1.3\"", c.TLS.MinVersion)
+	}
+	cert, key := c.TLS.CertFile, c.TLS.KeyFile
+	switch {
+	case cert != "" && key == "":
+		v.errorf("tls.key_file", "cert_file is set but key_file is not")
+	case cert == "" && key != "":
+		v.errorf("tls.cert_file", "key_file is set but cert_file is not")
+	case cert != "" && key != "":
+		cb, err1 := v.l.readFile(cert)
+		if err1 != nil {
+			v.errorf("tls.cert_file", "cannot read: %v", err1)
+		}
+		kb, err2 := v.l.readFile(key)
+		if err2 != nil {
+			v.errorf("tls.key_file", "cannot read: %v", err2)
+		}
+		if err1 == nil && err2 == nil {
+			// check-config should catch a mismatched pair, not the first
+			// client's STARTTLS.
+			if _, err := tls.X509KeyPair(cb, kb); err != nil {
+				v.errorf("tls.cert_file", "%v", err)
+			}
+		}
+	}
+}
+
+func (v *validator) validateListeners(c *Config) {
+	if len(c.Listeners) == 0 {
+		v.errorf("listeners", "at least one listener is required")
+	}
+	names := map[string]string{}
+	addrs := map[string]string{}
+	for i, ls := range c.Listeners {
+		k := fmt.Sprintf("listeners[%d]", i)
+		if ls.Name == "" {
+			v.errorf(k+".name", "must not be empty")
+		} else if prev, dup := names[ls.Name]; dup {
+			v.errorf(k+".name", "duplicate listener name %q (also %s)", ls.Name, prev)
+		} else {
+			names[ls.Name] = k
+		}
+		if err := hostPort(ls.Address); err != nil {
+			v.errorf(k+".address", "%v", err)
+		} else if prev, dup := addrs[ls.Address]; dup {
+			v.errorf(k+".address", "%q is also the address of %s", ls.Address, prev)
+		} else {
+			addrs[ls.Address] = k
+		}
+		if !oneOf(ls.TLS, TLSStartTLS, TLSImplicit, TLSNone) {
+			v.errorf(k+".tls", "%q is not one of starttls, implicit, none", ls.TLS)
+		} else if ls.TLS != TLSNone && c.TLS.CertFile == "" && !c.TLS.SelfSigned {
+			v.errorf(k+".tls", "%s needs a certificate: set tls.cert_file and tls.key_file (or tls.self_signed for development)", ls.TLS)
+		}
+		if !oneOf(ls.Auth, AuthRequired, AuthNone) {
+			v.errorf(k+".auth", "%q is not one of required, none", ls.Auth)
+		} else if ls.Auth == AuthNone && len(ls.TrustedNetworks) == 0 {
+			v.errorf(k+".auth", "auth: none needs trusted_networks (else this is an open relay)")
+		}
+		v.normalizeNets(ls.TrustedNetworks, k+".trusted_networks")
+		v.normalizeNets(ls.TrustedProxies, k+".trusted_proxies")
+		if ls.ProxyProtocol && len(ls.TrustedProxies) == 0 {
+			v.errorf(k+".proxy_protocol", "proxy_protocol needs trusted_proxies")
+		}
+		if c.Policy(ls.Policy) == nil {
+			v.errorf(k+".policy", "unknown policy %q", ls.Policy)
+		}
+		if ls.MaxConnections < 1 {
+			v.errorf(k+".max_connections", "must be at least 1")
+		}
+		if ls.MaxConnectionsPerIP < 1 {
+			v.errorf(k+".max_connections_per_ip", "must be at least 1")
+		}
+	}
+}
+
+func validHash(h string) bool {
+	for _, p := range []string{"$2a$", "$2b$", "$2y$", "$argon2id$"} {
+		if strings.HasPrefix(h, p) && len(h) > len(p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (v *validator) validateUsers(c *Config) {
+	type where struct {
+		file string
+		line int
+	}
+	seen := map[string]where{}
+	for i, u := range c.Users {
+		// Inline users are named by key; users from users_file by their
+		// file and line.
+		fromFile := u.File != "" && u.File != v.file
+		report := func(field, format string, args ...any) {
+			if fromFile {
+				v.at(u.File, u.Line, "users_file", format, args...)
+				return
+			}
+			k := fmt.Sprintf("users[%d].%s", i, field)
+			line := v.line(k)
+			if line == 0 {
+				line = u.Line
+			}
+			v.at(v.file, line, k, format, args...)
+		}
+		file, line := u.File, u.Line
+		if u.Name == "" {
+			report("name", "must not be empty")
+		} else if strings.ContainsAny(u.Name, ": \t") {
+			report("name", "user name %q must not contain ':' or spaces", u.Name)
+		} else if prev, dup := seen[u.Name]; dup {
+			report("name", "duplicate user %q (first at %s:%d)", u.Name, prev.file, prev.line)
+		} else {
+			seen[u.Name] = where{file, line}
+		}
+		if !validHash(u.PasswordHash) {
+			report("password_hash", "password hash of %q must be bcrypt ($2a$, $2b$, $2y$) or argon2id ($argon2id$); make one with `sluice passwd`", u.Name)
+		}
+		if c.Policy(u.Policy) == nil {
+			report("policy", "user %q: unknown policy %q", u.Name, u.Policy)
+		}
+	}
+}
+
+func (v *validator) validatePolicies(c *Config) {
+	names := make([]string, 0, len(c.Policies))
+	for n := range c.Policies {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	upstreams := map[string]bool{}
+	for _, u := range c.Upstreams {
+		upstreams[u.Name] = true
+	}
+	for _, n := range names {
+		p := c.Policies[n]
+		k := "policies." + n
+		if strings.TrimSpace(n) == "" {
+			v.errorf(k, "policy name must not be empty")
+		}
+		if p.MaxMessageSize < 1 {
+			v.errorf(k+".max_message_size", "must be at least 1 byte")
+		}
+		if p.MaxRecipients < 1 {
+			v.errorf(k+".max_recipients", "must be at least 1")
+		}
+		for i, s := range p.AllowedSenders {
+			if strings.TrimSpace(s) == "" {
+				v.errorf(fmt.Sprintf("%s.allowed_senders[%d]", k, i), "must not be empty")
+			}
+		}
+		for i, h := range p.RemoveHeaders {
+			if h == "" || strings.ContainsAny(h, ": \t") {
+				v.errorf(fmt.Sprintf("%s.remove_headers[%d]", k, i), "%q is not a header field name", h)
+			}
+		}
+		for i, u := range p.Upstreams {
+			if !upstreams[u] {
+				v.errorf(fmt.Sprintf("%s.upstreams[%d]", k, i), "unknown upstream %q", u)
+			}
+		}
+	}
+}
+
+func (v *validator) validateDKIM(c *Config) {
+	seen := map[string]string{}
+	for i, d := range c.DKIM {
+		k := fmt.Sprintf("dkim[%d]", i)
+		if d.Domain == "" {
+			v.errorf(k+".domain", "is required")
+		}
+		if d.Selector == "" {
+			v.errorf(k+".selector", "is required")
+		}
+		id := strings.ToLower(d.Selector + "._domainkey." + d.Domain)
+		if d.Domain != "" && d.Selector != "" {
+			if prev, dup := seen[id]; dup {
+				v.errorf(k+".selector", "selector %q for %s is also %s", d.Selector, d.Domain, prev)
+			}
+			seen[id] = k
+		}
+		if d.KeyFile == "" {
+			v.errorf(k+".key_file", "is required")
+			continue
+		}
+		b, err := v.l.readFile(d.KeyFile)
+		if err != nil {
+			v.errorf(k+".key_file", "cannot read: %v", err)
+			continue
+		}
+		if err := checkPrivateKey(b); err != nil {
+			v.errorf(k+".key_file", "%s: %v", d.KeyFile, err)
+		}
+	}
+}
+
+// checkPrivateKey accepts what the signing package loads: PEM, PKCS#1 or
+// PKCS#8, RSA or Ed25519.
+func checkPrivateKey(b []byte) error {
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return fmt.Errorf("not a PEM file")
+	}
+	if k, err := x509.ParsePKCS1PrivateKey(blk.Bytes); err == nil {
+		if k.N.BitLen() < 1024 {
+			return fmt.Errorf("RSA key of %d bits is too short (use 2048)", k.N.BitLen())
+		}
+		return nil
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return fmt.Errorf("not a PKCS#1 or PKCS#8 private key")
+	}
+	switch k := k.(type) {
+	case *rsa.PrivateKey:
+		if k.N.BitLen() < 1024 {
+			return fmt.Errorf("RSA key of %d bits is too short (use 2048)", k.N.BitLen())
+		}
+		return nil
+	case ed25519.PrivateKey:
+		return nil
+	}
+	return fmt.Errorf("%T keys cannot sign DKIM (use RSA or Ed25519)", k)
+}
+
+func (v *validator) validateUpstreams(c *Config) {
+	if len(c.Upstreams) == 0 {
+		v.errorf("upstreams", "at least one upstream is required")
+	}
+	names := map[string]string{}
+	for i, u := range c.Upstreams {
+		k := fmt.Sprintf("upstreams[%d]", i)
+		if u.Name == "" {
+			v.errorf(k+".name", "must not be empty")
+		} else if prev, dup := names[u.Name]; dup {
+			v.errorf(k+".name", "duplicate upstream name %q (also %s)", u.Name, prev)
+		} else {
+			names[u.Name] = k
+		}
+		if u.Priority < 0 {
+			v.errorf(k+".priority", "must not be negative")
+		}
+		if u.Weight < 1 {
+			v.errorf(k+".weight", "must be at least 1")
+		}
+		if u.MaxConnections < 1 {
+			v.errorf(k+".max_connections", "must be at least 1")
+		}
+		for _, d := range []struct {
+			key string
+			ok  bool
+		}{{"breaker_backoff", u.BreakerBackoff > 0}, {"timeout", u.Timeout > 0}, {"connect_timeout", u.ConnectTimeout > 0}} {
+			if !d.ok {
+				v.errorf(k+"."+d.key, "must be positive")
+			}
+		}
+		if !oneOf(u.Profile, ProfileGeneric, ProfileSES, ProfileSendGrid, ProfilePostmark, ProfileMailgun) {
+			v.errorf(k+".profile", "%q is not one of generic, ses, sendgrid, postmark, mailgun", u.Profile)
+		}
+		switch u.Type {
+		case UpstreamMaildir:
+			if u.Path == "" {
+				v.errorf(k+".path", "a maildir upstream needs path")
+			}
+			continue
+		case UpstreamSMTP:
+		default:
+			v.errorf(k+".type", "%q is not one of smtp, maildir", u.Type)
+			continue
+		}
+		if u.Host == "" {
+			v.errorf(k+".host", "an smtp upstream needs host")
+		}
+		if !oneOf(u.TLS, TLSStartTLS, TLSImplicit, TLSNone, TLSStartTLSOptional) {
+			v.errorf(k+".tls", "%q is not one of starttls, implicit, none, starttls-optional", u.TLS)
+		} else if len(u.Ports) == 0 {
+			if _, ok := DefaultPorts(u.TLS, u.Profile); !ok && u.Profile == ProfilePostmark {
+				v.errorf(k+".tls", "profile postmark does not offer implicit TLS")
+			} else {
+				v.errorf(k+".ports", "must not be empty")
+			}
+		}
+		for j, p := range u.Ports {
+			if p < 1 || p > 65535 {
+				v.errorf(fmt.Sprintf("%s.ports[%d]", k, j), "port %d is not from 1 to 65535", p)
+			}
+		}
+		if u.TLSCAFile != "" {
+			if b, err := v.l.readFile(u.TLSCAFile); err != nil {
+				v.errorf(k+".tls_ca_file", "cannot read: %v", err)
+			} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+				v.errorf(k+".tls_ca_file", "%s holds no PEM certificate", u.TLSCAFile)
+			}
+		}
+		if u.Password != "" && u.Username == "" {
+			v.errorf(k+".password", "password is set but username is not")
+		}
+		switch u.AuthMechanism {
+		case AuthPlain, AuthLogin:
+		case AuthXOAUTH2:
+			if u.Username == "" {
+				v.errorf(k+".username", "xoauth2 needs username (the mailbox)")
+			}
+			o := u.OAuth2
+			for _, f := range []struct{ key, val string }{
+				{"token_url", o.TokenURL}, {"client_id", o.ClientID}, {"refresh_token", o.RefreshToken},
+			} {
+				if f.val == "" {
+					v.errorf(k+".oauth2."+f.key, "xoauth2 needs oauth2.%s", f.key)
+				}
+			}
+			if o.TokenURL != "" {
+				if tu, err := url.Parse(o.TokenURL); err != nil || (tu.Scheme != "https" && tu.Scheme != "http") || tu.Host == "" {
+					v.errorf(k+".oauth2.token_url", "%q is not an http(s) URL", o.TokenURL)
+				}
+			}
+		default:
+			v.errorf(k+".auth_mechanism", "%q is not one of plain, login, xoauth2", u.AuthMechanism)
+		}
+	}
+}
+
+func (v *validator) validateRoutes(c *Config) {
+	upstreams := map[string]bool{}
+	for _, u := range c.Upstreams {
+		upstreams[u.Name] = true
+	}
+	users := map[string]bool{}
+	for _, u := range c.Users {
+		users[u.Name] = true
+	}
+	for i, r := range c.Routes {
+		k := fmt.Sprintf("routes[%d]", i)
+		if len(r.SenderDomains) == 0 && len(r.Users) == 0 {
+			v.errorf(k, "a route needs sender_domains or users")
+		}
+		for j, u := range r.Users {
+			if !users[u] {
+				v.errorf(fmt.Sprintf("%s.users[%d]", k, j), "unknown user %q", u)
+			}
+		}
+		for j, d := range r.SenderDomains {
+			if d == "" || strings.ContainsAny(d, "@ \t") {
+				v.errorf(fmt.Sprintf("%s.sender_domains[%d]", k, j), "%q is not a domain", d)
+			}
+		}
+		if len(r.Upstreams) == 0 {
+			v.errorf(k+".upstreams", "a route needs at least one upstream")
+		}
+		for j, u := range r.Upstreams {
+			if !upstreams[u] {
+				v.errorf(fmt.Sprintf("%s.upstreams[%d]", k, j), "unknown upstream %q", u)
+			}
+		}
+	}
+}
+
+func (v *validator) validateQueue(c *Config) {
+	q := c.Queue
+	if len(q.Retry) == 0 {
+		v.errorf("queue.retry", "must list at least one interval")
+	}
+	for i, d := range q.Retry {
+		if d <= 0 {
+			v.errorf(fmt.Sprintf("queue.retry[%d]", i), "interval must be positive")
+		}
+	}
+	if q.MaxAge <= 0 {
+		v.errorf("queue.max_age", "must be positive")
+	}
+	if q.Workers < 1 {
+		v.errorf("queue.workers", "must be at least 1")
+	}
+	if q.BounceFrom == "" || !strings.Contains(q.BounceFrom, "@") {
+		v.errorf("queue.bounce_from", "%q is not an address", q.BounceFrom)
+	}
+	if q.Webhook != "" {
+		if u, err := url.Parse(q.Webhook); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			v.errorf("queue.webhook", "%q is not an http(s) URL", q.Webhook)
+		}
+	}
+	if q.MinFreeSpace < 0 {
+		v.errorf("queue.min_free_space", "must not be negative")
+	}
+}
