@@ -20,7 +20,7 @@ import (
 // Parse use, and tests set their own environment without touching the
 // process's (and so can run in parallel).
 type Loader struct {
-	Getenv   func(name string) (string, bool) // nil: os.LookupEnv
+	Getenv   func(name string) (string, bool)  // nil: os.LookupEnv
 	ReadFile func(path string) ([]byte, error) // nil: os.ReadFile
 	Hostname func() (string, error)            // nil: os.Hostname
 }

@@ -117,12 +117,12 @@ func TestParseDuration(t *testing.T) {
 func TestFormatDuration(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[time.Duration]string{
-		0:                            "0s",
-		5 * 24 * time.Hour:           "5d",
-		36 * time.Hour:               "1d12h",
-		90 * time.Second:             "1m30s",
-		250 * time.Millisecond:       "250ms",
-		-time.Minute:                 "-1m",
+		0:                             "0s",
+		5 * 24 * time.Hour:            "5d",
+		36 * time.Hour:                "1d12h",
+		90 * time.Second:              "1m30s",
+		250 * time.Millisecond:        "250ms",
+		-time.Minute:                  "-1m",
 		time.Second + time.Nanosecond: "1s1ns",
 	} {
 		if got := FormatDuration(in); got != want {

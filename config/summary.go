@@ -149,4 +149,3 @@ func redactURL(s string) string {
 	}
 	return s[:scheme+3] + "***" + s[at:]
 }
-
