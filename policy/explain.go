@@ -1,0 +1,103 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Explain walks one message through the user's policy without sending or
+// charging anything, for `sluice policy explain`: the policy, each check and
+// its result, the route and signing profile, the configured rate limits,
+// and the decision. from is checked as both envelope sender and header
+// From:. size <= 0 skips the size check. allowed is the decision.
+func (e *Engine) Explain(user, from, to string, size int64) (text string, allowed bool) {
+	var b strings.Builder
+	var denied []string
+	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	result := func(d *Denial, ok string) string {
+		if d == nil {
+			return "allowed (" + ok + ")"
+		}
+		denied = append(denied, d.Kind.String())
+		return "DENIED by " + d.Rule
+	}
+
+	line("user:        %s", user)
+	p := e.UserPolicy(user)
+	if p == nil {
+		line("policy:      none: no such user")
+		line("decision:    DENIED (unknown user)")
+		return b.String(), false
+	}
+	line("policy:      %s", p.Name)
+	from, to = trimAddr(from), trimAddr(to)
+
+	rule := "any sender"
+	if len(p.senders) > 0 {
+		rule = "allowed_senders " + p.senders.String()
+	}
+	line("sender:      <%s> %s", from, result(p.CheckSender(user, from), rule))
+	if from != "" {
+		line("header From: <%s> %s", from, result(p.CheckHeaderFrom(user, []string{from}), rule))
+	}
+
+	rule = "any recipient"
+	if len(p.allowedRcpts) > 0 {
+		rule = "allowed_recipients " + p.allowedRcpts.String()
+	}
+	if len(p.deniedRcpts) > 0 {
+		rule += ", none of denied_recipients " + p.deniedRcpts.String()
+	}
+	line("recipient:   <%s> %s", to, result(p.CheckRecipient(user, to, 0), rule))
+	if p.MaxRecipients > 0 {
+		line("recipients:  at most %d per message", p.MaxRecipients)
+	} else {
+		line("recipients:  no limit per message")
+	}
+
+	switch {
+	case size > 0:
+		line("size:        %d bytes %s", size, result(p.CheckSize(size), fmt.Sprintf("max_message_size %d", p.MaxMessageSize)))
+	case p.MaxMessageSize > 0:
+		line("size:        not given (max_message_size %d)", p.MaxMessageSize)
+	default:
+		line("size:        not given (no max_message_size)")
+	}
+
+	domain := ""
+	if at := strings.LastIndexByte(from, '@'); at >= 0 {
+		domain = strings.ToLower(from[at+1:])
+	}
+	hasKey := false
+	for _, k := range e.cfg.DKIM {
+		if strings.EqualFold(k.Domain, domain) {
+			hasKey = true
+			break
+		}
+	}
+	dkim := "no key for " + domain + ": sent unsigned"
+	if hasKey {
+		dkim = "signed with the keys for " + domain
+	}
+	if p.RequireDKIM {
+		line("dkim:        %s %s", dkim, result(p.CheckDKIM(hasKey), "require_dkim"))
+	} else {
+		line("dkim:        %s", dkim)
+	}
+
+	ups, source := e.route(p, user, domain)
+	names := "every upstream"
+	if ups != nil {
+		names = strings.Join(ups, ", ")
+	}
+	line("route:       %s (from %s), signing profile %s", names, source, e.profileOf(ups))
+	line("rate:        messages %s, recipients %s per user (not charged by explain)",
+		formatRate(p.RateMessages), formatRate(p.RateRecipients))
+
+	if len(denied) > 0 {
+		line("decision:    DENIED (%s)", strings.Join(denied, ", "))
+		return b.String(), false
+	}
+	line("decision:    allowed")
+	return b.String(), true
+}

@@ -1,0 +1,516 @@
+package policy
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/metrics"
+)
+
+// clock is an injected time source that only moves when told.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newEngine(t testing.TB, cfg *config.Config, c *clock) *Engine {
+	t.Helper()
+	e, err := New(cfg, Options{Now: c.Now, Metrics: &metrics.Registry{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e
+}
+
+func mustRate(n int, per time.Duration, burst int) config.Rate {
+	return config.Rate{N: n, Per: per, Burst: burst}
+}
+
+func TestPatternMatch(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		pattern, user, addr string
+		want                bool
+	}{
+		{"scanner@example.com", "", "scanner@example.com", true},
+		{"scanner@example.com", "", "Scanner@EXAMPLE.com", true},
+		{"SCANNER@Example.COM", "", "scanner@example.com", true},
+		{"scanner@example.com", "", "scanner2@example.com", false},
+		{"scanner@example.com", "", "scanner@example.com.evil", false},
+		{"*@example.com", "", "anyone@example.com", true},
+		{"*@example.com", "", "anyone@EXAMPLE.COM", true},
+		{"*@example.com", "", "anyone@sub.example.com", false},
+		{"*@example.com", "", "anyone@notexample.com", false},
+		{"*@example.com", "", "example.com", false},
+		{"postmaster@*", "", "postmaster@anything.org", true},
+		{"postmaster@*", "", "postmistress@anything.org", false},
+		{"*", "", "x@y.z", true},
+		{"*", "", "", false},
+		{"<>", "", "", true},
+		{"<>", "", "a@b.c", false},
+		{"*@example.com", "", "", false},
+		{"{user}@example.com", "alice", "alice@example.com", true},
+		{"{user}@example.com", "Alice", "alice@Example.com", true},
+		{"{user}@example.com", "alice", "bob@example.com", false},
+		{"{user}@example.com", "", "@example.com", false},
+		{"{user}@example.com", "*", "bob@example.com", false},
+		{"{user}", "alice@example.com", "alice@example.com", true},
+		{"{user}", "alice@example.com", "bob@example.com", false},
+		{"{user}", "alice", "alice", false},
+		{"*@{user}.example.com", "tenant1", "x@tenant1.example.com", true},
+		{"*@{user}.example.com", "tenant1", "x@tenant2.example.com", false},
+		{`"odd@local"@example.com`, "", `"odd@local"@example.com`, true},
+	}
+	for _, tt := range tests {
+		p, err := compilePattern(tt.pattern)
+		if err != nil {
+			t.Errorf("compile %q: %v", tt.pattern, err)
+			continue
+		}
+		if got := p.match(tt.user, tt.addr); got != tt.want {
+			t.Errorf("%q.match(user %q, %q) = %v, want %v", tt.pattern, tt.user, tt.addr, got, tt.want)
+		}
+	}
+}
+
+func TestPatternErrors(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{"", "  ", "example.com", "@example.com", "user@", "a*@example.com",
+		"*@*.example.com", "*@*", "{username}@example.com", "a b@example.com", "<a@b.c>"} {
+		if _, err := compilePattern(bad); err == nil {
+			t.Errorf("compilePattern(%q): no error", bad)
+		}
+	}
+	cfg := &config.Config{Policies: map[string]*config.Policy{
+		"p": {AllowedSenders: []string{"ok@example.com", "bad*@example.com"}},
+	}}
+	_, err := New(cfg, Options{})
+	if err == nil || !strings.Contains(err.Error(), "policies.p.allowed_senders[1]") {
+		t.Errorf("New with a bad pattern: err = %v, want one naming policies.p.allowed_senders[1]", err)
+	}
+}
+
+func TestKindString(t *testing.T) {
+	t.Parallel()
+	want := map[Kind]string{SenderDenied: "sender", HeaderFromDenied: "header_from", RecipientDenied: "recipient",
+		TooManyRecipients: "recipients", TooLarge: "size", RateLimited: "rate", DKIMRequired: "dkim", Unavailable: "unavailable"}
+	for k, s := range want {
+		if k.String() != s {
+			t.Errorf("Kind(%d).String() = %q, want %q", int(k), k.String(), s)
+		}
+	}
+}
+
+func checksConfig() *config.Config {
+	return &config.Config{
+		Users: []config.User{{Name: "printer", Policy: "printer"}, {Name: "alice"}},
+		Policies: map[string]*config.Policy{
+			"default": {AllowedSenders: []string{"{user}@example.com"}, MaxMessageSize: 25_000_000, MaxRecipients: 100},
+			"printer": {
+				AllowedSenders:    []string{"scanner@example.com"},
+				AllowedRecipients: []string{"*@example.com"},
+				DeniedRecipients:  []string{"ceo@example.com"},
+				MaxMessageSize:    10_000_000,
+				MaxRecipients:     2,
+				RequireDKIM:       true,
+			},
+			"bounces": {AllowedSenders: []string{"<>", "*@example.com"}},
+			"open":    {},
+		},
+	}
+}
+
+// TestEveryKind produces each Kind through the check that owns it.
+func TestEveryKind(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t, checksConfig(), newClock())
+	pr := e.Lookup("printer")
+	def := e.UserPolicy("alice")
+	if pr == nil || def == nil || def.Name != "default" || e.UserPolicy("nobody") != nil {
+		t.Fatalf("Lookup/UserPolicy: printer=%v alice=%v", pr, def)
+	}
+	tests := []struct {
+		name string
+		d    *Denial
+		want Kind // 0: allowed
+	}{
+		{"sender ok", pr.CheckSender("printer", "scanner@example.com"), 0},
+		{"sender brackets ok", pr.CheckSender("printer", "<scanner@example.com>"), 0},
+		{"sender other", pr.CheckSender("printer", "ceo@example.com"), SenderDenied},
+		{"null sender default", pr.CheckSender("printer", ""), SenderDenied},
+		{"null sender <>", pr.CheckSender("printer", "<>"), SenderDenied},
+		{"null sender open policy", e.Lookup("open").CheckSender("x", ""), SenderDenied},
+		{"null sender listed", e.Lookup("bounces").CheckSender("x", ""), 0},
+		{"open policy any sender", e.Lookup("open").CheckSender("x", "who@ever.org"), 0},
+		{"{user} sender", def.CheckSender("alice", "alice@example.com"), 0},
+		{"{user} other user", def.CheckSender("alice", "bob@example.com"), SenderDenied},
+		{"header from ok", pr.CheckHeaderFrom("printer", []string{"scanner@example.com"}), 0},
+		{"header sender spoofed", pr.CheckHeaderFrom("printer", []string{"scanner@example.com", "ceo@example.com"}), HeaderFromDenied},
+		{"header none", pr.CheckHeaderFrom("printer", nil), HeaderFromDenied},
+		{"header empty addr with <>", e.Lookup("bounces").CheckHeaderFrom("x", []string{""}), HeaderFromDenied},
+		{"header open", e.Lookup("open").CheckHeaderFrom("x", nil), 0},
+		{"rcpt ok", pr.CheckRecipient("printer", "staff@example.com", 0), 0},
+		{"rcpt outside", pr.CheckRecipient("printer", "friend@gmail.com", 0), RecipientDenied},
+		{"rcpt denied wins", pr.CheckRecipient("printer", "CEO@example.com", 0), RecipientDenied},
+		{"rcpt count below", pr.CheckRecipient("printer", "staff@example.com", 1), 0},
+		{"rcpt count reached", pr.CheckRecipient("printer", "staff@example.com", 2), TooManyRecipients},
+		{"size ok", pr.CheckSize(10_000_000), 0},
+		{"size over", pr.CheckSize(10_000_001), TooLarge},
+		{"dkim signed", pr.CheckDKIM(true), 0},
+		{"dkim unsigned", pr.CheckDKIM(false), DKIMRequired},
+		{"dkim not required", def.CheckDKIM(false), 0},
+	}
+	for _, tt := range tests {
+		switch {
+		case tt.want == 0 && tt.d != nil:
+			t.Errorf("%s: denied (%v), want allowed", tt.name, tt.d)
+		case tt.want != 0 && tt.d == nil:
+			t.Errorf("%s: allowed, want %v", tt.name, tt.want)
+		case tt.want != 0 && tt.d.Kind != tt.want:
+			t.Errorf("%s: %v, want %v", tt.name, tt.d.Kind, tt.want)
+		case tt.d != nil && tt.d.Rule == "":
+			t.Errorf("%s: denial without a rule", tt.name)
+		}
+	}
+	if got := e.MaxMessageSize(); got != 25_000_000 {
+		t.Errorf("MaxMessageSize = %d, want 25000000", got)
+	}
+	// Rate and Unavailable kinds are produced in the rate-limit and Redis tests.
+}
+
+func rateConfig(messages, recipients config.Rate) *config.Config {
+	return &config.Config{
+		Users: []config.User{{Name: "app"}, {Name: "other"}},
+		Policies: map[string]*config.Policy{"default": {
+			Rate: config.PolicyRate{Messages: messages, Recipients: recipients},
+		}},
+	}
+}
+
+func TestRateMessages(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e := newEngine(t, rateConfig(mustRate(3, time.Minute, 0), config.Rate{}), c)
+	p := e.Lookup("default")
+	ctx := context.Background()
+	for i := range 3 {
+		if r, d := e.ReserveMessage(ctx, p, "app"); d != nil || r == nil {
+			t.Fatalf("message %d: %v", i+1, d)
+		}
+	}
+	r, d := e.ReserveMessage(ctx, p, "app")
+	if d == nil || r != nil {
+		t.Fatalf("4th message: allowed, want RateLimited")
+	}
+	if d.Kind != RateLimited || d.RetryAfter != 20*time.Second || d.Rule != "rate.messages 3/1m" {
+		t.Errorf("4th message: %+v, want RateLimited, RetryAfter 20s, rule rate.messages 3/1m", d)
+	}
+	if _, d := e.ReserveMessage(ctx, p, "other"); d != nil {
+		t.Errorf("another user: %v, want allowed", d)
+	}
+	if _, d := e.ReserveMessageIP(ctx, p, "10.0.0.1"); d != nil {
+		t.Errorf("a network client: %v, want allowed", d)
+	}
+	c.Advance(19 * time.Second)
+	if _, d := e.ReserveMessage(ctx, p, "app"); d == nil || d.RetryAfter != time.Second {
+		t.Errorf("after 19s: %v, want denied with 1s to go", d)
+	}
+	c.Advance(time.Second)
+	if _, d := e.ReserveMessage(ctx, p, "app"); d != nil {
+		t.Errorf("after 20s: %v, want allowed", d)
+	}
+	if _, d := e.ReserveMessage(ctx, p, "app"); d == nil {
+		t.Errorf("second message after 20s: allowed, want denied")
+	}
+	// Unlimited: a no-op reservation.
+	e2 := newEngine(t, rateConfig(config.Rate{}, config.Rate{}), c)
+	for range 1000 {
+		r, d := e2.ReserveMessage(ctx, e2.Lookup("default"), "app")
+		if d != nil || r == nil {
+			t.Fatalf("unlimited: %v", d)
+		}
+		r.Cancel()
+	}
+}
+
+func TestRateBurst(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e := newEngine(t, rateConfig(mustRate(10, time.Minute, 2), config.Rate{}), c)
+	p := e.Lookup("default")
+	ctx := context.Background()
+	for i := range 2 {
+		if _, d := e.ReserveMessage(ctx, p, "app"); d != nil {
+			t.Fatalf("message %d: %v", i+1, d)
+		}
+	}
+	_, d := e.ReserveMessage(ctx, p, "app")
+	if d == nil || d.RetryAfter != 6*time.Second || d.Rule != "rate.messages 10/1m burst 2" {
+		t.Fatalf("3rd message with burst 2: %+v, want denied for 6s", d)
+	}
+}
+
+func TestReservationCancel(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e := newEngine(t, rateConfig(mustRate(2, time.Hour, 0), config.Rate{}), c)
+	p := e.Lookup("default")
+	ctx := context.Background()
+	r1, _ := e.ReserveMessage(ctx, p, "app")
+	r2, _ := e.ReserveMessage(ctx, p, "app")
+	if _, d := e.ReserveMessage(ctx, p, "app"); d == nil {
+		t.Fatal("3rd of 2/1h allowed")
+	}
+	c.Advance(time.Minute) // a refund later than the reservation still counts
+	r2.Cancel()
+	r2.Cancel() // twice gives back one, not two
+	var nilRes *Reservation
+	nilRes.Cancel()
+	if _, d := e.ReserveMessage(ctx, p, "app"); d != nil {
+		t.Fatalf("after Cancel: %v, want allowed", d)
+	}
+	if _, d := e.ReserveMessage(ctx, p, "app"); d == nil {
+		t.Fatal("double Cancel gave back two messages")
+	}
+	_ = r1
+}
+
+func TestRecipientsChargedNotRefunded(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e := newEngine(t, rateConfig(mustRate(10, time.Hour, 0), mustRate(3, time.Hour, 0)), c)
+	p := e.Lookup("default")
+	ctx := context.Background()
+	r, _ := e.ReserveMessage(ctx, p, "app")
+	for i := range 3 {
+		if d := e.ChargeRecipient(ctx, p, "app"); d != nil {
+			t.Fatalf("recipient %d: %v", i+1, d)
+		}
+	}
+	r.Cancel() // the message was abandoned: its recipients stay charged
+	d := e.ChargeRecipient(ctx, p, "app")
+	if d == nil || d.Kind != RateLimited || d.Rule != "rate.recipients 3/1h" || d.RetryAfter != 20*time.Minute {
+		t.Fatalf("4th recipient after Cancel: %+v, want RateLimited for 20m", d)
+	}
+	if d := e.ChargeRecipient(ctx, p, "other"); d != nil {
+		t.Errorf("other user: %v", d)
+	}
+	if d := e.ChargeRecipientIP(ctx, p, "10.0.0.1"); d != nil {
+		t.Errorf("network client: %v", d)
+	}
+	// Messages and recipients are separate buckets.
+	if _, d := e.ReserveMessage(ctx, p, "app"); d != nil {
+		t.Errorf("message after recipients ran out: %v, want allowed", d)
+	}
+}
+
+func TestEvictionBoundsMemory(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e, err := New(rateConfig(mustRate(1, time.Hour, 0), config.Rate{}), Options{Now: c.Now, MaxKeys: 640})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := e.Lookup("default")
+	ctx := context.Background()
+	if _, d := e.ReserveMessage(ctx, p, "early"); d != nil {
+		t.Fatal(d)
+	}
+	allowed := 0
+	for i := range 5000 {
+		if _, d := e.ReserveMessage(ctx, p, "user"+strconv.Itoa(i)); d == nil {
+			allowed++
+		}
+	}
+	// 640 keys (10 per shard) plus at most one overflow bucket per shard.
+	if n := e.buckets.len(); n > 640+gcraShards {
+		t.Errorf("%d buckets after 5000 users, want at most %d", n, 640+gcraShards)
+	}
+	// Users beyond the cap share overflow buckets: limited, not handed fresh bursts.
+	if allowed >= 5000 || allowed < 640 {
+		t.Errorf("%d of 5000 users allowed, want between 640 and 4999", allowed)
+	}
+	// A drained bucket is never evicted: "early" must not get a new burst.
+	e.buckets.sweep(c.Now())
+	if _, d := e.ReserveMessage(ctx, p, "early"); d == nil {
+		t.Error("early user allowed again after a sweep: its drained bucket was evicted")
+	}
+	c.Advance(time.Hour)
+	e.buckets.sweep(c.Now())
+	if n := e.buckets.len(); n != 0 {
+		t.Errorf("%d buckets after every bucket refilled, want 0", n)
+	}
+}
+
+func TestAuthFailures(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e := newEngine(t, &config.Config{}, c)
+	ctx := context.Background()
+	const ip = "192.0.2.7"
+	var delays []time.Duration
+	for i := 1; i <= 10; i++ {
+		if _, blocked := e.AuthDelay(ctx, ip); blocked {
+			t.Fatalf("blocked before failure %d", i)
+		}
+		e.AuthFailed(ctx, ip)
+		d, blocked := e.AuthDelay(ctx, ip)
+		if i < 10 {
+			if blocked {
+				t.Fatalf("blocked after %d failures", i)
+			}
+			delays = append(delays, d)
+		} else if !blocked {
+			t.Fatal("not blocked after 10 failures")
+		}
+	}
+	want := []time.Duration{0, 0, 0, 0, time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	for i := range want {
+		if delays[i] != want[i] {
+			t.Errorf("delay after %d failures = %v, want %v", i+1, delays[i], want[i])
+		}
+	}
+	if d, b := e.AuthDelay(ctx, "192.0.2.8"); d != 0 || b {
+		t.Errorf("another IP: delay %v blocked %v", d, b)
+	}
+	c.Advance(authBlockFor - time.Second)
+	if !e.Blocked(ctx, ip) {
+		t.Error("block ended before 15 minutes")
+	}
+	c.Advance(time.Second)
+	if d, b := e.AuthDelay(ctx, ip); d != 0 || b {
+		t.Errorf("after 15 minutes: delay %v blocked %v, want 0 false", d, b)
+	}
+}
+
+func TestAuthWindowAndPrefix(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e := newEngine(t, &config.Config{}, c)
+	ctx := context.Background()
+	for range 4 {
+		e.AuthFailed(ctx, "198.51.100.1")
+	}
+	c.Advance(authWindow) // the window passed: the count starts again
+	e.AuthFailed(ctx, "198.51.100.1")
+	if d, _ := e.AuthDelay(ctx, "198.51.100.1"); d != 0 {
+		t.Errorf("5th failure in a new window: delay %v, want 0", d)
+	}
+	// One IPv6 host rotating through its /64 counts as one.
+	for i := range 10 {
+		e.AuthFailed(ctx, "2001:db8:1:2::"+strconv.Itoa(i+1))
+	}
+	if !e.Blocked(ctx, "2001:db8:1:2::ffff") {
+		t.Error("IPv6 /64 not blocked after 10 failures from its addresses")
+	}
+	if e.Blocked(ctx, "2001:db8:1:3::1") {
+		t.Error("a neighbouring /64 is blocked")
+	}
+	for range 10 {
+		e.AuthFailed(ctx, "::ffff:198.51.100.9")
+	}
+	if !e.Blocked(ctx, "198.51.100.9") {
+		t.Error("IPv4-mapped address keyed apart from its IPv4 form")
+	}
+}
+
+func TestAuthTableCap(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e, err := New(&config.Config{}, Options{Now: c.Now, MaxKeys: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 10 {
+		e.AuthFailed(ctx, "203.0.113.1")
+	}
+	for i := range 1000 {
+		e.AuthFailed(ctx, "10.1."+strconv.Itoa(i/256)+"."+strconv.Itoa(i%256))
+	}
+	if n := e.auth.len(); n > 100 {
+		t.Errorf("%d auth entries, want at most 100", n)
+	}
+	if !e.Blocked(ctx, "203.0.113.1") {
+		t.Error("a flood of new IPs evicted a blocked one")
+	}
+}
+
+func TestRoute(t *testing.T) {
+	t.Parallel()
+	cfg := &config.Config{
+		Users: []config.User{{Name: "marketing", Policy: "marketing"}, {Name: "app"}},
+		Policies: map[string]*config.Policy{
+			"default":   {},
+			"marketing": {Upstreams: []string{"sendgrid", "mailgun"}},
+		},
+		Routes: []config.Route{
+			{SenderDomains: []string{"News.Example.com"}, Upstreams: []string{"mailgun"}},
+			{Users: []string{"app"}, SenderDomains: []string{"billing.example.com"}, Upstreams: []string{"postmark"}},
+			{Users: []string{"marketing"}, Upstreams: []string{"ses", "sendgrid"}},
+		},
+		Upstreams: []config.Upstream{
+			{Name: "ses", Profile: "ses"}, {Name: "sendgrid", Profile: "sendgrid"},
+			{Name: "mailgun", Profile: "mailgun"}, {Name: "postmark", Profile: "postmark"}, {Name: "plain"},
+		},
+	}
+	e := newEngine(t, cfg, newClock())
+	def, mkt := e.Lookup("default"), e.Lookup("marketing")
+	tests := []struct {
+		p            *Policy
+		user, domain string
+		want         string
+		profile      string
+	}{
+		{def, "app", "news.example.COM", "mailgun", "mailgun"},       // by domain, any case
+		{mkt, "marketing", "news.example.com", "mailgun", "mailgun"}, // first match wins
+		{def, "app", "billing.example.com", "postmark", "postmark"},  // user and domain
+		{def, "other", "billing.example.com", "", "ses"},             // domain alone is not enough
+		{mkt, "marketing", "example.com", "ses,sendgrid", "ses"},     // by user; strictest profile
+		{def, "app", "example.com", "", "ses"},                       // every upstream: strictest of all
+	}
+	for _, tt := range tests {
+		ups, prof := e.Route(tt.p, tt.user, tt.domain)
+		if strings.Join(ups, ",") != tt.want || prof != tt.profile {
+			t.Errorf("Route(%s, %s, %s) = %v %s, want [%s] %s", tt.p.Name, tt.user, tt.domain, ups, prof, tt.want, tt.profile)
+		}
+		if tt.want == "" && ups != nil {
+			t.Errorf("Route(%s, %s, %s) = %#v, want nil (every upstream)", tt.p.Name, tt.user, tt.domain, ups)
+		}
+	}
+	// Without a matching route, the policy's own upstreams.
+	cfg.Routes = cfg.Routes[:1]
+	e = newEngine(t, cfg, newClock())
+	if ups, prof := e.Route(e.Lookup("marketing"), "marketing", "example.com"); strings.Join(ups, ",") != "sendgrid,mailgun" || prof != "mailgun" {
+		t.Errorf("policy route = %v %s, want [sendgrid mailgun] mailgun", ups, prof)
+	}
+	cfg.Upstreams = []config.Upstream{{Name: "plain"}, {Name: "mailgun"}}
+	e = newEngine(t, cfg, newClock())
+	if _, prof := e.Route(e.Lookup("default"), "app", "example.com"); prof != "generic" {
+		t.Errorf("profile of unprofiled upstreams = %s, want generic", prof)
+	}
+	cfg.Routes = []config.Route{{Upstreams: []string{"nope"}}}
+	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Errorf("route to an unknown upstream: err = %v", err)
+	}
+}
