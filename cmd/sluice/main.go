@@ -1,0 +1,142 @@
+// Command sluice is the one binary of the Sluice relay: the daemon (serve),
+// its development mode (serve --dev) and the operator's tools (check-config,
+// passwd, dkim, queue, policy, upstreams, send, sendmail, version). It is
+// the only place that reads configuration files and wires packages together.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+)
+
+// Set by the linker (-X main.version=…, -X main.commit=…).
+var (
+	version = "dev"
+	commit  = ""
+)
+
+const defaultConfig = "/etc/sluice/sluice.yaml"
+
+// errUsage makes main exit 2 after the usage was printed.
+var errUsage = errors.New("usage")
+
+// exitError carries an exit code other than 1.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+type command struct {
+	name, args, help string
+	run              func(args []string, stdin io.Reader, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "[-c FILE] [--dev]", "run the relay", runServe},
+		{"check-config", "[-c FILE]", "validate the configuration and print a summary", runCheckConfig},
+		{"passwd", "[--bcrypt]", "read a password, print its hash for the config", runPasswd},
+		{"dkim", "keygen|dns ...", "make DKIM keys, print their DNS records", runDKIM},
+		{"queue", "list|show|retry|hold|release|delete|flush ...", "inspect and act on the queue", runQueue},
+		{"policy", "explain --user U --from A --to B [--size N]", "show what the policy decides", runPolicy},
+		{"upstreams", "[-c FILE]", "show each upstream's state", runUpstreams},
+		{"send", "--server H:P --user U --from A --to B", "send a test message", runSend},
+		{"sendmail", "[-f FROM] [-t] [RCPT...]", "sendmail-compatible injector", runSendmail},
+		{"version", "", "print version information", runVersion},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: sluice COMMAND [flags]\n\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-13s %-48s %s\n", c.name, c.args, c.help)
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(args[1:], stdin, stdout, stderr)
+		var ee *exitError
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+			return 2
+		case errors.As(err, &ee):
+			if ee.msg != "" {
+				fmt.Fprintln(stderr, ee.msg)
+			}
+			return ee.code
+		}
+		fmt.Fprintln(stderr, "sluice "+c.name+":", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "sluice: unknown command %q\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+// parseFlags parses flags that may stand before or after the positional
+// arguments (`queue show ID -c FILE` and `queue -c FILE show ID` both work).
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func usageErr(stderr io.Writer, format string, a ...any) error {
+	fmt.Fprintf(stderr, format+"\n", a...)
+	return errUsage
+}
+
+func runVersion(args []string, _ io.Reader, stdout, _ io.Writer) error {
+	c := commit
+	if c == "" {
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" {
+					c = s.Value
+				}
+			}
+		}
+	}
+	if c == "" {
+		c = "unknown"
+	}
+	fmt.Fprintf(stdout, "sluice %s (commit %s, %s %s/%s)\n", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return nil
+}

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strconv"
+
+	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/policy"
+	"github.com/sluicemail/sluice/queue"
+	"github.com/sluicemail/sluice/upstream"
+)
+
+const queueUsage = "usage: sluice queue list [--json] | show ID | retry ID|--all | hold ID | release ID | delete ID [--silent] | flush   [-c FILE]"
+
+// runQueue inspects the spool directly (the files are the truth) and sends
+// actions to the running daemon over its control socket, or applies them to
+// the files when no daemon runs.
+func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("queue", flag.ContinueOnError)
+	path := fs.String("c", defaultConfig, "configuration file")
+	asJSON := fs.Bool("json", false, "list: one JSON object per line")
+	all := fs.Bool("all", false, "retry: every message")
+	silent := fs.Bool("silent", false, "delete: without a bounce")
+	dev := fs.Bool("dev", false, "the --dev mode's queue")
+	pos, err := parseFlags(fs, args)
+	if err != nil || len(pos) == 0 {
+		return usageErr(stderr, queueUsage)
+	}
+	cfg, err := loadFor(*path, *dev)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(cfg.StateDir, "spool")
+	switch pos[0] {
+	case "list":
+		infos, err := queue.List(dir)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			enc := json.NewEncoder(stdout)
+			for _, i := range infos {
+				if err := enc.Encode(i); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		fmt.Fprint(stdout, queue.FormatList(infos))
+		return nil
+	case "show":
+		if len(pos) != 2 {
+			return usageErr(stderr, queueUsage)
+		}
+		d, err := queue.Show(dir, pos[1])
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(d)
+		}
+		b, err := json.MarshalIndent(d, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s\n", b)
+		return nil
+	case "retry", "hold", "release", "delete", "flush":
+		rest := pos[1:]
+		if *all {
+			rest = append(rest, "--all")
+		}
+		if *silent {
+			rest = append(rest, "--silent")
+		}
+		out, err := queue.Do(queue.Options{
+			Dir:           dir,
+			Config:        cfg.Queue,
+			Hostname:      cfg.Hostname,
+			ControlSocket: filepath.Join(cfg.StateDir, "control.sock"),
+		}, pos[0], rest...)
+		fmt.Fprint(stdout, out)
+		return err
+	}
+	return usageErr(stderr, queueUsage)
+}
+
+func loadFor(path string, dev bool) (*config.Config, error) {
+	if dev {
+		cfg, _, err := devConfig("./sluice-dev")
+		return cfg, err
+	}
+	return config.Load(path)
+}
+
+// runPolicy prints what the policy decides for one message; exit 0 allowed,
+// 1 denied, 2 usage (DESIGN §3).
+func runPolicy(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	const use = "usage: sluice policy explain --user U --from A --to B [--size N] [-c FILE]"
+	fs := flag.NewFlagSet("policy", flag.ContinueOnError)
+	path := fs.String("c", defaultConfig, "configuration file")
+	user := fs.String("user", "", "SMTP AUTH user")
+	from := fs.String("from", "", "sender address")
+	to := fs.String("to", "", "recipient address")
+	size := fs.String("size", "0", "message size (bytes, or 25MB)")
+	dev := fs.Bool("dev", false, "the --dev configuration")
+	pos, err := parseFlags(fs, args)
+	if err != nil || len(pos) != 1 || pos[0] != "explain" || *user == "" || *from == "" || *to == "" {
+		return usageErr(stderr, use)
+	}
+	n, err := strconv.ParseInt(*size, 10, 64)
+	if err != nil {
+		sz, serr := config.ParseSize(*size)
+		if serr != nil {
+			return usageErr(stderr, "--size: %v\n%s", serr, use)
+		}
+		n = int64(sz)
+	}
+	cfg, err := loadFor(*path, *dev)
+	if err != nil {
+		return err
+	}
+	cfg.RateLimit.Redis = "" // explain decides rules; it never spends a shared token
+	eng, err := policy.New(cfg, policy.Options{})
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	text, allowed := eng.Explain(*user, *from, *to, n)
+	fmt.Fprint(stdout, text)
+	if !allowed {
+		return &exitError{code: 1}
+	}
+	return nil
+}
+
+// runUpstreams prints the state the running daemon last wrote.
+func runUpstreams(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("upstreams", flag.ContinueOnError)
+	path := fs.String("c", defaultConfig, "configuration file")
+	dev := fs.Bool("dev", false, "the --dev configuration")
+	asJSON := fs.Bool("json", false, "JSON output")
+	if _, err := parseFlags(fs, args); err != nil {
+		return usageErr(stderr, "usage: sluice upstreams [-c FILE]")
+	}
+	cfg, err := loadFor(*path, *dev)
+	if err != nil {
+		return err
+	}
+	st, err := upstream.ReadStatus(filepath.Join(cfg.StateDir, "upstreams.json"))
+	if err != nil {
+		return fmt.Errorf("%w (is `sluice serve` running with this configuration?)", err)
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(st)
+	}
+	fmt.Fprint(stdout, upstream.FormatStatus(st))
+	return nil
+}

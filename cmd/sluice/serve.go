@@ -1,0 +1,275 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/metrics"
+	"github.com/sluicemail/sluice/policy"
+	"github.com/sluicemail/sluice/queue"
+	"github.com/sluicemail/sluice/relay"
+	"github.com/sluicemail/sluice/signing"
+	"github.com/sluicemail/sluice/upstream"
+)
+
+func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := fs.String("c", defaultConfig, "configuration file")
+	dev := fs.Bool("dev", false, "development mode: no file needed")
+	devDir := fs.String("dev-dir", "./sluice-dev", "state directory of --dev")
+	if _, err := parseFlags(fs, args); err != nil {
+		return usageErr(stderr, "%v\nusage: sluice serve [-c FILE] [--dev]", err)
+	}
+	var cfg *config.Config
+	var err error
+	if *dev {
+		var info *devInfo
+		cfg, info, err = devConfig(*devDir)
+		if err != nil {
+			return err
+		}
+		info.print(stdout)
+	} else {
+		cfg, err = config.Load(*path)
+		if err != nil {
+			return err
+		}
+	}
+	log := newLogger(cfg.Log, stderr)
+	d := &daemon{path: *path, dev: *dev, log: log}
+	return d.run(cfg)
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	switch c.Level {
+	case "debug":
+		lvl = slog.LevelDebug
+	case "warn":
+		lvl = slog.LevelWarn
+	case "error":
+		lvl = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// daemon is one running relay: every package wired together.
+type daemon struct {
+	path string
+	dev  bool
+	log  *slog.Logger
+
+	certs  *certStore
+	relay  *relay.Server
+	queue  *queue.Queue
+	disp   *upstream.Dispatcher
+	keysMu sync.RWMutex
+	keys   *signing.Keyring
+	policy *policy.Engine
+	cfg    *config.Config
+	ready  func() error
+}
+
+func (d *daemon) run(cfg *config.Config) error {
+	d.cfg = cfg
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	var err error
+	if d.certs, err = newCertStore(cfg); err != nil {
+		return err
+	}
+	if d.keys, err = signing.LoadKeys(cfg.DKIM); err != nil {
+		return err
+	}
+	if d.policy, err = policy.New(cfg, policy.Options{Logger: d.log}); err != nil {
+		return err
+	}
+	d.disp, err = upstream.New(upstream.Options{
+		Hostname:   cfg.Hostname,
+		Upstreams:  cfg.Upstreams,
+		Logger:     d.log,
+		StatusFile: filepath.Join(cfg.StateDir, "upstreams.json"),
+	})
+	if err != nil {
+		return err
+	}
+	d.queue, err = queue.Open(queue.Options{
+		Dir:           filepath.Join(cfg.StateDir, "spool"),
+		Config:        cfg.Queue,
+		Hostname:      cfg.Hostname,
+		Deliverer:     d.disp,
+		Sign:          d.signBounce,
+		ControlSocket: filepath.Join(cfg.StateDir, "control.sock"),
+		Logger:        d.log,
+	})
+	if err != nil {
+		return err
+	}
+	d.relay, err = relay.New(relay.Options{Config: cfg, Policy: d.policy, Keys: d.keys, Queue: d.queue, TLS: d.certs.tlsConfig(), Logger: d.log})
+	if err != nil {
+		return err
+	}
+	if err := d.relay.Listen(); err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	qdone := make(chan struct{})
+	go func() { defer close(qdone); d.queue.Run(ctx) }()
+	d.relay.Serve()
+	httpSrv, err := d.serveHTTP(cfg.HTTP.Address)
+	if err != nil {
+		return err
+	}
+	for _, l := range cfg.Listeners {
+		d.log.Info("listening", "listener", l.Name, "address", d.relay.Addr(l.Name).String(), "tls", l.TLS, "auth", l.Auth)
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			d.certs.reloadIfChanged(d.log)
+			continue
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				d.reload()
+				continue
+			}
+		}
+		break
+	}
+	d.log.Info("shutting down", "timeout", d.cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
+	defer cancel()
+	d.relay.Shutdown(sctx)
+	if httpSrv != nil {
+		httpSrv.Shutdown(sctx)
+	}
+	stop()
+	select {
+	case <-qdone:
+	case <-sctx.Done():
+	}
+	d.disp.Close()
+	d.policy.Close()
+	d.log.Info("stopped")
+	return nil
+}
+
+// reload re-reads the configuration, users, certificates and keys. A broken
+// configuration is refused with every error logged; the running one stays.
+func (d *daemon) reload() {
+	if d.dev {
+		d.log.Warn("reload: --dev has no file to reload")
+		return
+	}
+	cfg, err := config.Load(d.path)
+	if err != nil {
+		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+		return
+	}
+	keys, err := signing.LoadKeys(cfg.DKIM)
+	if err != nil {
+		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+		return
+	}
+	pol, err := policy.New(cfg, policy.Options{Logger: d.log})
+	if err != nil {
+		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+		return
+	}
+	if err := d.certs.reload(cfg); err != nil {
+		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+		pol.Close()
+		return
+	}
+	old := d.policy
+	d.relay.Reload(cfg, pol, keys)
+	d.keysMu.Lock()
+	d.keys, d.policy, d.cfg = keys, pol, cfg
+	d.keysMu.Unlock()
+	// Sessions opened before keep the old engine until they end; its
+	// resources are released after they had time to finish.
+	time.AfterFunc(cfg.ShutdownTimeout+time.Minute, old.Close)
+	d.log.Info("reloaded", "users", len(cfg.Users), "dkim_keys", len(cfg.DKIM))
+}
+
+// signBounce signs a DSN with the relay's key for its From: domain, if any.
+func (d *daemon) signBounce(domain string, msg []byte) ([]byte, error) {
+	d.keysMu.RLock()
+	keys := d.keys
+	d.keysMu.RUnlock()
+	s, err := keys.NewSigner(domain, signing.ProfileGeneric)
+	if err != nil || s == nil {
+		return nil, err
+	}
+	if _, err := s.Write(msg); err != nil {
+		return nil, err
+	}
+	if err := s.Close(); err != nil {
+		return nil, err
+	}
+	return s.Header(), nil
+}
+
+func (d *daemon) serveHTTP(addr string) (*http.Server, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		metrics.Default.WriteText(w)
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.readiness(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("http: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
+}
+
+// readiness: every listener bound (they are, once serving), the spool
+// writable, and at least one upstream whose breaker is not open.
+func (d *daemon) readiness() error {
+	if err := d.queue.Writable(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	for _, s := range d.disp.Status() {
+		if s.Breaker != "open" {
+			return nil
+		}
+	}
+	return errors.New("every upstream's circuit breaker is open")
+}

@@ -1,0 +1,111 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// AuthMechanisms offers PLAIN and LOGIN only where credentials are safe:
+// after STARTTLS, on implicit TLS, or on a listener the operator declared
+// plaintext (tls: none).
+func (s *session) AuthMechanisms() []string {
+	if !s.authOffered() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (s *session) authOffered() bool {
+	return s.tls || s.l.cfg.TLS == "none"
+}
+
+// Auth answers AUTH. go-smtp sends an *smtp.SMTPError from here or from the
+// SASL server as is; anything else would become a temporary 454 carrying
+// internal text, so only named replies are returned.
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if !s.authOffered() {
+		return nil, ReplyStartTLSFirst
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, username, password string) error {
+			if identity != "" && identity != username {
+				return s.authenticate("", "")
+			}
+			return s.authenticate(username, password)
+		}), nil
+	case sasl.Login:
+		return &loginServer{auth: s.authenticate}, nil
+	}
+	return nil, ReplyAuthMechanism
+}
+
+// authenticate checks one credential pair, slowing and then refusing an
+// address with many recent failures (DESIGN §7 "Auth failures").
+func (s *session) authenticate(username, password string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pol := s.st.policy
+	delay, blocked := pol.AuthDelay(ctx, s.ip)
+	if blocked {
+		s.closeAfterReply()
+		return ReplyAuthBlocked
+	}
+	if delay > 0 {
+		time.Sleep(delay)
+	}
+	u, ok := s.st.users.check(username, password)
+	if !ok {
+		mAuthFail.Inc()
+		pol.AuthFailed(ctx, s.ip)
+		// Never log the password; the name helps operators find a broken app.
+		s.log.Warn("auth_failed", "user", username)
+		return ReplyAuthFailed
+	}
+	mAuthOK.Inc()
+	s.user = u.Name
+	s.policyName = u.Policy
+	s.log = s.log.With("user", u.Name)
+	s.log.Debug("authenticated")
+	return nil
+}
+
+// closeAfterReply ends the connection right after the current reply.
+func (s *session) closeAfterReply() {
+	if tc := trackedOf(s.conn.Conn()); tc != nil {
+		tc.closeAfter.Store(true)
+	}
+}
+
+// loginServer is the server side of AUTH LOGIN, which go-sasl no longer
+// ships (libs.md §2). It accepts the username as an initial response too.
+type loginServer struct {
+	step int
+	user string
+	auth func(user, pass string) error
+}
+
+func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		l.step = 1
+		if resp == nil {
+			return []byte("Username:"), false, nil
+		}
+		fallthrough
+	case 1:
+		if bytes.IndexByte(resp, 0) >= 0 {
+			return nil, false, ReplyAuthMalformed
+		}
+		l.user, l.step = string(resp), 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.step = 3
+		return nil, true, l.auth(l.user, string(resp))
+	}
+	return nil, false, smtp.ErrAuthFailed
+}

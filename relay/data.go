@@ -1,0 +1,267 @@
+package relay
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/queue"
+	"github.com/sluicemail/sluice/signing"
+)
+
+// Data runs the DATA pipeline: line endings, header checks and edits,
+// Received:, DKIM (once, here, so retries resend identical bytes), the
+// spool, and only then 250. Headers are held in memory (bounded); the body
+// streams from the client to the spool file and the signer.
+func (s *session) Data(r io.Reader) error {
+	if s.pol == nil {
+		return ReplyAuthRequired
+	}
+	pol := s.pol
+	cr := newCRLFReader(r)
+	br := bufio.NewReaderSize(cr, 64<<10)
+
+	fields, sep, err := readHeader(br)
+	if err != nil {
+		return s.dataError(err)
+	}
+
+	// The header From: must be one the user may send as (DESIGN §7); a
+	// message without one gets the envelope sender, as submission servers do.
+	from, present, perr := addresses(fields, "From")
+	if perr != nil || (present && len(from) == 0) {
+		s.reject("header_from", "data", "malformed")
+		return ReplyHeaderFromDenied
+	}
+	var added []string
+	if !present && s.from != "" {
+		from = []string{s.from}
+		added = append(added, "From: <"+s.from+">\r\n")
+	}
+	sender, _, perr := addresses(fields, "Sender")
+	if perr != nil {
+		s.reject("header_from", "data", "malformed sender")
+		return ReplyHeaderFromDenied
+	}
+	if d := pol.CheckHeaderFrom(s.user, append(from, sender...)); d != nil {
+		return s.deny(d, "data", strings.Join(from, ","))
+	}
+
+	draft, err := s.srv.queue.Begin()
+	if err != nil {
+		s.log.Error("rejected", "reason", "spool", "err", err)
+		mRejected.Inc("spool")
+		return ReplySpoolFailed
+	}
+	defer draft.Abort()
+	log := s.log.With("queue_id", draft.ID)
+
+	now := s.srv.now()
+	if !has(fields, "Date") {
+		added = append(added, "Date: "+now.Format(time.RFC1123Z)+"\r\n")
+	}
+	if !has(fields, "Message-ID") {
+		added = append(added, fmt.Sprintf("Message-ID: <%s@%s>\r\n", draft.ID, s.st.cfg.Hostname))
+	}
+
+	domain := ""
+	if len(from) > 0 {
+		domain = domainOf(from[0])
+	}
+	route, profile := s.st.policy.Route(pol, s.user, domainOf(s.from))
+	var signer *signing.Signer
+	if s.st.keys != nil {
+		signer, err = s.st.keys.NewSigner(domain, profile)
+		if err != nil {
+			log.Error("rejected", "reason", "dkim", "err", err)
+			return ReplySpoolFailed
+		}
+	}
+	if signer == nil && pol.RequireDKIM {
+		s.reject("dkim", "data", domain)
+		return ReplyDKIMRequired
+	}
+
+	var w io.Writer = draft
+	if signer != nil {
+		w = io.MultiWriter(draft, signer)
+	}
+	bw := bufio.NewWriterSize(w, 32<<10)
+	bw.WriteString(s.received(draft.ID, now))
+	for _, f := range fields {
+		if !removed(pol.RemoveHeaders, f.name) {
+			bw.Write(f.raw)
+		}
+	}
+	for _, a := range added {
+		bw.WriteString(a)
+	}
+	bw.WriteString("\r\n")
+	_ = sep // with or without a blank line received, one separates headers and body now
+	last, err := copyBody(bw, br, func() bool { return cr.n > pol.MaxMessageSize })
+	if err == nil && last != '\n' {
+		_, err = bw.WriteString("\r\n")
+	}
+	if err != nil {
+		return s.dataError(err)
+	}
+	if err := bw.Flush(); err != nil {
+		return s.dataError(&writeError{err})
+	}
+	var prefix []byte
+	if signer != nil {
+		if err := signer.Close(); err != nil {
+			log.Error("rejected", "reason", "dkim", "err", err)
+			return ReplySpoolFailed
+		}
+		prefix = signer.Header()
+	}
+
+	env := &queue.Envelope{
+		ID:       draft.ID,
+		From:     s.from,
+		To:       append([]string(nil), s.rcpts...),
+		User:     s.user,
+		Client:   s.ip,
+		Route:    route,
+		Received: now,
+	}
+	setDSN(env, s.mailOpts, s.rcpts, s.rcptOpts)
+	if err := draft.Commit(env, prefix); err != nil {
+		log.Error("rejected", "reason", "spool", "err", err)
+		mRejected.Inc("spool")
+		return ReplySpoolFailed
+	}
+	s.reserve = nil // the message counts against the rate
+	mAccepted.Inc()
+	log.Info("accepted", "from", s.from, "rcpts", len(s.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route, ","))
+	return replyQueued(draft.ID)
+}
+
+// writeError marks a failure of the spool side, as opposed to the client.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+
+// errTooLarge: the message exceeds the user's max_message_size.
+var errTooLarge = errors.New("relay: message exceeds the policy's size limit")
+
+// copyBody copies the body and returns the last byte written; it stops as
+// soon as tooLarge says the user's limit is passed, so a message over the
+// limit never fills the spool.
+func copyBody(w *bufio.Writer, r *bufio.Reader, tooLarge func() bool) (byte, error) {
+	var last byte = '\n' // an empty body needs no extra line end
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if tooLarge() {
+			return last, errTooLarge
+		}
+		if n > 0 {
+			last = buf[n-1]
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return last, &writeError{werr}
+			}
+		}
+		if err == io.EOF {
+			return last, nil
+		}
+		if err != nil {
+			return last, err
+		}
+	}
+}
+
+// dataError maps a failure while reading or storing DATA to its reply.
+func (s *session) dataError(err error) error {
+	var we *writeError
+	var ne net.Error
+	switch {
+	case errors.Is(err, errBareCR):
+		s.reject("bare_cr", "data", "")
+		return ReplyBareCR
+	case errors.Is(err, smtp.ErrDataTooLarge), errors.Is(err, errHeaderTooLarge), errors.Is(err, errTooLarge):
+		s.reject("size", "data", "")
+		return ReplyTooLarge
+	case errors.As(err, &we):
+		s.log.Error("rejected", "reason", "spool", "err", err)
+		mRejected.Inc("spool")
+		return ReplySpoolFailed
+	case errors.As(err, &ne) && ne.Timeout():
+		s.reject("timeout", "data", "")
+		return ReplyTimeout
+	}
+	s.log.Info("rejected", "reason", "data_read", "err", err)
+	mRejected.Inc("data_read")
+	return ReplyTimeout
+}
+
+func removed(list []string, name string) bool {
+	for _, h := range list {
+		if strings.EqualFold(h, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// received builds the trace field this relay adds (RFC 5321 §4.4).
+func (s *session) received(id string, now time.Time) string {
+	with := "ESMTP"
+	if s.tls {
+		with += "S"
+	}
+	if s.user != "" {
+		with += "A"
+	}
+	helo := sanitize(s.conn.Hostname())
+	var b strings.Builder
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (Sluice) with %s id %s", helo, s.ip, s.st.cfg.Hostname, with, id)
+	if st, ok := s.conn.TLSConnectionState(); ok {
+		fmt.Fprintf(&b, "\r\n\t(version=%s cipher=%s)", tlsVersion(st), tlsCipher(st))
+	}
+	if len(s.rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitize(s.rcpts[0]))
+	}
+	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
+	return b.String()
+}
+
+// sanitize keeps client-supplied text from breaking the header.
+func sanitize(v string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 33 || r > 126 || r == '(' || r == ')' || r == ';' {
+			return '_'
+		}
+		return r
+	}, v)
+}
+
+func setDSN(env *queue.Envelope, mo *smtp.MailOptions, rcpts []string, ro []*smtp.RcptOptions) {
+	if mo != nil {
+		env.Ret = string(mo.Return)
+		env.EnvID = mo.EnvelopeID
+	}
+	for i, o := range ro {
+		if o == nil || (len(o.Notify) == 0 && o.OriginalRecipient == "") {
+			continue
+		}
+		if env.RcptOpts == nil {
+			env.RcptOpts = map[string]queue.RcptDSN{}
+		}
+		d := queue.RcptDSN{}
+		for _, n := range o.Notify {
+			d.Notify = append(d.Notify, string(n))
+		}
+		if o.OriginalRecipient != "" {
+			d.ORCPT = string(o.OriginalRecipientType) + ";" + o.OriginalRecipient
+		}
+		env.RcptOpts[rcpts[i]] = d
+	}
+}

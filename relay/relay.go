@@ -1,0 +1,205 @@
+// Package relay is where a message enters Sluice: the listeners (STARTTLS,
+// implicit TLS, plain; PROXY protocol; connection limits), the go-smtp
+// sessions, AUTH against the user store, the policy decisions at MAIL, RCPT
+// and DATA, and the DATA pipeline (line endings, header checks, Received:,
+// DKIM signing) that ends in the durable spool. It answers 250 only after
+// queue.Draft.Commit returned, so it never touches the network upstream.
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/metrics"
+	"github.com/sluicemail/sluice/policy"
+	"github.com/sluicemail/sluice/queue"
+	"github.com/sluicemail/sluice/signing"
+)
+
+// Options are what a relay Server is built from.
+type Options struct {
+	Config *config.Config
+	Policy *policy.Engine
+	Keys   *signing.Keyring
+	Queue  *queue.Queue
+	// TLS is the server certificate configuration (GetCertificate lets the
+	// caller swap certificates on reload); nil when no listener uses TLS.
+	TLS    *tls.Config
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// state is everything a reload replaces at once. A session keeps the state
+// it started with, so a reload never changes the rules under an open
+// transaction.
+type state struct {
+	cfg    *config.Config
+	policy *policy.Engine
+	keys   *signing.Keyring
+	users  *users
+	// profiles maps upstream names to their signing profile.
+	profiles map[string]string
+}
+
+// Server runs every configured listener.
+type Server struct {
+	state     atomic.Pointer[state]
+	queue     *queue.Queue
+	tlsConfig *tls.Config
+	log       *slog.Logger
+	now       func() time.Time
+
+	listeners []*listener
+	wg        sync.WaitGroup
+	cids      atomic.Uint64
+}
+
+var (
+	mAccepted    = metrics.Default.NewCounter("sluice_messages_accepted_total", "Messages answered 250 and spooled.")
+	mRejected    = metrics.Default.NewCounterVec("sluice_messages_rejected_total", "Messages, recipients or connections refused, by reason.", "reason")
+	mAuthFail    = metrics.Default.NewCounter("sluice_auth_failures_total", "Failed SMTP AUTH attempts.")
+	mAuthOK      = metrics.Default.NewCounter("sluice_auth_successes_total", "Successful SMTP AUTH attempts.")
+	mConnections = metrics.Default.NewCounterVec("sluice_connections_total", "Connections admitted, by listener.", "listener")
+	mSessions    = metrics.Default.NewGauge("sluice_sessions", "Open SMTP sessions.")
+)
+
+func (s *Server) metricRejected(reason string) { mRejected.Inc(reason) }
+
+// New prepares a server; Listen binds the addresses.
+func New(opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Server{queue: opts.Queue, tlsConfig: opts.TLS, log: opts.Logger, now: opts.Now}
+	s.state.Store(s.newState(opts.Config, opts.Policy, opts.Keys))
+	return s, nil
+}
+
+func (s *Server) newState(cfg *config.Config, pol *policy.Engine, keys *signing.Keyring) *state {
+	st := &state{cfg: cfg, policy: pol, keys: keys, users: newUsers(cfg.Users, s.now), profiles: map[string]string{}}
+	for _, u := range cfg.Upstreams {
+		st.profiles[u.Name] = u.Profile
+	}
+	return st
+}
+
+// Reload swaps users, policies and keys; open sessions finish under the old
+// ones. Listener addresses are not changed by a reload.
+func (s *Server) Reload(cfg *config.Config, pol *policy.Engine, keys *signing.Keyring) {
+	s.state.Store(s.newState(cfg, pol, keys))
+}
+
+// Listen binds every configured listener, so that a port in use fails the
+// start with a clear error before anything is served.
+func (s *Server) Listen() error {
+	st := s.state.Load()
+	for _, lc := range st.cfg.Listeners {
+		if lc.TLS != config.TLSNone && s.tlsConfig == nil {
+			return fmt.Errorf("relay: listener %s needs a TLS certificate", lc.Name)
+		}
+		trusted, err := parsePrefixes(lc.TrustedNetworks)
+		if err != nil {
+			return fmt.Errorf("relay: listener %s: %w", lc.Name, err)
+		}
+		raw, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("relay: listener %s: %w", lc.Name, err)
+		}
+		l := &listener{srv: s, cfg: lc, raw: raw, trusted: trusted, perIP: map[netip.Addr]int{}}
+		l.gate = newGate(raw.Addr())
+		l.smtp = s.newSMTPServer(l)
+		s.listeners = append(s.listeners, l)
+	}
+	return nil
+}
+
+// Serve runs the listeners until Shutdown; it returns at once.
+func (s *Server) Serve() {
+	for _, l := range s.listeners {
+		s.wg.Add(2)
+		go func() { defer s.wg.Done(); l.serve() }()
+		go func() {
+			defer s.wg.Done()
+			if err := l.smtp.Serve(l.gate); err != nil && !errors.Is(err, smtp.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				s.log.Error("listener stopped", "listener", l.cfg.Name, "err", err)
+			}
+		}()
+	}
+}
+
+// Addr returns the bound address of the named listener (nil if unknown).
+func (s *Server) Addr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.cfg.Name == name {
+			return l.raw.Addr()
+		}
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		l.raw.Close()
+	}
+}
+
+// Shutdown stops accepting, lets open sessions finish until ctx is done,
+// then closes what is left. A session cut off before its 250 has had
+// nothing committed, so nothing is lost.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	var wg sync.WaitGroup
+	for _, l := range s.listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.smtp.Shutdown(ctx); err != nil {
+				l.smtp.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) newSMTPServer(l *listener) *smtp.Server {
+	st := s.state.Load()
+	srv := smtp.NewServer(&backend{srv: s, l: l})
+	srv.Domain = st.cfg.Hostname
+	srv.MaxMessageBytes = st.policy.MaxMessageSize()
+	srv.MaxRecipients = 0 // per policy, in Rcpt
+	srv.MaxLineLength = 2000
+	srv.ReadTimeout = 0 // idle timeout per read in trackedConn instead
+	srv.WriteTimeout = writeTimeout
+	// AUTH is offered only where allowed (AuthMechanisms), and an AUTH on a
+	// plaintext STARTTLS listener is answered 530 by Auth, not go-smtp's 523.
+	srv.AllowInsecureAuth = true
+	srv.EnableREQUIRETLS = true
+	srv.EnableDSN = true
+	srv.ErrorLog = slogErrorLog{s.log}
+	if l.cfg.TLS == config.TLSStartTLS {
+		srv.TLSConfig = s.tlsConfig
+	}
+	return srv
+}
+
+type slogErrorLog struct{ l *slog.Logger }
+
+func (e slogErrorLog) Printf(format string, v ...any) { e.l.Warn(fmt.Sprintf(format, v...)) }
+func (e slogErrorLog) Println(v ...any)               { e.l.Warn(fmt.Sprint(v...)) }

@@ -1,0 +1,189 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/policy"
+)
+
+// backend makes one session per EHLO for one listener.
+type backend struct {
+	srv *Server
+	l   *listener
+}
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s := b.srv
+	ip := addrIP(c.Conn().RemoteAddr())
+	cid := strconv.FormatUint(s.cids.Add(1), 36)
+	_, isTLS := c.TLSConnectionState()
+	sess := &session{
+		srv:  s,
+		l:    b.l,
+		st:   s.state.Load(),
+		conn: c,
+		ip:   ip.String(),
+		addr: ip,
+		tls:  isTLS,
+		log:  s.log.With("cid", cid, "listener", b.l.cfg.Name, "ip", ip.String()),
+	}
+	if b.l.cfg.Auth == config.AuthNone {
+		// Admitted by network (the listener refused everyone else at connect).
+		sess.policyName = b.l.cfg.Policy
+	}
+	mSessions.Add(1)
+	mConnections.Inc(b.l.cfg.Name)
+	return sess, nil
+}
+
+// session is one client's SMTP conversation after EHLO.
+type session struct {
+	srv  *Server
+	l    *listener
+	st   *state
+	conn *smtp.Conn
+	ip   string
+	addr netip.Addr
+	tls  bool
+	log  *slog.Logger
+
+	user       string // authenticated name, "" when admitted by network
+	policyName string // "" until authenticated (on auth: required listeners)
+
+	// the transaction
+	pol      *policy.Policy
+	from     string
+	mailOpts *smtp.MailOptions
+	rcpts    []string
+	rcptOpts []*smtp.RcptOptions
+	reserve  *policy.Reservation
+	mailAt   time.Time
+}
+
+// reserveMessage and chargeRecipient apply rate limits to the user, or to
+// the client address for clients admitted by network.
+func (s *session) reserveMessage(ctx context.Context, pol *policy.Policy) (*policy.Reservation, *policy.Denial) {
+	if s.user != "" {
+		return s.st.policy.ReserveMessage(ctx, pol, s.user)
+	}
+	return s.st.policy.ReserveMessageIP(ctx, pol, s.ip)
+}
+
+func (s *session) chargeRecipient(ctx context.Context, pol *policy.Policy) *policy.Denial {
+	if s.user != "" {
+		return s.st.policy.ChargeRecipient(ctx, pol, s.user)
+	}
+	return s.st.policy.ChargeRecipientIP(ctx, pol, s.ip)
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.Reset()
+	if s.policyName == "" {
+		s.reject("auth_required", "mail", from)
+		return ReplyAuthRequired
+	}
+	if opts != nil && opts.RequireTLS && !s.tls {
+		s.reject("requiretls", "mail", from)
+		return ReplyRequireTLS
+	}
+	pol := s.st.policy.Lookup(s.policyName)
+	if pol == nil {
+		s.log.Error("rejected", "reason", "no_policy", "policy", s.policyName)
+		return ReplyNoPolicy
+	}
+	if strings.ContainsAny(from, " \t\r\n<>") {
+		return ReplyBadSender
+	}
+	if d := pol.CheckSender(s.user, from); d != nil {
+		return s.deny(d, "mail", from)
+	}
+	if opts != nil && opts.Size > 0 && opts.Size > pol.MaxMessageSize {
+		s.reject("size", "mail", from)
+		return ReplyTooLarge
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, d := s.reserveMessage(ctx, pol)
+	if d != nil {
+		return s.deny(d, "mail", from)
+	}
+	s.pol, s.from, s.mailOpts, s.reserve, s.mailAt = pol, from, opts, res, s.srv.now()
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if s.pol == nil { // go-smtp only calls Rcpt after a successful Mail
+		return ReplyAuthRequired
+	}
+	if to == "" || strings.ContainsAny(to, " \t\r\n<>") || !strings.Contains(to, "@") {
+		return ReplyBadRecipient
+	}
+	if d := s.pol.CheckRecipient(s.user, to, len(s.rcpts)); d != nil {
+		return s.deny(d, "rcpt", to)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if d := s.chargeRecipient(ctx, s.pol); d != nil {
+		return s.deny(d, "rcpt", to)
+	}
+	s.rcpts = append(s.rcpts, to)
+	s.rcptOpts = append(s.rcptOpts, opts)
+	return nil
+}
+
+// Reset ends a transaction; a message-rate token reserved at MAIL for a
+// message that was never accepted is given back.
+func (s *session) Reset() {
+	if s.reserve != nil {
+		s.reserve.Cancel()
+	}
+	s.pol, s.from, s.mailOpts, s.reserve = nil, "", nil, nil
+	s.rcpts, s.rcptOpts = nil, nil
+}
+
+func (s *session) Logout() error {
+	s.Reset()
+	mSessions.Add(-1)
+	return nil
+}
+
+// deny maps a policy denial to its reply, in one place.
+func (s *session) deny(d *policy.Denial, stage, addr string) error {
+	s.reject(d.Kind.String(), stage, addr, "rule", d.Rule)
+	switch d.Kind {
+	case policy.SenderDenied:
+		return ReplySenderDenied
+	case policy.HeaderFromDenied:
+		return ReplyHeaderFromDenied
+	case policy.RecipientDenied:
+		return ReplyRecipientDenied
+	case policy.TooManyRecipients:
+		return ReplyTooManyRcpts
+	case policy.TooLarge:
+		return ReplyTooLarge
+	case policy.RateLimited:
+		return replyRateLimited(d.RetryAfter)
+	case policy.DKIMRequired:
+		return ReplyDKIMRequired
+	case policy.Unavailable:
+		return ReplyRateUnavailable
+	}
+	return ReplySpoolFailed
+}
+
+func (s *session) reject(reason, stage, addr string, extra ...any) {
+	mRejected.Inc(reason)
+	s.log.Info("rejected", append([]any{"reason", reason, "stage", stage, "addr", addr}, extra...)...)
+}
+
+func tlsVersion(st tls.ConnectionState) string { return tls.VersionName(st.Version) }
+func tlsCipher(st tls.ConnectionState) string  { return tls.CipherSuiteName(st.CipherSuite) }
