@@ -1,0 +1,148 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/upstream"
+)
+
+// rcptErr mirrors upstream.Error's shape (classify reads it by field name).
+type rcptErr struct {
+	Upstream          string
+	Code              int
+	Enhanced          [3]int
+	Message           string
+	PossibleDuplicate bool
+}
+
+func (e *rcptErr) Temporary() bool { return e.Code < 500 }
+func (e *rcptErr) Error() string {
+	return fmt.Sprintf("%s: %d %d.%d.%d %s", e.Upstream, e.Code, e.Enhanced[0], e.Enhanced[1], e.Enhanced[2], e.Message)
+}
+
+// delivery is one Deliver call as the fake upstream saw it.
+type delivery struct {
+	ID, From string
+	To       []string
+	Route    []string
+	Data     []byte
+}
+
+// fakeUpstream records deliveries; decide returns the error for a recipient
+// on the n-th call (0-based) for that message (nil: accepted).
+type fakeUpstream struct {
+	mu     sync.Mutex
+	got    []delivery
+	calls  map[string]int
+	decide func(d delivery, rcpt string, n int) error
+}
+
+func (f *fakeUpstream) Deliver(ctx context.Context, m *upstream.Message) upstream.Result {
+	rc, err := m.Open()
+	if err != nil {
+		panic(err)
+	}
+	data, _ := io.ReadAll(rc)
+	rc.Close()
+	d := delivery{ID: m.ID, From: m.From, To: append([]string(nil), m.To...), Route: m.Route, Data: data}
+	f.mu.Lock()
+	if f.calls == nil {
+		f.calls = map[string]int{}
+	}
+	n := f.calls[m.ID]
+	f.calls[m.ID]++
+	f.got = append(f.got, d)
+	f.mu.Unlock()
+	res := upstream.Result{Upstream: "fake", Errs: make([]error, len(m.To))}
+	if f.decide != nil {
+		for i, to := range m.To {
+			res.Errs[i] = f.decide(d, to, n)
+		}
+	}
+	return res
+}
+
+func (f *fakeUpstream) deliveries() []delivery {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]delivery(nil), f.got...)
+}
+
+// logBuf collects log output for assertions.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func testOptions(t testing.TB, dir string, up upstream.Deliverer) (Options, *logBuf) {
+	lb := &logBuf{}
+	return Options{
+		Dir:       dir,
+		Hostname:  "relay.test",
+		Deliverer: up,
+		Logger:    slog.New(slog.NewTextHandler(lb, nil)),
+		Config: config.Queue{
+			Retry:   []time.Duration{10 * time.Millisecond, 20 * time.Millisecond},
+			MaxAge:  time.Hour,
+			Workers: 4,
+		},
+	}, lb
+}
+
+const testMsg = "From: alice@example.com\r\nTo: bob@example.org\r\nSubject: hello\r\nMessage-ID: <m1@example.com>\r\n\r\nHello Bob.\r\n"
+
+// enqueue spools one message.
+func enqueue(t testing.TB, q *Queue, env *Envelope, prefix, msg string) string {
+	t.Helper()
+	d, err := q.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(d, msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Commit(env, []byte(prefix)); err != nil {
+		t.Fatal(err)
+	}
+	return d.ID
+}
+
+// running starts q.Run and stops it at cleanup.
+func running(t *testing.T, q *Queue) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; q.Close() })
+}
+
+// waitFor polls cond until it holds; the deadline only guards against a hang.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

@@ -1,0 +1,499 @@
+package queue
+
+import (
+	"bufio"
+	"container/heap"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// Info is one message as `sluice queue list` shows it.
+type Info struct {
+	ID          string     `json:"id"`
+	Sender      string     `json:"sender"`
+	Recipients  []RcptInfo `json:"recipients"`
+	Received    time.Time  `json:"received"`
+	AgeSeconds  int64      `json:"age_seconds"`
+	Size        int64      `json:"size"`
+	Attempts    int        `json:"attempts"`
+	NextAttempt *time.Time `json:"next_attempt"` // null: due now (never attempted)
+	LastError   string     `json:"last_error"`
+	Held        bool       `json:"held"`
+	User        string     `json:"user,omitempty"`
+	Route       []string   `json:"route,omitempty"`
+}
+
+// RcptInfo is one recipient and its state: pending|delivered|bounced|expired.
+type RcptInfo struct {
+	Address    string `json:"address"`
+	State      string `json:"state"`
+	Status     string `json:"status,omitempty"`
+	Diagnostic string `json:"diagnostic,omitempty"`
+}
+
+// Detail is what `sluice queue show ID` prints.
+type Detail struct {
+	Info
+	Client  string   `json:"client,omitempty"`
+	EnvID   string   `json:"envid,omitempty"`
+	Ret     string   `json:"ret,omitempty"`
+	Signed  bool     `json:"dkim_signed"`
+	Headers string   `json:"headers"` // the message's header block
+	History []Record `json:"history"` // the state log, oldest first
+}
+
+// List reads every message in the spool directory dir (Options.Dir),
+// oldest first. It only reads files, so it is safe while serve runs.
+func List(dir string) ([]Info, error) {
+	mdir := dir + "/msg"
+	des, err := os.ReadDir(mdir)
+	if err != nil {
+		return nil, fmt.Errorf("queue: read spool %s: %w", dir, err)
+	}
+	now := time.Now()
+	var out []Info
+	for _, de := range des {
+		if !validID(de.Name()) {
+			continue
+		}
+		d, err := show(mdir, de.Name(), now, false)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // delivered while we looked
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d.Info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// Show reads one message with its headers and history.
+func Show(dir, id string) (*Detail, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("queue: %q is not a queue ID", id)
+	}
+	d, err := show(dir+"/msg", id, time.Now(), true)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("queue: no message %s in %s", id, dir)
+	}
+	return d, err
+}
+
+func show(mdir, id string, now time.Time, full bool) (*Detail, error) {
+	path := mdir + "/" + id
+	tr, msgLen, err := readTrailer(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("queue: read %s: %w", id, err)
+	}
+	recs, err := readState(path + stateSuffix)
+	if err != nil {
+		return nil, fmt.Errorf("queue: read state of %s: %w", id, err)
+	}
+	st := foldState(recs)
+	env := tr.Env
+	d := &Detail{
+		Info: Info{
+			ID: id, Sender: env.From, Received: env.Received, AgeSeconds: int64(now.Sub(env.Received).Seconds()),
+			Size: msgLen + int64(len(tr.Prefix)), Attempts: st.Attempts, LastError: st.LastErr, Held: st.Held,
+			User: env.User, Route: env.Route,
+		},
+		Client: env.Client, EnvID: env.EnvID, Ret: env.Ret, Signed: len(tr.Prefix) > 0,
+	}
+	if !st.Next.IsZero() {
+		t := st.Next
+		d.NextAttempt = &t
+	}
+	for _, to := range env.To {
+		r := st.Rcpt[to]
+		ri := RcptInfo{Address: to, State: st.rcptState(to)}
+		if ri.State != StatePending && ri.State != StateDelivered {
+			ri.Status, ri.Diagnostic = r.Status, r.Diag
+		}
+		d.Recipients = append(d.Recipients, ri)
+	}
+	if full {
+		d.History = recs
+		rc, size, err := openMessage(path)
+		if err != nil {
+			return nil, err
+		}
+		h, _, err := readOriginal(rc, size, false)
+		rc.Close()
+		if err != nil {
+			return nil, err
+		}
+		d.Headers = string(h)
+	}
+	return d, nil
+}
+
+// FormatList renders infos as the `sluice queue list` table.
+func FormatList(infos []Info) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tATTEMPTS\tNEXT\tSTATE\tSENDER\tRECIPIENTS\tLAST ERROR")
+	now := time.Now()
+	for _, in := range infos {
+		next := "now"
+		if in.NextAttempt != nil && in.NextAttempt.After(now) {
+			next = "in " + in.NextAttempt.Sub(now).Round(time.Second).String()
+		}
+		state := "queued"
+		if in.Held {
+			state, next = "held", "-"
+		}
+		var rc []string
+		pending := 0
+		for _, r := range in.Recipients {
+			if r.State == StatePending {
+				pending++
+				rc = append(rc, r.Address)
+			}
+		}
+		if more := len(in.Recipients) - pending; more > 0 {
+			rc = append(rc, fmt.Sprintf("(+%d done)", more))
+		}
+		sender := in.Sender
+		if sender == "" {
+			sender = "<>"
+		}
+		lastErr := in.LastError
+		if len(lastErr) > 60 {
+			lastErr = lastErr[:57] + "..."
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", in.ID, (time.Duration(in.AgeSeconds) * time.Second).String(),
+			in.Size, in.Attempts, next, state, sender, strings.Join(rc, ","), lastErr)
+	}
+	tw.Flush()
+	fmt.Fprintf(&b, "%d message(s)\n", len(infos))
+	return b.String()
+}
+
+// ErrNoDaemon means no serve process listens on the control socket.
+var ErrNoDaemon = errors.New("queue: no daemon listening on the control socket")
+
+type ctlRequest struct {
+	Cmd  string   `json:"cmd"`
+	Args []string `json:"args"`
+}
+
+type ctlReply struct {
+	Out string `json:"out"`
+	Err string `json:"error,omitempty"`
+}
+
+// Control sends one action (retry ID|--all, hold ID, release ID,
+// delete ID [--silent], flush) to the running daemon. When none listens it
+// returns an error wrapping ErrNoDaemon; Do then applies it to the files.
+func Control(socketPath string, cmd string, args ...string) (string, error) {
+	c, err := net.DialTimeout("unix", socketPath, 2*time.Second)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return "", fmt.Errorf("%w (%s)", ErrNoDaemon, socketPath)
+		}
+		return "", fmt.Errorf("queue: control socket %s: %w", socketPath, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := json.NewEncoder(c).Encode(ctlRequest{Cmd: cmd, Args: args}); err != nil {
+		return "", fmt.Errorf("queue: control socket %s: %w", socketPath, err)
+	}
+	var rep ctlReply
+	if err := json.NewDecoder(c).Decode(&rep); err != nil {
+		return "", fmt.Errorf("queue: control socket %s: %w", socketPath, err)
+	}
+	if rep.Err != "" {
+		return rep.Out, errors.New(rep.Err)
+	}
+	return rep.Out, nil
+}
+
+// Do performs an action through the daemon's control socket, or, when no
+// daemon listens, directly on the spool files (Apply). opts needs Dir and
+// ControlSocket; Config, Hostname and Sign shape bounces made offline.
+func Do(opts Options, cmd string, args ...string) (string, error) {
+	if opts.ControlSocket != "" {
+		out, err := Control(opts.ControlSocket, cmd, args...)
+		if !errors.Is(err, ErrNoDaemon) {
+			return out, err
+		}
+	}
+	return Apply(opts, cmd, args...)
+}
+
+// Apply performs an action directly on the spool files. Use it only when no
+// daemon runs (Do decides): a running daemon keeps its schedule in memory.
+func Apply(opts Options, cmd string, args ...string) (string, error) {
+	q, err := newQueue(opts)
+	if err != nil {
+		return "", err
+	}
+	defer q.Close()
+	return q.action(cmd, args, true)
+}
+
+// action runs one operation; offline, it works on the files alone.
+func (q *Queue) action(cmd string, args []string, offline bool) (string, error) {
+	silent, all := false, false
+	var ids []string
+	for _, a := range args {
+		switch a {
+		case "--silent", "-silent":
+			silent = true
+		case "--all", "-all":
+			all = true
+		default:
+			ids = append(ids, a)
+		}
+	}
+	if cmd == "flush" {
+		cmd, all = "retry", true
+	}
+	if all && cmd == "retry" {
+		ids = q.allIDs(offline)
+		for _, id := range ids {
+			if err := q.retry(id, offline); err != nil {
+				return "", err
+			}
+		}
+		return fmt.Sprintf("%d message(s) scheduled now\n", len(ids)), nil
+	}
+	if len(ids) != 1 {
+		return "", fmt.Errorf("queue: %s needs one queue ID", cmd)
+	}
+	id := ids[0]
+	if !validID(id) {
+		return "", fmt.Errorf("queue: %q is not a queue ID", id)
+	}
+	if _, err := os.Stat(q.path(id)); err != nil {
+		return "", fmt.Errorf("queue: no message %s", id)
+	}
+	var err error
+	switch cmd {
+	case "retry":
+		err = q.retry(id, offline)
+	case "hold":
+		err = q.setHold(id, true, offline)
+	case "release":
+		err = q.setHold(id, false, offline)
+	case "delete":
+		err = q.remove(id, silent, offline)
+	default:
+		return "", fmt.Errorf("queue: unknown action %q", cmd)
+	}
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s: %s done\n", id, cmd), nil
+}
+
+func (q *Queue) allIDs(offline bool) []string {
+	var ids []string
+	if offline {
+		des, _ := os.ReadDir(q.dir)
+		for _, de := range des {
+			if validID(de.Name()) {
+				ids = append(ids, de.Name())
+			}
+		}
+		return ids
+	}
+	q.mu.Lock()
+	for id := range q.entries {
+		ids = append(ids, id)
+	}
+	q.mu.Unlock()
+	sort.Strings(ids)
+	return ids
+}
+
+func (q *Queue) retry(id string, offline bool) error {
+	now := q.now()
+	if !offline {
+		q.mu.Lock()
+		if e := q.entries[id]; e != nil {
+			q.scheduleLocked(e, now)
+		}
+		q.mu.Unlock()
+		q.poke()
+	}
+	return q.appendState(id, false, Record{T: "retry", At: now})
+}
+
+func (q *Queue) setHold(id string, hold bool, offline bool) error {
+	now := q.now()
+	t := "release"
+	if hold {
+		t = "hold"
+	}
+	// Recorded first: a hold must survive a restart.
+	if err := q.appendState(id, true, Record{T: t, At: now}); err != nil {
+		return err
+	}
+	if offline {
+		return nil
+	}
+	q.mu.Lock()
+	if e := q.entries[id]; e != nil {
+		e.held = hold
+		if hold && e.index >= 0 {
+			heap.Remove(&q.due, e.index)
+		}
+		if !hold {
+			q.scheduleLocked(e, now)
+		}
+	}
+	q.mu.Unlock()
+	q.poke()
+	return nil
+}
+
+// remove deletes a message; unless silent its pending recipients bounce.
+func (q *Queue) remove(id string, silent, offline bool) error {
+	var e *entry
+	if !offline {
+		q.mu.Lock()
+		e = q.entries[id]
+		if e != nil && e.inflight {
+			e.removed, e.silent = true, silent // the worker finishes the job
+			q.mu.Unlock()
+			return nil
+		}
+		if e != nil {
+			delete(q.entries, id)
+			if e.index >= 0 {
+				heap.Remove(&q.due, e.index)
+			}
+		}
+		q.mu.Unlock()
+	}
+	if e == nil {
+		tr, _, err := readTrailer(q.path(id))
+		if err != nil {
+			return fmt.Errorf("queue: read %s: %w", id, err)
+		}
+		recs, _ := readState(q.path(id + stateSuffix))
+		st := foldState(recs)
+		e = &entry{id: id, env: tr.Env, rcpt: make([]bool, len(tr.Env.To))}
+		for i, to := range tr.Env.To {
+			e.rcpt[i] = st.rcptState(to) != StatePending
+		}
+	}
+	if !silent {
+		q.bounceDeleted(e)
+	}
+	q.log.Info("queue: message deleted", "queue_id", id, "silent", silent)
+	q.removeFiles(id)
+	return nil
+}
+
+// bounceDeleted reports the pending recipients of a deleted message.
+func (q *Queue) bounceDeleted(e *entry) {
+	var rcpts []dsnRcpt
+	for i, to := range e.env.To {
+		if e.rcpt[i] {
+			continue
+		}
+		r := dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: "5.0.0", Diag: "message deleted from the queue by the administrator"}
+		q.log.Info("bounced", "queue_id", e.id, "rcpt", to, "err", r.Diag)
+		mBounced.Inc()
+		rcpts = append(rcpts, r)
+		q.hooks.add("bounced", e, r)
+	}
+	q.sendDSN(e, rcpts)
+}
+
+// listenControl binds the control socket with mode 0600, replacing a stale
+// socket file left by a crash (but not a live daemon's).
+func (q *Queue) listenControl() (net.Listener, error) {
+	path := q.opts.ControlSocket
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("queue: another daemon serves %s", path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+func (q *Queue) serveControl(ctx context.Context, ln net.Listener) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	defer os.Remove(q.opts.ControlSocket)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil {
+				q.log.Error("queue: control socket accept", "err", err)
+			}
+			return
+		}
+		go q.handleControl(c)
+	}
+}
+
+func (q *Queue) handleControl(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	// The socket's mode admits only its owner (and root); the peer check is
+	// a second lock in case the file's mode or directory are loosened.
+	if uid, ok := peerUID(c); ok && uid != 0 && uid != os.Getuid() {
+		json.NewEncoder(c).Encode(ctlReply{Err: "queue: permission denied"})
+		return
+	}
+	var req ctlRequest
+	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
+		json.NewEncoder(c).Encode(ctlReply{Err: "queue: bad request"})
+		return
+	}
+	out, err := q.action(req.Cmd, req.Args, false)
+	rep := ctlReply{Out: out}
+	if err != nil {
+		rep.Err = err.Error()
+	}
+	q.log.Info("queue: control action", "cmd", req.Cmd, "args", strings.Join(req.Args, " "), "err", rep.Err)
+	json.NewEncoder(c).Encode(rep)
+}
+
+func peerUID(c net.Conn) (int, bool) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	})
+	if cerr != nil || cred == nil {
+		return 0, false
+	}
+	return int(cred.Uid), true
+}

@@ -1,0 +1,266 @@
+// Package queue is the durable spool between acceptance and delivery: the
+// relay streams a message into a Draft and answers 250 only after Commit has
+// made it durable (file and directory fsync'd). Run's workers then hand it to
+// the upstream Deliverer, retry temporary failures on a jittered schedule,
+// expire it at max_age, and bounce failed recipients with an RFC 3464 DSN.
+// The files are the truth: `sluice queue …` reads them while serve runs.
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/metrics"
+	"github.com/sluicemail/sluice/upstream"
+)
+
+// ErrDiskFull is returned by Begin when the spool's file system has less free
+// space than the configured minimum; the relay answers 451 4.3.0.
+var ErrDiskFull = errors.New("queue: spool disk below min_free_space")
+
+// Options configure a Queue.
+type Options struct {
+	Dir       string // the spool directory (state_dir/spool)
+	Config    config.Queue
+	Hostname  string
+	Deliverer upstream.Deliverer
+	// Sign returns DKIM-Signature fields for a bounce whose From: is in
+	// domain (nil prefix: unsigned). nil: bounces are sent unsigned.
+	Sign   func(domain string, msg []byte) (prefix []byte, err error)
+	Logger *slog.Logger
+	Now    func() time.Time
+	// ControlSocket is the unix socket Run serves `sluice queue` actions on
+	// (e.g. state_dir/control.sock, mode 0600). "": no socket.
+	ControlSocket string
+	// MinFreeSpace overrides Config.MinFreeSpace when > 0 (bytes).
+	MinFreeSpace uint64
+	// DrainTimeout bounds how long in-flight deliveries may run after Run's
+	// context is done (default 10s); then they are cancelled and stay queued.
+	DrainTimeout time.Duration
+	// HTTPClient posts webhook events (nil: a client with a 10s timeout).
+	HTTPClient HTTPDoer
+	// Rand returns a float in [0,1) for jitter (nil: math/rand/v2).
+	Rand func() float64
+}
+
+// Envelope is what the relay knows about a message besides its bytes.
+type Envelope struct {
+	ID       string    `json:"id"`
+	From     string    `json:"from"` // "" = null sender
+	To       []string  `json:"to"`
+	User     string    `json:"user,omitempty"`   // authenticated user, "" when accepted by network
+	Client   string    `json:"client,omitempty"` // client IP
+	Route    []string  `json:"route,omitempty"`  // upstream names (empty: all), fixed at acceptance
+	Received time.Time `json:"received"`
+
+	// DSN parameters (RFC 3461).
+	Ret      string             `json:"ret,omitempty"`   // "FULL" | "HDRS" | ""
+	EnvID    string             `json:"envid,omitempty"` // ENVID, echoed as Original-Envelope-Id
+	RcptOpts map[string]RcptDSN `json:"rcpt_opts,omitempty"`
+	// Bounce marks a DSN made by this queue; its own failures are dropped.
+	Bounce bool `json:"bounce,omitempty"`
+}
+
+// RcptDSN holds one recipient's DSN parameters, keyed by the address in To.
+type RcptDSN struct {
+	Notify []string `json:"notify,omitempty"` // NEVER | SUCCESS, FAILURE, DELAY; empty: FAILURE,DELAY
+	ORCPT  string   `json:"orcpt,omitempty"`  // "rfc822;addr" as the client sent it
+}
+
+// Queue is an open spool.
+type Queue struct {
+	opts   Options
+	dir    string // Dir/msg: messages, their state logs and drafts
+	log    *slog.Logger
+	now    func() time.Time
+	rnd    func() float64
+	flush  *dirSyncer
+	minFre uint64
+
+	mu      sync.Mutex
+	entries map[string]*entry
+	due     entryHeap
+	wake    chan struct{} // cap 1: a worker should look at the heap
+	running bool
+
+	hooks   *webhooks
+	closeMu sync.Mutex
+	closed  bool
+}
+
+var (
+	mDelivered   = metrics.Default.NewCounterVec("sluice_messages_delivered_total", "Recipients delivered, by upstream.", "upstream")
+	mDeferred    = metrics.Default.NewCounterVec("sluice_messages_deferred_total", "Recipients deferred for a retry, by upstream.", "upstream")
+	mBounced     = metrics.Default.NewCounter("sluice_messages_bounced_total", "Recipients bounced (permanent failure).")
+	mExpired     = metrics.Default.NewCounter("sluice_messages_expired_total", "Recipients expired at max_age and bounced.")
+	mCommits     = metrics.Default.NewCounter("sluice_spool_commits_total", "Messages made durable in the spool.")
+	mCommitSecs  = metrics.Default.NewCounter("sluice_spool_commit_seconds_total", "Time spent in spool commits (write tail, fsync, rename, dir fsync).")
+	mDirSyncs    = metrics.Default.NewCounter("sluice_spool_dir_syncs_total", "Directory fsyncs; commits/dir_syncs is the group-commit batch size.")
+	mWebhookSent = metrics.Default.NewCounter("sluice_webhook_events_sent_total", "Webhook events accepted by the receiver.")
+)
+
+// Open creates the spool directories and recovers every committed message:
+// drafts never acknowledged are deleted, unreadable files are moved to
+// Dir/corrupt/, and each message is scheduled (due ones spread out).
+func Open(opts Options) (*Queue, error) {
+	q, err := newQueue(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := q.recover(); err != nil {
+		q.flush.stop()
+		return nil, err
+	}
+	q.registerGauges()
+	return q, nil
+}
+
+// newQueue prepares directories and the group committer without recovering;
+// the offline operations use it to write into a spool no daemon serves.
+func newQueue(opts Options) (*Queue, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("queue: no spool directory")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Float64
+	}
+	if opts.Hostname == "" {
+		opts.Hostname, _ = os.Hostname()
+	}
+	if opts.Config.Workers <= 0 {
+		opts.Config.Workers = 32
+	}
+	if len(opts.Config.Retry) == 0 {
+		opts.Config.Retry = []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+	}
+	if opts.Config.MaxAge <= 0 {
+		opts.Config.MaxAge = 5 * 24 * time.Hour
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 10 * time.Second
+	}
+	for _, d := range []string{opts.Dir, filepath.Join(opts.Dir, "msg"), filepath.Join(opts.Dir, "corrupt"), filepath.Join(opts.Dir, "webhook")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("queue: create %s: %w", d, err)
+		}
+	}
+	q := &Queue{
+		opts:    opts,
+		dir:     filepath.Join(opts.Dir, "msg"),
+		log:     opts.Logger,
+		now:     opts.Now,
+		rnd:     opts.Rand,
+		entries: map[string]*entry{},
+		wake:    make(chan struct{}, 1),
+	}
+	q.minFre = opts.MinFreeSpace
+	if q.minFre == 0 && opts.Config.MinFreeSpace > 0 {
+		q.minFre = uint64(opts.Config.MinFreeSpace)
+	}
+	fl, err := newDirSyncer(q.dir)
+	if err != nil {
+		return nil, err
+	}
+	q.flush = fl
+	q.hooks = newWebhooks(q)
+	return q, nil
+}
+
+func (q *Queue) registerGauges() {
+	metrics.Default.NewGaugeFunc("sluice_queue_messages", "Messages in the spool.", func() float64 { return float64(q.Len()) })
+	metrics.Default.NewGaugeFunc("sluice_queue_oldest_seconds", "Age of the oldest message in the spool.", func() float64 { return q.Oldest().Seconds() })
+}
+
+// Close stops the group committer. Call it after Run has returned.
+func (q *Queue) Close() error {
+	q.closeMu.Lock()
+	defer q.closeMu.Unlock()
+	if !q.closed {
+		q.closed = true
+		q.flush.stop()
+	}
+	return nil
+}
+
+// Len returns the number of messages in the spool.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.entries)
+}
+
+// Oldest returns the age of the oldest message (0 when empty).
+func (q *Queue) Oldest() time.Duration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var oldest time.Time
+	for _, e := range q.entries {
+		if oldest.IsZero() || e.env.Received.Before(oldest) {
+			oldest = e.env.Received
+		}
+	}
+	if oldest.IsZero() {
+		return 0
+	}
+	return q.now().Sub(oldest)
+}
+
+// FreeSpace returns the bytes available to this process on the spool's file system.
+func (q *Queue) FreeSpace() (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(q.dir, &st); err != nil {
+		return 0, fmt.Errorf("queue: statfs %s: %w", q.dir, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// Writable reports whether a message could be spooled now (for /readyz): the
+// directory accepts a synced file and free space is above the minimum.
+func (q *Queue) Writable() error {
+	if err := q.checkSpace(); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(q.dir, ".probe-*")
+	if err != nil {
+		return fmt.Errorf("queue: spool not writable: %w", err)
+	}
+	name := f.Name()
+	_, err = f.Write([]byte("ok"))
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	os.Remove(name)
+	if err != nil {
+		return fmt.Errorf("queue: spool not writable: %w", err)
+	}
+	return nil
+}
+
+func (q *Queue) checkSpace() error {
+	if q.minFre == 0 {
+		return nil
+	}
+	free, err := q.FreeSpace()
+	if err != nil {
+		return err
+	}
+	if free < q.minFre {
+		return fmt.Errorf("%w (%d bytes free, %d required)", ErrDiskFull, free, q.minFre)
+	}
+	return nil
+}

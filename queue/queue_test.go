@@ -1,0 +1,348 @@
+package queue
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCommitSurvivesRestartAndIsDelivered(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	up := &fakeUpstream{}
+	opts, _ := testOptions(t, dir, up)
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}, Route: []string{"primary"}}, "DKIM-Signature: v=1\r\n", testMsg)
+	q.Close() // "crash": never ran
+
+	q2, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q2.Len() != 1 {
+		t.Fatalf("recovered %d messages, want 1", q2.Len())
+	}
+	running(t, q2)
+	waitFor(t, "delivery", func() bool { return q2.Len() == 0 })
+	got := up.deliveries()
+	if len(got) != 1 {
+		t.Fatalf("%d deliveries, want 1", len(got))
+	}
+	d := got[0]
+	if d.ID != id || d.From != "alice@example.com" || strings.Join(d.To, ",") != "bob@example.org" || strings.Join(d.Route, ",") != "primary" {
+		t.Errorf("delivery = %+v", d)
+	}
+	if want := "DKIM-Signature: v=1\r\n" + testMsg; string(d.Data) != want {
+		t.Errorf("bytes = %q, want %q", d.Data, want)
+	}
+	des, _ := os.ReadDir(filepath.Join(dir, "msg"))
+	if len(des) != 0 {
+		t.Errorf("spool not empty after delivery: %v", des)
+	}
+}
+
+func TestOpenRemovesDraftsAndMovesCorruptAside(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	opts, lb := testOptions(t, dir, &fakeUpstream{})
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := q.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(d, testMsg) // never committed: never acknowledged
+	d.w.Flush()
+	bad := "0123456789ABCDEF"
+	os.WriteFile(filepath.Join(dir, "msg", bad), []byte("not a spool file at all, too short?"), 0o600)
+	q.Close()
+
+	q2, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q2.Close()
+	if _, err := os.Stat(filepath.Join(dir, "msg", d.ID+tmpSuffix)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("draft still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "corrupt", bad)); err != nil {
+		t.Errorf("corrupt file not moved aside: %v", err)
+	}
+	if q2.Len() != 0 {
+		t.Errorf("Len = %d, want 0", q2.Len())
+	}
+	if !strings.Contains(lb.String(), "corrupt spool file moved aside") {
+		t.Errorf("no log line for the corrupt file:\n%s", lb)
+	}
+}
+
+func TestNextAttempt(t *testing.T) {
+	t.Parallel()
+	retry := []time.Duration{time.Minute, 5 * time.Minute, time.Hour}
+	for _, tc := range []struct {
+		attempt int
+		rnd     float64
+		want    time.Duration
+	}{
+		{1, 0.5, time.Minute},
+		{2, 0.5, 5 * time.Minute},
+		{3, 0.5, time.Hour},
+		{4, 0.5, time.Hour}, // the last interval repeats
+		{40, 0.5, time.Hour},
+		{0, 0.5, time.Minute}, // never attempted: the first interval
+		{1, 0, 54 * time.Second},
+		{3, 0.999999, 66*time.Minute - 720*time.Microsecond},
+	} {
+		if got := NextAttempt(retry, tc.attempt, tc.rnd); got != tc.want {
+			t.Errorf("NextAttempt(%d, %v) = %v, want %v", tc.attempt, tc.rnd, got, tc.want)
+		}
+	}
+	if got := NextAttempt(nil, 3, 0.5); got != 0 {
+		t.Errorf("no schedule: %v", got)
+	}
+}
+
+func TestTemporaryFailureDefersThenDelivers(t *testing.T) {
+	t.Parallel()
+	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
+		if n == 0 {
+			return &rcptErr{Upstream: "fake", Code: 0, Message: "connection reset after the final dot", PossibleDuplicate: true}
+		}
+		return nil
+	}}
+	opts, lb := testOptions(t, t.TempDir(), up)
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, q)
+	before := mDeferred.Value("fake")
+	enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)
+	waitFor(t, "delivery", func() bool { return q.Len() == 0 })
+	if n := len(up.deliveries()); n != 2 {
+		t.Errorf("%d attempts, want 2", n)
+	}
+	if mDeferred.Value("fake") < before+1 {
+		t.Error("deferred counter did not move")
+	}
+	logs := lb.String()
+	if !strings.Contains(logs, "msg=deferred") || !strings.Contains(logs, "possible_duplicate=true") || !strings.Contains(logs, "msg=delivered") {
+		t.Errorf("logs lack deferred/possible_duplicate/delivered:\n%s", logs)
+	}
+}
+
+// parseDSN parses a report and returns its delivery-status part.
+func parseDSN(t *testing.T, data []byte) (*mail.Message, string, string) {
+	t.Helper()
+	// The delivered bytes may begin with a DKIM prefix; mail.ReadMessage copes.
+	m, err := mail.ReadMessage(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/report" || params["report-type"] != "delivery-status" {
+		t.Fatalf("Content-Type = %q (%v)", m.Header.Get("Content-Type"), err)
+	}
+	mr := multipart.NewReader(m.Body, params["boundary"])
+	var status, third string
+	for i := 0; ; i++ {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(p)
+		switch p.Header.Get("Content-Type") {
+		case "message/delivery-status":
+			status = string(b)
+		case "text/rfc822-headers", "message/rfc822":
+			third = p.Header.Get("Content-Type") + "\n" + string(b)
+		}
+	}
+	return m, status, third
+}
+
+func TestPermanentRecipientFailureBouncesOnlyThatRecipient(t *testing.T) {
+	t.Parallel()
+	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
+		if rcpt == "nobody@example.org" {
+			return &rcptErr{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+		}
+		return nil
+	}}
+	opts, _ := testOptions(t, t.TempDir(), up)
+	var signed []string
+	opts.Sign = func(domain string, msg []byte) ([]byte, error) {
+		signed = append(signed, domain)
+		return []byte("DKIM-Signature: test\r\n"), nil
+	}
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, q)
+	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org", "nobody@example.org"}, Route: []string{"primary"},
+		RcptOpts: map[string]RcptDSN{"nobody@example.org": {ORCPT: "rfc822;Nobody@example.org"}}}, "", testMsg)
+	waitFor(t, "original and bounce delivered", func() bool { return q.Len() == 0 && len(up.deliveries()) == 2 })
+	got := up.deliveries()
+	if strings.Join(got[0].To, ",") != "bob@example.org,nobody@example.org" {
+		t.Errorf("first delivery to %v", got[0].To)
+	}
+	b := got[1]
+	if b.From != "" || strings.Join(b.To, ",") != "alice@example.com" || strings.Join(b.Route, ",") != "primary" {
+		t.Errorf("bounce envelope from %q to %v route %v", b.From, b.To, b.Route)
+	}
+	if len(signed) != 1 || signed[0] != "relay.test" || !bytes.HasPrefix(b.Data, []byte("DKIM-Signature: test\r\n")) {
+		t.Errorf("bounce not signed for relay.test: %v", signed)
+	}
+	m, status, orig := parseDSN(t, b.Data)
+	if m.Header.Get("From") != "Mail Delivery System <MAILER-DAEMON@relay.test>" || m.Header.Get("To") != "<alice@example.com>" ||
+		m.Header.Get("Subject") != "Undelivered Mail Returned to Sender" || m.Header.Get("Auto-Submitted") != "auto-replied" {
+		t.Errorf("bounce headers: %v", m.Header)
+	}
+	for _, want := range []string{"Reporting-MTA: dns; relay.test", "Final-Recipient: rfc822; nobody@example.org",
+		"Original-Recipient: rfc822; Nobody@example.org", "Action: failed", "Status: 5.1.1", "Diagnostic-Code: smtp; 550 5.1.1 no such user", "X-Sluice-Queue-ID: " + id} {
+		if !strings.Contains(status, want) {
+			t.Errorf("delivery-status lacks %q:\n%s", want, status)
+		}
+	}
+	if strings.Contains(status, "bob@example.org") {
+		t.Errorf("delivered recipient in the report:\n%s", status)
+	}
+	if !strings.HasPrefix(orig, "text/rfc822-headers\n") || !strings.Contains(orig, "Subject: hello") || strings.Contains(orig, "Hello Bob.") {
+		t.Errorf("returned original: %q", orig)
+	}
+}
+
+func TestNullSenderAndFailingBounceAreDropped(t *testing.T) {
+	t.Parallel()
+	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
+		return &rcptErr{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+	}}
+	opts, lb := testOptions(t, t.TempDir(), up)
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, q)
+	// A null-sender message that fails: no report at all.
+	enqueue(t, q, &Envelope{From: "", To: []string{"x@example.org"}}, "", testMsg)
+	// A message whose sender fails too: one report, which fails and is dropped.
+	enqueue(t, q, &Envelope{From: "gone@example.com", To: []string{"y@example.org"}}, "", testMsg)
+	waitFor(t, "spool empty", func() bool { return q.Len() == 0 && len(up.deliveries()) == 3 })
+	got := up.deliveries()
+	bounces := 0
+	for _, d := range got {
+		if d.From == "" && strings.Join(d.To, ",") == "gone@example.com" {
+			bounces++
+		}
+	}
+	if len(got) != 3 || bounces != 1 {
+		t.Errorf("deliveries %d (want 3: two originals, one report), reports %d", len(got), bounces)
+	}
+	if !strings.Contains(lb.String(), "no report for a null-sender message") {
+		t.Errorf("dropped report not logged:\n%s", lb)
+	}
+}
+
+func TestMaxAgeExpiresWith447(t *testing.T) {
+	t.Parallel()
+	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
+		if d.From == "" {
+			return nil
+		}
+		return &rcptErr{Upstream: "fake", Code: 451, Enhanced: [3]int{4, 3, 0}, Message: "try later"}
+	}}
+	opts, lb := testOptions(t, t.TempDir(), up)
+	// Received an hour and a minute ago with max_age 1h: the next failure expires it.
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, q)
+	enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}, Received: time.Now().Add(-61 * time.Minute)}, "", testMsg)
+	waitFor(t, "expiry report delivered", func() bool { return q.Len() == 0 && len(up.deliveries()) == 2 })
+	_, status, _ := parseDSN(t, up.deliveries()[1].Data)
+	if !strings.Contains(status, "Status: 4.4.7") || !strings.Contains(status, "Action: failed") || !strings.Contains(status, "451 4.3.0 try later") {
+		t.Errorf("expiry report:\n%s", status)
+	}
+	if !strings.Contains(lb.String(), "msg=expired") {
+		t.Errorf("no expired log line:\n%s", lb)
+	}
+}
+
+func TestNotifyNeverSuppressesReport(t *testing.T) {
+	t.Parallel()
+	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
+		return &rcptErr{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+	}}
+	opts, _ := testOptions(t, t.TempDir(), up)
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, q)
+	enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"x@example.org"}, RcptOpts: map[string]RcptDSN{"x@example.org": {Notify: []string{"NEVER"}}}}, "", testMsg)
+	waitFor(t, "spool empty", func() bool { return q.Len() == 0 && len(up.deliveries()) >= 1 })
+	if n := len(up.deliveries()); n != 1 {
+		t.Errorf("%d deliveries, want 1 (no report with NOTIFY=NEVER)", n)
+	}
+}
+
+func TestDiskFull(t *testing.T) {
+	t.Parallel()
+	opts, _ := testOptions(t, t.TempDir(), &fakeUpstream{})
+	opts.MinFreeSpace = 1 << 62
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if _, err := q.Begin(); !errors.Is(err, ErrDiskFull) {
+		t.Errorf("Begin = %v, want ErrDiskFull", err)
+	}
+	if err := q.Writable(); !errors.Is(err, ErrDiskFull) {
+		t.Errorf("Writable = %v, want ErrDiskFull", err)
+	}
+	free, err := q.FreeSpace()
+	if err != nil || free == 0 {
+		t.Errorf("FreeSpace = %d, %v", free, err)
+	}
+}
+
+func TestWriteAfterCloseFails(t *testing.T) {
+	t.Parallel()
+	opts, _ := testOptions(t, t.TempDir(), &fakeUpstream{})
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	d, err := q.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.f.Close() // the disk goes away under the draft
+	io.WriteString(d, strings.Repeat("x", 64<<10))
+	if err := d.Commit(&Envelope{From: "a@b", To: []string{"c@d"}}, nil); err == nil {
+		t.Fatal("Commit succeeded on a closed file")
+	}
+	if q.Len() != 0 {
+		t.Error("a failed commit was queued")
+	}
+}

@@ -1,0 +1,258 @@
+package queue
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/sluicemail/sluice/upstream"
+)
+
+// Run runs Config.Workers delivery workers, the webhook sender and the
+// control socket until ctx is done. Then it takes no new work, lets
+// in-flight deliveries finish for up to DrainTimeout (after which their
+// context is cancelled), and returns; unfinished messages stay spooled.
+func (q *Queue) Run(ctx context.Context) {
+	q.mu.Lock()
+	if q.running {
+		q.mu.Unlock()
+		q.log.Error("queue: Run called twice")
+		return
+	}
+	q.running = true
+	q.mu.Unlock()
+
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stopDrain := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(q.opts.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-dctx.Done():
+		}
+	})
+	defer stopDrain()
+
+	var wg sync.WaitGroup
+	if q.opts.ControlSocket != "" {
+		ln, err := q.listenControl()
+		if err != nil {
+			q.log.Error("queue: control socket", "path", q.opts.ControlSocket, "err", err)
+		} else {
+			wg.Go(func() { q.serveControl(ctx, ln) })
+		}
+	}
+	if q.opts.Config.Webhook != "" {
+		wg.Go(func() { q.hooks.run(ctx) })
+	}
+	for range q.opts.Config.Workers {
+		wg.Go(func() { q.worker(ctx, dctx) })
+	}
+	wg.Wait()
+}
+
+func (q *Queue) worker(ctx, dctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for ctx.Err() == nil {
+		e, wait := q.take()
+		if e != nil {
+			q.attempt(dctx, e)
+			continue
+		}
+		var tc <-chan time.Time
+		if wait > 0 {
+			timer.Reset(wait)
+			tc = timer.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-q.wake:
+		case <-tc:
+		}
+		timer.Stop()
+	}
+}
+
+// take pops the earliest message if it is due, or says how long to wait for
+// it (-1: the heap is empty).
+func (q *Queue) take() (*entry, time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.due) == 0 {
+		return nil, -1
+	}
+	now := q.now()
+	e := q.due[0]
+	if d := e.next.Sub(now); d > 0 {
+		return nil, d
+	}
+	heap.Pop(&q.due)
+	e.inflight = true
+	if len(q.due) > 0 && !q.due[0].next.After(now) {
+		q.poke() // pass the baton: another worker takes the next due message
+	}
+	return e, 0
+}
+
+// attempt makes one delivery attempt of e, recorded before it is made.
+func (q *Queue) attempt(ctx context.Context, e *entry) {
+	now := q.now()
+	expiry := e.env.Received.Add(q.opts.Config.MaxAge)
+	q.mu.Lock()
+	e.attempts++
+	n := e.attempts
+	var pending []string
+	for i, to := range e.env.To {
+		if !e.rcpt[i] {
+			pending = append(pending, to)
+		}
+	}
+	q.mu.Unlock()
+
+	next := now.Add(NextAttempt(q.opts.Config.Retry, n, q.rnd()))
+	if next.After(expiry) && now.Before(expiry) {
+		next = expiry // one last attempt exactly at max_age, then expiry
+	}
+	if err := q.appendState(e.id, true, Record{T: "attempt", At: now, N: n, Next: next}); err != nil {
+		// Not recorded, so not attempted (STYLE 6): try again later.
+		q.log.Error("queue: cannot record attempt; delivery postponed", "queue_id", e.id, "err", err)
+		q.finish(e, nil, next)
+		return
+	}
+
+	tr, msgLen, err := readTrailer(q.path(e.id))
+	if err != nil {
+		q.log.Error("queue: read spooled message", "queue_id", e.id, "err", err)
+		q.finish(e, nil, next)
+		return
+	}
+	path := q.path(e.id)
+	msg := &upstream.Message{
+		ID: e.id, From: e.env.From, To: pending, Size: int64(len(tr.Prefix)) + msgLen, Route: e.env.Route,
+		Open: func() (io.ReadCloser, error) {
+			rc, _, err := openMessage(path)
+			return rc, err
+		},
+	}
+	res := q.opts.Deliverer.Deliver(ctx, msg)
+
+	now = q.now()
+	expired := !now.Before(expiry)
+	var recs []Record
+	var failed []dsnRcpt
+	final := map[string]bool{}
+	deferred := 0
+	for i, to := range pending {
+		var err error
+		if i < len(res.Errs) {
+			err = res.Errs[i]
+		} else {
+			err = errors.New("upstream: no result for this recipient")
+		}
+		if err == nil {
+			q.log.Info("delivered", "queue_id", e.id, "rcpt", to, "upstream", res.Upstream, "attempt", n)
+			mDelivered.Inc(res.Upstream)
+			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateDelivered, Upstream: res.Upstream})
+			final[to] = true
+			continue
+		}
+		f := classify(err)
+		up := f.Upstream
+		if up == "" {
+			up = res.Upstream
+		}
+		switch {
+		case !f.Temporary:
+			q.log.Info("bounced", "queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag)
+			mBounced.Inc()
+			st := statusFor(f)
+			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateBounced, Upstream: up, Status: st, Diag: f.Diag})
+			failed = append(failed, dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: st, Diag: f.Diag})
+			final[to] = true
+		case expired:
+			diag := fmt.Sprintf("delivery time expired after %s; last error: %s", q.opts.Config.MaxAge, f.Diag)
+			q.log.Info("expired", "queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag, "attempts", n)
+			mExpired.Inc()
+			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateExpired, Upstream: up, Status: "4.4.7", Diag: diag})
+			failed = append(failed, dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: "4.4.7", Diag: diag})
+			final[to] = true
+		default:
+			args := []any{"queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag, "attempt", n, "next_attempt", next}
+			if f.PossibleDuplicate {
+				args = append(args, "possible_duplicate", true)
+			}
+			q.log.Info("deferred", args...)
+			mDeferred.Inc(up)
+			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: stateDeferred, Upstream: up, Status: statusFor(f), Diag: f.Diag})
+			deferred++
+		}
+	}
+
+	// Reports and webhook events are spooled before the outcome is recorded:
+	// a crash in between repeats a report, never loses one.
+	if len(failed) > 0 {
+		q.sendDSN(e, failed)
+		for _, r := range failed {
+			ev := "bounced"
+			if r.Status == "4.4.7" {
+				ev = "expired"
+			}
+			q.hooks.add(ev, e, r)
+		}
+	}
+	if deferred > 0 && q.opts.Config.DelayWarning > 0 && !e.warned && now.Sub(e.env.Received) >= q.opts.Config.DelayWarning {
+		var delayed []dsnRcpt
+		for _, r := range recs {
+			if r.State == stateDeferred {
+				delayed = append(delayed, dsnRcpt{Addr: r.Rcpt, ORCPT: e.env.RcptOpts[r.Rcpt].ORCPT, Action: "delayed", Status: r.Status, Diag: r.Diag})
+			}
+		}
+		q.sendDSN(e, delayed)
+		for _, r := range delayed {
+			q.hooks.add("delayed", e, r)
+		}
+		e.warned = true
+		recs = append(recs, Record{T: "warned", At: now})
+	}
+	if err := q.appendState(e.id, true, recs...); err != nil {
+		q.log.Error("queue: cannot record delivery outcome", "queue_id", e.id, "err", err)
+	}
+
+	q.finish(e, final, next)
+}
+
+// finish marks final recipients, and removes the message when none is
+// pending or reschedules it at next.
+func (q *Queue) finish(e *entry, final map[string]bool, next time.Time) {
+	q.mu.Lock()
+	e.inflight = false
+	pending := 0
+	for i, to := range e.env.To {
+		if final[to] {
+			e.rcpt[i] = true
+		}
+		if !e.rcpt[i] {
+			pending++
+		}
+	}
+	removed, silent := e.removed, e.silent
+	if pending == 0 || removed {
+		delete(q.entries, e.id)
+		q.mu.Unlock()
+		if removed && !silent && pending > 0 {
+			q.bounceDeleted(e)
+		}
+		q.removeFiles(e.id)
+		return
+	}
+	q.scheduleLocked(e, next)
+	q.mu.Unlock()
+	q.poke()
+}
