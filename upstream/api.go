@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 
 	"github.com/sluicemail/sluice/config"
@@ -39,6 +40,14 @@ type Options struct {
 	RootCAs   *tls.Config // optional base TLS config (tests); nil: system roots
 	Logger    *slog.Logger
 	Now       func() time.Time
+
+	// Rand orders upstreams of equal priority by weight; nil: seeded from the clock.
+	Rand *rand.Rand
+	// StatusFile, when set, receives the Status list as JSON (atomically, at
+	// most once a second, when something changed) for `sluice upstreams`.
+	StatusFile string
+	// IdleTimeout closes pooled connections unused for this long; default 30s.
+	IdleTimeout time.Duration
 }
 
 // Deliverer is what the queue needs from this package.
