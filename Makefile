@@ -1,0 +1,53 @@
+# The Makefile is Sluice's interface: `make run`, `make test`, `make check`,
+# `make fuzz`, `make bench`. CI runs `make test` (.ci/run).
+GO        ?= go
+BIN       := bin/sluice
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
+FUZZTIME  ?= 10s
+
+.PHONY: all build run test check vet staticcheck unit fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sluice
+
+# The development mode: self-signed TLS on 127.0.0.1:2525 (STARTTLS) and
+# :2465 (implicit), a printed demo user, a DKIM key for example.test, mail
+# written to ./sluice-dev/mail.
+run: build
+	./$(BIN) serve --dev
+
+# Everything CI checks: formatting, vet, staticcheck, and every test
+# (unit and integration, which runs the real binary) with the race detector.
+test: check unit
+
+check: vet staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	@test -x "$(STATICCHECK)" || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+	$(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race -shuffle=on -count=1 -timeout 12m ./...
+
+# Each fuzz target for FUZZTIME (go test runs one -fuzz target at a time).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+bench: build
+	$(GO) run ./internal/benchtool --sluice $(BIN)
+
+clean:
+	rm -rf bin sluice-dev
