@@ -55,7 +55,7 @@ type relaxedBody struct {
 }
 
 func newRelaxedBody(h hash.Hash) *relaxedBody {
-	return &relaxedBody{h: h, out: make([]byte, 0, 32<<10)}
+	return &relaxedBody{h: h, out: make([]byte, 0, 4<<10)}
 }
 
 func (c *relaxedBody) Write(p []byte) (int, error) {

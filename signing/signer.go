@@ -89,6 +89,11 @@ const maxHeaderBlock = 1 << 20
 // ErrHeaderTooLarge is returned by Write when the header block exceeds 1 MiB.
 var ErrHeaderTooLarge = errors.New("signing: header block larger than 1 MiB")
 
+// ErrFoldedFirstLine is returned when the message's first line starts with
+// a space or tab: prepended to it, the DKIM-Signature field would swallow
+// that line as its own continuation, and no signature could verify.
+var ErrFoldedFirstLine = errors.New("signing: message starts with a folded (continuation) line")
+
 // Signer signs one message for one domain. Write the whole message to it
 // (header, blank line, body, CRLF line endings), Close it, then prepend
 // Header(). It is not safe for concurrent use.
@@ -198,6 +203,9 @@ func (s *Signer) scanHeader(p []byte) int {
 			}
 			s.hdr = append(s.hdr, p[:off+j+1]...)
 			s.endHeader()
+			if s.err != nil {
+				return 0
+			}
 			return off + j + 1
 		}
 		s.lineAt = lf + 1
@@ -215,6 +223,9 @@ func (s *Signer) scanHeader(p []byte) int {
 // starting with a space or tab continues the previous field.
 func (s *Signer) endHeader() {
 	s.inBody = true
+	if len(s.hdr) > 0 && (s.hdr[0] == ' ' || s.hdr[0] == '\t') {
+		s.err = ErrFoldedFirstLine
+	}
 	for _, line := range strings.SplitAfter(string(s.hdr), "\n") {
 		line = strings.TrimSuffix(line, "\n")
 		line = strings.TrimSuffix(line, "\r")
@@ -247,6 +258,9 @@ func (s *Signer) Close() error {
 		}
 		s.hdr = append(s.hdr, "\r\n"...)
 		s.endHeader()
+		if s.err != nil {
+			return s.err
+		}
 	}
 	bh, err := s.body.Sum()
 	if err != nil {

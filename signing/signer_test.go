@@ -458,3 +458,15 @@ func golden(t *testing.T, path string, got []byte) {
 }
 
 var _ crypto.Signer = ed25519.PrivateKey(nil)
+
+func TestFoldedFirstLineRefused(t *testing.T) {
+	t.Parallel()
+	kr := NewKeyring([]Key{{Domain: "example.com", Selector: "e", Signer: testEd25519()}})
+	for _, msg := range []string{" folded\r\nFrom: a@example.com\r\n\r\nbody\r\n", "\tfolded"} {
+		s, _ := kr.NewSigner("example.com", "")
+		s.Write([]byte(msg))
+		if err := s.Close(); err != ErrFoldedFirstLine {
+			t.Errorf("%q: Close() = %v, want ErrFoldedFirstLine", msg, err)
+		}
+	}
+}
