@@ -133,9 +133,8 @@ func (k *Keyring) NewSigner(domain, profile string) (*Signer, error) {
 		}
 	}
 	if profile == ProfileSES {
-		// SES refuses a message that carries a second DKIM-Signature, and it
-		// adds its own Ed25519-less signature anyway: sign once, with the key
-		// every receiver can verify.
+		// SES accepts DKIM-Signature at most once per message: sign once,
+		// with the kind of key every receiver can verify (RSA) when there is one.
 		keys = keys[:1]
 		for _, key := range k.Keys(domain) {
 			if _, ok := key.Signer.(*rsa.PrivateKey); ok {
