@@ -182,7 +182,7 @@ func (v *validator) validateListeners(c *Config) {
 		}
 		if err := hostPort(ls.Address); err != nil {
 			v.errorf(k+".address", "%v", err)
-		} else if prev, dup := addrs[ls.Address]; dup {
+		} else if prev, dup := addrs[ls.Address]; dup && !strings.HasSuffix(ls.Address, ":0") {
 			v.errorf(k+".address", "%q is also the address of %s", ls.Address, prev)
 		} else {
 			addrs[ls.Address] = k
