@@ -172,8 +172,10 @@ func smtpErr(err error) error {
 			var ec smtp.EnhancedCode
 			valid := true
 			for i, p := range parts {
+				// RFC 3463: class 2, 4 or 5, then 1-3 digit numbers; only
+				// canonical digits count, so odd text stays text.
 				n, err := strconv.Atoi(p)
-				if err != nil {
+				if err != nil || strconv.Itoa(n) != p || n > 999 || (i == 0 && n != 2 && n != 4 && n != 5) {
 					valid = false
 					break
 				}

@@ -544,4 +544,3 @@ func TestDropMidDataFailsOverBeforeDot(t *testing.T) {
 		t.Fatalf("delivered by %s", r.Upstream)
 	}
 }
-

@@ -1,0 +1,91 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"net/textproto"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+)
+
+func TestClassify(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		code  int
+		enh   [3]int
+		text  string
+		class Class
+		want  [3]int
+	}{
+		{454, [3]int{}, "Throttling failure: Maximum sending rate exceeded.", Throttled, [3]int{4, 0, 0}},
+		{454, [3]int{4, 7, 0}, "Throttling failure: Daily message quota exceeded.", Throttled, [3]int{4, 7, 0}},
+		{421, [3]int{4, 4, 5}, "Too busy", Throttled, [3]int{4, 4, 5}},
+		{421, [3]int{}, "Service not available", Throttled, [3]int{4, 0, 0}},
+		{451, [3]int{4, 7, 1}, "Try again later", Throttled, [3]int{4, 7, 1}},
+		{451, [3]int{4, 3, 0}, "Local error in processing", Temporary, [3]int{4, 3, 0}},
+		{451, [3]int{}, "Temporary local problem", Temporary, [3]int{4, 0, 0}},
+		{554, [3]int{5, 7, 0}, "Sending quota exceeded", Throttled, [3]int{5, 7, 0}},
+		{550, [3]int{5, 7, 1}, "Daily user sending quota exceeded.", Throttled, [3]int{5, 7, 1}},
+		{450, [3]int{4, 2, 1}, "The user you are trying to contact is receiving mail at a rate that prevents additional messages", Temporary, [3]int{4, 2, 1}},
+		{452, [3]int{4, 5, 3}, "Too many recipients", Temporary, [3]int{4, 5, 3}},
+		{550, [3]int{5, 1, 1}, "No such user", Permanent, [3]int{5, 1, 1}},
+		{554, [3]int{}, "Message rejected: Email address is not verified.", Permanent, [3]int{5, 0, 0}},
+		{535, [3]int{5, 7, 8}, "Authentication Credentials Invalid", Permanent, [3]int{5, 7, 8}},
+		{552, [3]int{5, 3, 4}, "Message too big", Permanent, [3]int{5, 3, 4}},
+		{250, [3]int{}, "OK", Temporary, [3]int{2, 0, 0}},
+		{0, [3]int{}, "", Temporary, [3]int{}},
+	} {
+		class, enh := Classify(tc.code, tc.enh, tc.text)
+		if class != tc.class || enh != tc.want {
+			t.Errorf("Classify(%d, %v, %q) = %v %v, want %v %v", tc.code, tc.enh, tc.text, class, enh, tc.class, tc.want)
+		}
+	}
+}
+
+func TestErrorTemporary(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err  error
+		temp bool
+		text string
+	}{
+		{errors.New("connection reset by peer"), true, "upstream p: mail: connection reset by peer"},
+		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}, true, "upstream p: mail: 451 4.3.0 try later"},
+		{&smtp.SMTPError{Code: 550, Message: "no"}, false, "upstream p: mail: 550 5.0.0 no"},
+		{&smtp.SMTPError{Code: 554, Message: "quota exceeded"}, true, "upstream p: mail: 554 5.0.0 quota exceeded"},
+	} {
+		e := newError("p", StageMail, tc.err)
+		if e.Temporary() != tc.temp || e.Error() != tc.text {
+			t.Errorf("%v: Temporary %v, Error %q; want %v %q", tc.err, e.Temporary(), e.Error(), tc.temp, tc.text)
+		}
+	}
+}
+
+// FuzzSMTPErr checks that reply parsing keeps the basic code and that a
+// parsed enhanced code is printed back as it came.
+func FuzzSMTPErr(f *testing.F) {
+	f.Add(454, "4.7.0 Throttling failure")
+	f.Add(550, "No such user")
+	f.Add(421, "4.4.5.1 odd")
+	f.Fuzz(func(t *testing.T, code int, msg string) {
+		var se *smtp.SMTPError
+		if !errors.As(smtpErr(textprotoError(code, msg)), &se) {
+			t.Fatal("not an SMTPError")
+		}
+		if se.Code != code {
+			t.Fatalf("code %d → %d", code, se.Code)
+		}
+		if se.EnhancedCode != (smtp.EnhancedCode{}) {
+			e := se.EnhancedCode
+			prefix := []byte(msg[:len(msg)-len(se.Message)])
+			if len(prefix) == 0 || string(prefix) != sprintEnh(e)+" " {
+				t.Fatalf("%q parsed as %v + %q", msg, e, se.Message)
+			}
+		}
+	})
+}
+
+func textprotoError(code int, msg string) error { return &textproto.Error{Code: code, Msg: msg} }
+
+func sprintEnh(e smtp.EnhancedCode) string { return fmt.Sprintf("%d.%d.%d", e[0], e[1], e[2]) }
