@@ -3,7 +3,6 @@ package queue
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -13,20 +12,6 @@ import (
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/upstream"
 )
-
-// rcptErr mirrors upstream.Error's shape (classify reads it by field name).
-type rcptErr struct {
-	Upstream          string
-	Code              int
-	Enhanced          [3]int
-	Message           string
-	PossibleDuplicate bool
-}
-
-func (e *rcptErr) Temporary() bool { return e.Code < 500 }
-func (e *rcptErr) Error() string {
-	return fmt.Sprintf("%s: %d %d.%d.%d %s", e.Upstream, e.Code, e.Enhanced[0], e.Enhanced[1], e.Enhanced[2], e.Message)
-}
 
 // delivery is one Deliver call as the fake upstream saw it.
 type delivery struct {

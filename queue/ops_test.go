@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sluicemail/sluice/upstream"
 	"time"
 )
 
@@ -14,7 +16,7 @@ func tempFail(d delivery, rcpt string, n int) error {
 	if d.From == "" {
 		return nil // reports go through
 	}
-	return &rcptErr{Upstream: "fake", Code: 421, Enhanced: [3]int{4, 7, 0}, Message: "throttled"}
+	return &upstream.Error{Upstream: "fake", Code: 421, Enhanced: [3]int{4, 7, 0}, Message: "throttled"}
 }
 
 func TestListJSONFields(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sluicemail/sluice/upstream"
 	"time"
 )
 
@@ -119,7 +121,7 @@ func TestTemporaryFailureDefersThenDelivers(t *testing.T) {
 	t.Parallel()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
 		if n == 0 {
-			return &rcptErr{Upstream: "fake", Code: 0, Message: "connection reset after the final dot", PossibleDuplicate: true}
+			return &upstream.Error{Upstream: "fake", Code: 0, Message: "connection reset after the final dot", PossibleDuplicate: true}
 		}
 		return nil
 	}}
@@ -181,7 +183,7 @@ func TestPermanentRecipientFailureBouncesOnlyThatRecipient(t *testing.T) {
 	t.Parallel()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
 		if rcpt == "nobody@example.org" {
-			return &rcptErr{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+			return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
 		}
 		return nil
 	}}
@@ -232,7 +234,7 @@ func TestPermanentRecipientFailureBouncesOnlyThatRecipient(t *testing.T) {
 func TestNullSenderAndFailingBounceAreDropped(t *testing.T) {
 	t.Parallel()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
-		return &rcptErr{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+		return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
 	}}
 	opts, lb := testOptions(t, t.TempDir(), up)
 	q, err := Open(opts)
@@ -266,7 +268,7 @@ func TestMaxAgeExpiresWith447(t *testing.T) {
 		if d.From == "" {
 			return nil
 		}
-		return &rcptErr{Upstream: "fake", Code: 451, Enhanced: [3]int{4, 3, 0}, Message: "try later"}
+		return &upstream.Error{Upstream: "fake", Code: 451, Enhanced: [3]int{4, 3, 0}, Message: "try later"}
 	}}
 	opts, lb := testOptions(t, t.TempDir(), up)
 	// Received an hour and a minute ago with max_age 1h: the next failure expires it.
@@ -289,7 +291,7 @@ func TestMaxAgeExpiresWith447(t *testing.T) {
 func TestNotifyNeverSuppressesReport(t *testing.T) {
 	t.Parallel()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
-		return &rcptErr{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+		return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
 	}}
 	opts, _ := testOptions(t, t.TempDir(), up)
 	q, err := Open(opts)

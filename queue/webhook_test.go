@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/sluicemail/sluice/upstream"
 )
 
 func TestWebhookRetriesUntilReceiverIsUp(t *testing.T) {
@@ -38,7 +40,7 @@ func TestWebhookRetriesUntilReceiverIsUp(t *testing.T) {
 	dir := t.TempDir()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
 		if rcpt == "nobody@example.org" {
-			return &rcptErr{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+			return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
 		}
 		return nil
 	}}
