@@ -67,10 +67,18 @@ func newAuthTable(maxKeys int) *authTable {
 }
 
 func (t *authTable) sweepLocked(now int64) {
+	before := len(t.m)
 	for k, e := range t.m {
 		if e.windowEnd <= now && e.blockedUntil <= now {
 			delete(t.m, k)
 		}
+	}
+	if before >= 256 && len(t.m) < before/4 { // free the table a flood left behind
+		m := make(map[string]authEntry, len(t.m))
+		for k, e := range t.m {
+			m[k] = e
+		}
+		t.m = m
 	}
 	t.nextSweep = now + int64(sweepInterval)
 }

@@ -75,14 +75,18 @@ func (e *Engine) Explain(user, from, to string, size int64) (text string, allowe
 			break
 		}
 	}
-	dkim := "no key for " + domain + ": sent unsigned"
-	if hasKey {
-		dkim = "signed with the keys for " + domain
-	}
-	if p.RequireDKIM {
-		line("dkim:        %s %s", dkim, result(p.CheckDKIM(hasKey), "require_dkim"))
-	} else {
-		line("dkim:        %s", dkim)
+	switch {
+	case domain == "":
+		line("dkim:        no From: domain to sign for")
+	case hasKey && p.RequireDKIM:
+		line("dkim:        signed with the keys for %s (require_dkim satisfied)", domain)
+	case hasKey:
+		line("dkim:        signed with the keys for %s", domain)
+	case p.RequireDKIM:
+		denied = append(denied, p.CheckDKIM(false).Kind.String())
+		line("dkim:        no key for %s: DENIED by require_dkim", domain)
+	default:
+		line("dkim:        no key for %s: sent unsigned", domain)
 	}
 
 	ups, source := e.route(p, user, domain)
@@ -90,7 +94,7 @@ func (e *Engine) Explain(user, from, to string, size int64) (text string, allowe
 	if ups != nil {
 		names = strings.Join(ups, ", ")
 	}
-	line("route:       %s (from %s), signing profile %s", names, source, e.profileOf(ups))
+	line("route:       %s (%s), signing profile %s", names, source, e.profileOf(ups))
 	line("rate:        messages %s, recipients %s per user (not charged by explain)",
 		formatRate(p.RateMessages), formatRate(p.RateRecipients))
 

@@ -49,12 +49,22 @@ func (t *gcraTable) shard(key string) *gcraShard {
 	return &t.shards[maphash.String(t.seed, key)%gcraShards]
 }
 
-// sweepLocked drops every full bucket.
+// sweepLocked drops every full bucket. A Go map never gives back its table,
+// so after a burst of users has gone idle the survivors move to a new map
+// and the old table is freed.
 func (s *gcraShard) sweepLocked(now int64) {
+	before := len(s.m)
 	for k, tat := range s.m {
 		if tat <= now {
 			delete(s.m, k)
 		}
+	}
+	if before >= 256 && len(s.m) < before/4 {
+		m := make(map[string]int64, len(s.m))
+		for k, v := range s.m {
+			m[k] = v
+		}
+		s.m = m
 	}
 	s.nextSweep = now + int64(sweepInterval)
 }

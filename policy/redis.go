@@ -90,6 +90,7 @@ func newRedisStore(url string, failOpen bool, opts Options, log *slog.Logger) (*
 	// the retry), so a dead Redis never stalls a session for long.
 	ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.PoolTimeout = timeout, timeout, timeout, timeout
 	ro.MaxRetries = -1
+	ro.DialerRetries = 1
 	ro.ContextTimeoutEnabled = true
 	reg := opts.Metrics
 	if reg == nil {

@@ -66,13 +66,13 @@ func (e *Engine) Route(p *Policy, user, senderDomain string) (upstreams []string
 func (e *Engine) route(p *Policy, user, senderDomain string) ([]string, string) {
 	for i, r := range e.routes {
 		if r.match(user, senderDomain) {
-			return slices.Clone(r.upstreams), "routes[" + strconv.Itoa(i) + "]"
+			return slices.Clone(r.upstreams), "routes[" + strconv.Itoa(i) + "] matched"
 		}
 	}
 	if p != nil && len(p.Upstreams) > 0 {
-		return slices.Clone(p.Upstreams), "policy " + p.Name
+		return slices.Clone(p.Upstreams), "policies." + p.Name + ".upstreams"
 	}
-	return nil, "every upstream"
+	return nil, "no route matched and the policy names none"
 }
 
 func (e *Engine) profileOf(ups []string) string {

@@ -1,0 +1,99 @@
+package policy
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sluicemail/sluice/config"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/explain/*.golden")
+
+func explainConfig() *config.Config {
+	return &config.Config{
+		Users: []config.User{
+			{Name: "printer", Policy: "printer"},
+			{Name: "billing-app"},
+			{Name: "marketing", Policy: "marketing"},
+		},
+		Policies: map[string]*config.Policy{
+			"default": {
+				AllowedSenders: []string{"*@example.com", "{user}@apps.example.com"},
+				MaxMessageSize: 25_000_000,
+				MaxRecipients:  100,
+				Rate: config.PolicyRate{
+					Messages:   config.Rate{N: 100, Per: time.Minute, Burst: 20},
+					Recipients: config.Rate{N: 5000, Per: 24 * time.Hour},
+				},
+				Upstreams: []string{"primary", "backup"},
+			},
+			"printer": {
+				AllowedSenders:    []string{"scanner@example.com"},
+				AllowedRecipients: []string{"*@example.com"},
+				DeniedRecipients:  []string{"all-staff@example.com"},
+				MaxMessageSize:    10_000_000,
+				MaxRecipients:     5,
+				RequireDKIM:       true,
+				Rate:              config.PolicyRate{Messages: config.Rate{N: 10, Per: time.Hour}},
+			},
+			"marketing": {
+				AllowedSenders: []string{"*@news.example.com"},
+				MaxMessageSize: 25_000_000,
+				Rate:           config.PolicyRate{Recipients: config.Rate{N: 10000, Per: 24 * time.Hour}},
+				Upstreams:      []string{"mailgun-news"},
+			},
+		},
+		Routes: []config.Route{{SenderDomains: []string{"news.example.com"}, Upstreams: []string{"mailgun-news"}}},
+		DKIM:   []config.DKIMKey{{Domain: "example.com", Selector: "s1"}},
+		Upstreams: []config.Upstream{
+			{Name: "primary", Profile: "ses"},
+			{Name: "backup", Profile: "sendgrid"},
+			{Name: "mailgun-news", Profile: "mailgun"},
+		},
+	}
+}
+
+func TestExplain(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t, explainConfig(), newClock())
+	tests := []struct {
+		name, user, from, to string
+		size                 int64
+		allowed              bool
+	}{
+		{"allowed", "billing-app", "invoices@example.com", "customer@gmail.com", 20_000, true},
+		{"user-address", "billing-app", "billing-app@apps.example.com", "customer@gmail.com", 0, true},
+		{"sender-denied", "billing-app", "ceo@other.org", "customer@gmail.com", 0, false},
+		{"printer-allowed", "printer", "scanner@example.com", "alice@example.com", 2_000_000, true},
+		{"printer-denied", "printer", "ceo@example.com", "all-staff@example.com", 20_000_000, false},
+		{"no-dkim-key", "printer", "scanner@example.org", "alice@example.com", 0, false},
+		{"route", "marketing", "offers@news.example.com", "subscriber@gmail.com", 0, true},
+		{"null-sender", "billing-app", "", "customer@gmail.com", 0, false},
+		{"unknown-user", "mallory", "a@example.com", "b@example.com", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, allowed := e.Explain(tt.user, tt.from, tt.to, tt.size)
+			if allowed != tt.allowed {
+				t.Errorf("allowed = %v, want %v\n%s", allowed, tt.allowed, got)
+			}
+			path := filepath.Join("testdata", "explain", tt.name+".golden")
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("Explain differs from %s:\ngot:\n%s\nwant:\n%s", path, got, want)
+			}
+		})
+	}
+}

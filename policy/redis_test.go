@@ -1,0 +1,200 @@
+package policy
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/metrics"
+)
+
+// redisServer is a real redis-server on loopback, without persistence.
+type redisServer struct {
+	addr string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts redis-server on a free port. Without redis-server the
+// test is skipped, except in CI (CI set), where it must run.
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skip("redis-server not installed")
+		}
+		t.Fatalf("redis-server is required in CI: %v", err)
+	}
+	// redis-server cannot be handed a listener: take a free port and
+	// release it just before redis binds it.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	cmd := exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &redisServer{addr: "127.0.0.1:" + port, cmd: cmd}
+	t.Cleanup(s.stop)
+	rdb := redis.NewClient(&redis.Options{Addr: s.addr})
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %s does not answer PING: %v", s.addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *redisServer) stop() {
+	if s.cmd.Process != nil && s.cmd.ProcessState == nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+	}
+}
+
+func redisConfig(url string, failOpen bool) *config.Config {
+	cfg := rateConfig(mustRate(4, time.Minute, 0), mustRate(2, time.Hour, 0))
+	cfg.RateLimit = config.RateLimit{Redis: url, FailOpen: &failOpen}
+	return cfg
+}
+
+func TestRedisSharedLimits(t *testing.T) {
+	t.Parallel()
+	srv := startRedis(t)
+	c := newClock()
+	regA := &metrics.Registry{}
+	newShared := func(reg *metrics.Registry) *Engine {
+		e, err := New(redisConfig("redis://"+srv.addr+"/0", true), Options{Now: c.Now, Metrics: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		return e
+	}
+	a, b := newShared(regA), newShared(&metrics.Registry{})
+	pa, pb := a.Lookup("default"), b.Lookup("default")
+	ctx := context.Background()
+
+	// 4/1m shared: two on each instance, then the fifth is refused on both.
+	var last *Reservation
+	for i, e := range []*Engine{a, b, a, b} {
+		r, d := e.ReserveMessage(ctx, e.Lookup("default"), "app")
+		if d != nil {
+			t.Fatalf("message %d: %v", i+1, d)
+		}
+		last = r
+	}
+	for name, e := range map[string]*Engine{"a": a, "b": b} {
+		_, d := e.ReserveMessage(ctx, e.Lookup("default"), "app")
+		if d == nil || d.Kind != RateLimited {
+			t.Fatalf("5th message on %s: %v, want RateLimited", name, d)
+		}
+		if d.RetryAfter != 15*time.Second {
+			t.Errorf("5th message on %s: RetryAfter %v, want 15s", name, d.RetryAfter)
+		}
+	}
+	if _, d := b.ReserveMessage(ctx, pb, "other"); d != nil {
+		t.Errorf("another user: %v", d)
+	}
+	// A cancel on b gives back the message a reserved.
+	last.Cancel()
+	if _, d := a.ReserveMessage(ctx, pa, "app"); d != nil {
+		t.Errorf("after Cancel on the other instance: %v, want allowed", d)
+	}
+	c.Advance(15 * time.Second)
+	if _, d := b.ReserveMessage(ctx, pb, "app"); d != nil {
+		t.Errorf("after 15s: %v, want allowed", d)
+	}
+
+	// Recipients: shared and not refunded.
+	if d := a.ChargeRecipient(ctx, pa, "app"); d != nil {
+		t.Fatal(d)
+	}
+	if d := b.ChargeRecipient(ctx, pb, "app"); d != nil {
+		t.Fatal(d)
+	}
+	if d := a.ChargeRecipient(ctx, pa, "app"); d == nil || d.Kind != RateLimited {
+		t.Errorf("3rd recipient of 2/1h across instances: %v, want RateLimited", d)
+	}
+
+	// Auth failures: counted on a, felt on b.
+	for range 5 {
+		a.AuthFailed(ctx, "192.0.2.50")
+	}
+	if d, blocked := b.AuthDelay(ctx, "192.0.2.50"); d != time.Second || blocked {
+		t.Errorf("after 5 failures on a, b says delay %v blocked %v, want 1s false", d, blocked)
+	}
+	for range 5 {
+		b.AuthFailed(ctx, "192.0.2.50")
+	}
+	if !a.Blocked(ctx, "192.0.2.50") || !b.Blocked(ctx, "192.0.2.50") {
+		t.Error("10 failures across instances: IP not blocked on both")
+	}
+	if a.Blocked(ctx, "192.0.2.51") {
+		t.Error("another IP blocked")
+	}
+	if n := counter(regA); n != 0 {
+		t.Fatalf("redis errors counted while Redis was up: %v", n)
+	}
+
+	// Redis dies. fail_open: local limits apply and the errors are counted.
+	srv.stop()
+	for i := range 4 {
+		if _, d := a.ReserveMessage(ctx, pa, "carol"); d != nil {
+			t.Fatalf("fail_open, message %d: %v", i+1, d)
+		}
+	}
+	if _, d := a.ReserveMessage(ctx, pa, "carol"); d == nil || d.Kind != RateLimited {
+		t.Errorf("fail_open, 5th message: %v, want RateLimited by the local limiter", d)
+	}
+	if n := counter(regA); n < 1 {
+		t.Errorf("sluice_ratelimit_redis_errors_total = %v after Redis died, want >= 1", n)
+	}
+	if d, blocked := a.AuthDelay(ctx, "192.0.2.60"); d != 0 || blocked {
+		t.Errorf("auth check with Redis down: %v %v", d, blocked)
+	}
+
+	// fail_open false: MAIL and RCPT get Unavailable (451 4.7.1).
+	closed := redisConfig("redis://"+srv.addr+"/0", false)
+	e, err := New(closed, Options{Now: c.Now, Metrics: &metrics.Registry{}, RedisTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, d := e.ReserveMessage(ctx, e.Lookup("default"), "app"); d == nil || d.Kind != Unavailable {
+		t.Errorf("fail_open false, Redis down: %v, want Unavailable", d)
+	}
+	if d := e.ChargeRecipient(ctx, e.Lookup("default"), "app"); d == nil || d.Kind != Unavailable {
+		t.Errorf("fail_open false, Redis down, RCPT: %v, want Unavailable", d)
+	}
+}
+
+func counter(reg *metrics.Registry) float64 {
+	return reg.NewCounter("sluice_ratelimit_redis_errors_total", "").Value()
+}
+
+func TestRedisBadURL(t *testing.T) {
+	t.Parallel()
+	cfg := redisConfig("redis://127.0.0.1:1/notadb", true)
+	if _, err := New(cfg, Options{}); err == nil {
+		t.Error("New with a bad Redis URL: no error")
+	}
+}
