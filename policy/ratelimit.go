@@ -38,7 +38,11 @@ func (r *Reservation) Cancel() {
 	if r.inRedis {
 		// The message was charged in Redis; give it back there, bounded, and
 		// accept a lost refund if Redis has gone meanwhile (it errs on the
-		// strict side by one message).
+		// strict side by one message, and never stalls a session on a Redis
+		// already known to be down).
+		if !r.e.redis.usable(now) {
+			return
+		}
 		if _, err := r.e.redis.gcra(context.Background(), redisKey(r.class, r.key), now, r.interval, 0, -1); err != nil {
 			r.e.redis.failed(now, err)
 		}
