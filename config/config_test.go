@@ -477,3 +477,47 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestDocsExample keeps the example in docs/configuration.md valid and its
+// printed summary true.
+func TestDocsExample(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "## A complete example")
+	if !ok {
+		t.Fatal("no example section")
+	}
+	_, rest, _ = strings.Cut(rest, "```yaml\n")
+	example, rest, _ := strings.Cut(rest, "```")
+	_, rest, _ = strings.Cut(rest, "```\n")
+	summary, _, _ := strings.Cut(rest, "```")
+
+	files := map[string]string{
+		"/etc/sluice/tls/fullchain.pem":            "testdata/keys/fullchain.pem",
+		"/etc/sluice/tls/privkey.pem":              "testdata/keys/privkey.pem",
+		"/etc/sluice/dkim/example.com.rsa.pem":     "testdata/keys/example.com.rsa.pem",
+		"/etc/sluice/dkim/example.com.ed25519.pem": "testdata/keys/example.com.ed25519.pem",
+		"/etc/sluice/users":                        "testdata/good/full.users",
+		"/run/secrets/ses":                         "testdata/good/ses.secret",
+	}
+	l := testLoader(map[string]string{"SES_USER": "u", "SENDGRID_API_KEY": "k"})
+	l.ReadFile = func(p string) ([]byte, error) {
+		if f, ok := files[p]; ok {
+			return os.ReadFile(f)
+		}
+		return nil, &os.PathError{Op: "open", Path: p, Err: os.ErrNotExist}
+	}
+	c, err := l.Parse([]byte(example), "/etc/sluice/sluice.yaml")
+	if err != nil {
+		t.Fatalf("the documented example does not load:\n%v", err)
+	}
+	got := Summary(c)
+	for _, line := range strings.Split(strings.TrimSpace(summary), "\n") {
+		if line != "…" && !strings.Contains(got, line+"\n") {
+			t.Errorf("documented summary line %q not in:\n%s", line, got)
+		}
+	}
+}
