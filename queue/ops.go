@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -428,11 +429,23 @@ func (q *Queue) listenControl() (net.Listener, error) {
 		}
 		os.Remove(path)
 	}
-	ln, err := net.Listen("unix", path)
+	// Bind inside a fresh 0700 directory, tighten the mode, then rename into
+	// place: the socket is never reachable with the umask's looser mode.
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".control-")
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	defer os.RemoveAll(tmp)
+	ln, err := net.Listen("unix", filepath.Join(tmp, "s"))
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // serveControl removes path
+	if err := os.Chmod(filepath.Join(tmp, "s"), 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
 		ln.Close()
 		return nil, err
 	}

@@ -36,6 +36,7 @@ type entry struct {
 	inflight bool
 	removed  bool   // deleted while in flight: the worker drops it afterwards
 	silent   bool   // with removed: no bounce
+	retryNow bool   // retry/release during an attempt: due again right after it
 	rcpt     []bool // per env.To: true once final
 	index    int    // in the heap; -1 when not in it
 }
@@ -90,12 +91,16 @@ func (q *Queue) poke() {
 // schedule puts e back in the heap at t (under q.mu).
 func (q *Queue) scheduleLocked(e *entry, t time.Time) {
 	e.next = t
+	if e.inflight {
+		e.retryNow = !t.After(q.now())
+		return
+	}
 	if e.held || e.removed {
 		return
 	}
 	if e.index >= 0 {
 		heap.Fix(&q.due, e.index)
-	} else if !e.inflight {
+	} else {
 		heap.Push(&q.due, e)
 	}
 }

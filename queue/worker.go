@@ -244,13 +244,21 @@ func (q *Queue) finish(e *entry, final map[string]bool, next time.Time) {
 	}
 	removed, silent := e.removed, e.silent
 	if pending == 0 || removed {
-		delete(q.entries, e.id)
+		// Files go first: once the entry leaves the map (Len) the message
+		// is gone from disk too. It is in no heap, so no worker takes it.
 		q.mu.Unlock()
 		if removed && !silent && pending > 0 {
 			q.bounceDeleted(e)
 		}
 		q.removeFiles(e.id)
+		q.mu.Lock()
+		delete(q.entries, e.id)
+		q.mu.Unlock()
 		return
+	}
+	if e.retryNow { // retry or release arrived during the attempt
+		e.retryNow = false
+		next = q.now()
 	}
 	q.scheduleLocked(e, next)
 	q.mu.Unlock()
