@@ -1,0 +1,338 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+// baseYAML: {{UP}} is replaced with the upstreams block.
+const baseYAML = `hostname: relay.test
+state_dir: {{DIR}}/state
+shutdown_timeout: 5s
+tls:
+  cert_file: {{CERT}}
+  key_file: {{KEY}}
+listeners:
+  - name: submission
+    address: 127.0.0.1:0
+    tls: starttls
+    auth: required
+  - name: submissions
+    address: 127.0.0.1:0
+    tls: implicit
+    auth: required
+users:
+  - name: app
+    password_hash: "{{HASH}}"
+policies:
+  default:
+    allowed_senders: ["*@example.com"]
+dkim:
+  - domain: example.com
+    selector: rsa1
+    key_file: {{DIR}}/rsa.pem
+  - domain: example.com
+    selector: ed1
+    key_file: {{DIR}}/ed.pem
+queue:
+  retry: [300ms]
+{{UP}}`
+
+func upstreamYAML(ports ...int) string {
+	var b strings.Builder
+	b.WriteString("upstreams:\n")
+	for i, p := range ports {
+		fmt.Fprintf(&b, "  - name: up%d\n    host: 127.0.0.1\n    ports: [%d]\n    tls: none\n    priority: %d\n    breaker_backoff: 1s\n", i+1, p, 10*(i+1))
+	}
+	return b.String()
+}
+
+// keygen makes the scenario's DKIM keys with `sluice dkim keygen` and
+// returns the TXT values by DNS name, as a verifier's DNS would.
+func (e *env) keygen() map[string]string {
+	txt := map[string]string{}
+	for _, k := range []struct{ sel, algo, file string }{{"rsa1", "rsa", "rsa.pem"}, {"ed1", "ed25519", "ed.pem"}} {
+		out, stderr, code := runCmd(e.t, "", "dkim", "keygen", "--domain", "example.com", "--selector", k.sel, "--algo", k.algo, "--out", filepath.Join(e.dir, k.file))
+		if code != 0 {
+			e.t.Fatalf("keygen: %s", stderr)
+		}
+		// SELECTOR._domainkey.DOMAIN. IN TXT ( "a" "b" )
+		name := strings.TrimSuffix(strings.Fields(out)[0], ".")
+		var val strings.Builder
+		for _, part := range strings.Split(out, "\"")[1:] {
+			if !strings.ContainsAny(part, "()") && strings.TrimSpace(part) != "" {
+				val.WriteString(part)
+			}
+		}
+		txt[name] = val.String()
+	}
+	return txt
+}
+
+func verifyDKIM(t *testing.T, txt map[string]string, data []byte) {
+	t.Helper()
+	vs, err := dkim.VerifyWithOptions(bytes.NewReader(data), &dkim.VerifyOptions{LookupTXT: func(d string) ([]string, error) {
+		if v, ok := txt[d]; ok {
+			return []string{v}, nil
+		}
+		return nil, fmt.Errorf("no record %s", d)
+	}})
+	if err != nil {
+		t.Fatalf("dkim: %v", err)
+	}
+	if len(vs) != 2 {
+		t.Errorf("%d signatures, want 2 (RSA and Ed25519)", len(vs))
+	}
+	for _, v := range vs {
+		if v.Err != nil {
+			t.Errorf("signature d=%s failed: %v", v.Domain, v.Err)
+		}
+	}
+}
+
+// TestRealClients: Go's client, swaks and Python's smtplib, over STARTTLS +
+// PLAIN and implicit TLS + LOGIN; every message arrives dual-signed.
+func TestRealClients(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	txt := e.keygen()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
+	p := start(t, 2, "serve", "-c", cfg)
+
+	if _, err := goSend(t, p.addrs["submission"], e.tlsConfig(), "app@example.com", "r@example.org", message("app@example.com", "r@example.org", "go", "from go")); err != nil {
+		t.Fatalf("go client: %v", err)
+	}
+	want := 1
+	if _, err := exec.LookPath("swaks"); err == nil || os.Getenv("CI") != "" {
+		host, port := splitAddr(p.addrs["submission"])
+		out, err := exec.Command("swaks", "--server", host, "--port", port, "--tls", "--auth", "PLAIN",
+			"--auth-user", "app", "--auth-password", password, "--from", "app@example.com", "--to", "r@example.org",
+			"--header", "Message-ID: <swaks-starttls@example.com>", "--header", "From: <app@example.com>").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "250 2.0.0 OK queued as") {
+			t.Errorf("swaks STARTTLS: %v\n%s", err, out)
+		}
+		host, port = splitAddr(p.addrs["submissions"])
+		out, err = exec.Command("swaks", "--server", host, "--port", port, "--tlsc", "--auth", "LOGIN",
+			"--auth-user", "app", "--auth-password", password, "--from", "app@example.com", "--to", "r@example.org",
+			"--header", "Message-ID: <swaks-implicit@example.com>", "--header", "From: <app@example.com>").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "250 2.0.0 OK queued as") {
+			t.Errorf("swaks implicit TLS + LOGIN: %v\n%s", err, out)
+		}
+		want += 2
+	} else {
+		t.Log("swaks not installed; CI installs it")
+	}
+	py := `
+import smtplib, ssl, sys
+host, p1, p2, ca, pw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False
+msg = "From: <app@example.com>\r\nTo: <r@example.org>\r\nSubject: py\r\nMessage-ID: <py-starttls@example.com>\r\n\r\nfrom python\r\n"
+with smtplib.SMTP(host, p1) as s:
+    s.starttls(context=ctx)
+    s.login("app", pw)
+    s.sendmail("app@example.com", ["r@example.org"], msg)
+with smtplib.SMTP_SSL(host, p2, context=ctx) as s:
+    s.ehlo()
+    s.user, s.password = "app", pw
+    code, resp = s.auth("LOGIN", s.auth_login)
+    assert code == 235, (code, resp)
+    s.sendmail("app@example.com", ["r@example.org"], msg.replace("py-starttls", "py-implicit"))
+print("ok")
+`
+	h1, p1 := splitAddr(p.addrs["submission"])
+	_, p2 := splitAddr(p.addrs["submissions"])
+	out, err := exec.Command("python3", "-c", py, h1, p1, p2, e.certFile, password).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ok") {
+		t.Errorf("python smtplib: %v\n%s", err, out)
+	}
+	want += 2
+
+	msgs := up.WaitMessages(t, want, 20*time.Second)
+	ids := map[string]bool{}
+	for _, m := range msgs {
+		verifyDKIM(t, txt, m.Data)
+		for id := range messageIDs([][]byte{m.Data}) {
+			ids[id] = true
+		}
+	}
+	if len(ids) != want {
+		t.Errorf("got %d distinct messages %v, want %d", len(ids), ids, want)
+	}
+}
+
+func splitAddr(a string) (string, string) {
+	i := strings.LastIndexByte(a, ':')
+	return a[:i], a[i+1:]
+}
+
+// TestDurabilityKill9: with the upstream down, 200 messages over 10
+// connections are answered 250; sluice is killed with SIGKILL and
+// restarted; once the upstream is back, all 200 arrive.
+func TestDurabilityKill9(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.keygen()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.SetMode(testsmtp.Refuse)
+	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
+	p := start(t, 2, "serve", "-c", cfg)
+
+	const conns, per = 10, 20
+	var mu sync.Mutex
+	accepted := map[string]bool{}
+	var wg sync.WaitGroup
+	for c := 0; c < conns; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl, err := dialAuth(p.addrs["submission"], e.tlsConfig())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer cl.Close()
+			for i := 0; i < per; i++ {
+				id := fmt.Sprintf("k9-%d-%d", c, i)
+				if _, err := sendOn(cl, "app@example.com", "r@example.org", message("app@example.com", "r@example.org", id, "durable")); err != nil {
+					t.Errorf("%s: %v", id, err)
+					return
+				}
+				mu.Lock()
+				accepted[id+"@example.com"] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(accepted) != conns*per {
+		t.Fatalf("%d accepted, want %d", len(accepted), conns*per)
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.wait(10 * time.Second)
+
+	up.SetMode(testsmtp.Serve)
+	start(t, 2, "serve", "-c", cfg)
+	msgs := up.WaitMessages(t, conns*per, 60*time.Second)
+	var datas [][]byte
+	for _, m := range msgs {
+		datas = append(datas, m.Data)
+	}
+	got := messageIDs(datas)
+	for id := range accepted {
+		if got[id] == 0 {
+			t.Errorf("lost: %s", id)
+		}
+	}
+	dups := 0
+	for _, n := range got {
+		dups += n - 1
+	}
+	t.Logf("delivered %d distinct of %d accepted, %d duplicates", len(got), len(accepted), dups)
+}
+
+func dialAuth(addr string, cfg *tls.Config) (*smtpClient, error) {
+	return dialClient(addr, cfg)
+}
+
+// TestUpstreamFailover: an upstream whose first port refuses and second
+// works delivers; an upstream that refuses everything hands over to the next.
+func TestUpstreamFailover(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.keygen()
+	second := testsmtp.Start(t, testsmtp.Options{})
+	backup := testsmtp.Start(t, testsmtp.Options{})
+	closed := testsmtp.ClosedPort(t)
+	ups := fmt.Sprintf(`upstreams:
+  - name: ports
+    host: 127.0.0.1
+    ports: [%d, %d]
+    tls: none
+    priority: 10
+`, closed, second.Port())
+	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", ups, 1))
+	p := start(t, 2, "serve", "-c", cfg)
+	if _, err := goSend(t, p.addrs["submission"], e.tlsConfig(), "app@example.com", "r@example.org", message("app@example.com", "r@example.org", "ports", "x")); err != nil {
+		t.Fatal(err)
+	}
+	second.WaitMessages(t, 1, 20*time.Second)
+
+	e2 := newEnv(t)
+	e2.keygen()
+	cfg2 := e2.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(testsmtp.ClosedPort(t), backup.Port()), 1))
+	p2 := start(t, 2, "serve", "-c", cfg2)
+	if _, err := goSend(t, p2.addrs["submission"], e2.tlsConfig(), "app@example.com", "r@example.org", message("app@example.com", "r@example.org", "failover", "x")); err != nil {
+		t.Fatal(err)
+	}
+	backup.WaitMessages(t, 1, 20*time.Second)
+}
+
+// TestDevMode: `sluice serve --dev` needs no file; `sluice send` to it
+// leaves a signed .eml under ./sluice-dev/mail that verifies against the
+// printed DNS record.
+func TestDevMode(t *testing.T) {
+	dir := t.TempDir()
+	p := &proc{}
+	func() {
+		wd, _ := os.Getwd()
+		os.Chdir(dir)
+		defer os.Chdir(wd)
+		p = start(t, 2, "serve", "--dev")
+	}()
+	out := p.stdout.String()
+	var pw, record string
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "smtp password: "); ok {
+			pw = v
+		}
+		if v, ok := strings.CutPrefix(line, "dkim: "); ok {
+			record = v
+		}
+	}
+	if pw == "" || record == "" || !strings.Contains(out, "smtp user: demo") || !strings.Contains(out, "mail: ./sluice-dev/mail") {
+		t.Fatalf("dev mode output lacks the contract lines:\n%s", out)
+	}
+	stdout, stderr, code := runCmd(t, "", "send", "--server", p.addrs["submission"], "--insecure", "--user", "demo", "--password", pw,
+		"--from", "demo@example.test", "--to", "someone@example.org")
+	if code != 0 || !strings.Contains(stdout, "OK queued as") {
+		t.Fatalf("sluice send: %d %s %s", code, stdout, stderr)
+	}
+	var files []string
+	for i := 0; i < 200 && len(files) == 0; i++ {
+		files, _ = filepath.Glob(filepath.Join(dir, "sluice-dev", "mail", "*.eml"))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(files) != 1 {
+		t.Fatalf("want one .eml in sluice-dev/mail, got %v", files)
+	}
+	data, _ := os.ReadFile(files[0])
+	val := ""
+	for _, part := range strings.Split(record, "\"")[1:] {
+		if !strings.ContainsAny(part, "()") && strings.TrimSpace(part) != "" {
+			val += part
+		}
+	}
+	vs, err := dkim.VerifyWithOptions(bytes.NewReader(data), &dkim.VerifyOptions{LookupTXT: func(string) ([]string, error) { return []string{val}, nil }})
+	if err != nil || len(vs) != 1 || vs[0].Err != nil {
+		t.Fatalf("dev message signature: %v %+v\n%s", err, vs, data)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0", code)
+	}
+}
