@@ -245,7 +245,6 @@ func messageIDs(datas [][]byte) map[string]int {
 	return out
 }
 
-
 type smtpClient = smtp.Client
 
 func dialClient(addr string, cfg *tls.Config) (*smtp.Client, error) {
