@@ -521,3 +521,13 @@ func TestDocsExample(t *testing.T) {
 		}
 	}
 }
+
+// TestSummaryZero: Summary of a hand-built, unvalidated Config (as cmd/sluice
+// might print in dev mode) does not panic and names what it has.
+func TestSummaryZero(t *testing.T) {
+	t.Parallel()
+	s := Summary(&Config{Policies: map[string]*Policy{"default": nil}})
+	if !strings.Contains(s, "config:     (built in)\n") || !strings.Contains(s, "listeners: 0\n") {
+		t.Errorf("summary:\n%s", s)
+	}
+}

@@ -142,7 +142,7 @@ func ParseDuration(s string) (time.Duration, error) {
 		}
 		if err != nil {
 			if strings.Contains(err.Error(), "unknown unit") {
-				return 0, fmt.Errorf("duration %q: unknown unit %q (use ns, us, ms, s, m, h, d)", s, unit)
+				return 0, fmt.Errorf("duration %q: unknown unit %q (use ns, us, ms, s, m, h, d)", s, strings.TrimSpace(unit))
 			}
 			if _, ferr := strconv.ParseFloat(num, 64); ferr == nil {
 				return 0, fmt.Errorf("duration %q: too large", s) // Go's only other failure

@@ -64,6 +64,9 @@ func Summary(c *Config) string {
 	w = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	for _, n := range names {
 		p := c.Policies[n]
+		if p == nil {
+			continue // only a hand-built Config has one; the loader fills them
+		}
 		route := "all upstreams"
 		if len(p.Upstreams) > 0 {
 			route = strings.Join(p.Upstreams, ",")
