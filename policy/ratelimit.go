@@ -52,7 +52,9 @@ func (r *Reservation) Cancel() {
 }
 
 // ReserveMessage charges one message to an authenticated user at MAIL
-// (rate.messages). A nil Denial comes with a non-nil Reservation.
+// (rate.messages). A nil Denial comes with a non-nil Reservation. Clients
+// accepted by network have no user: use ReserveMessageIP for them (user ""
+// here would put all of them in one bucket).
 func (e *Engine) ReserveMessage(ctx context.Context, p *Policy, user string) (*Reservation, *Denial) {
 	return e.reserve(ctx, p, "user:"+user)
 }

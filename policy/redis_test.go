@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,7 +115,7 @@ func TestRedisSharedLimits(t *testing.T) {
 	if _, d := b.ReserveMessage(ctx, pb, "other"); d != nil {
 		t.Errorf("another user: %v", d)
 	}
-	// A cancel on b gives back the message a reserved.
+	// Cancelling b's reservation frees a message for a.
 	last.Cancel()
 	if _, d := a.ReserveMessage(ctx, pa, "app"); d != nil {
 		t.Errorf("after Cancel on the other instance: %v, want allowed", d)
@@ -196,5 +197,57 @@ func TestRedisBadURL(t *testing.T) {
 	cfg := redisConfig("redis://127.0.0.1:1/notadb", true)
 	if _, err := New(cfg, Options{}); err == nil {
 		t.Error("New with a bad Redis URL: no error")
+	}
+}
+
+// TestRedisBlackHole: a Redis that accepts connections and never answers
+// must not stall a session; the call gives up at RedisTimeout and the local
+// limiter decides (without the bound this test would hang).
+func TestRedisBlackHole(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	reg := &metrics.Registry{}
+	e, err := New(redisConfig(l.Addr().String(), true), Options{Now: newClock().Now, Metrics: reg, RedisTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx := context.Background()
+	if _, d := e.ReserveMessage(ctx, e.Lookup("default"), "app"); d != nil {
+		t.Fatalf("black-holed Redis with fail_open: %v, want allowed", d)
+	}
+	if counter(reg) != 1 {
+		t.Errorf("redis errors = %v, want 1", counter(reg))
+	}
+	// Within the cool-down Redis is not asked again.
+	for range 3 {
+		e.ReserveMessage(ctx, e.Lookup("default"), "app")
+	}
+	if counter(reg) != 1 {
+		t.Errorf("redis errors = %v after more calls in the cool-down, want still 1", counter(reg))
 	}
 }
