@@ -256,6 +256,7 @@ func (d *daemon) serveHTTP(addr string) (*http.Server, error) {
 		return nil, fmt.Errorf("http: %w", err)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	d.log.Info("http listening", "address", ln.Addr().String())
 	go srv.Serve(ln)
 	return srv, nil
 }
