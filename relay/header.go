@@ -128,7 +128,7 @@ func readHeader(br *bufio.Reader) (fields []field, sep bool, err error) {
 			if err != nil {
 				return fields, false, err
 			}
-			if len(line) == 2 && line[0] == '\r' { // the blank line
+			if len(line) == 2 && line[0] == '\r' && line[1] == '\n' { // the blank line
 				br.Discard(2)
 				return fields, true, nil
 			}

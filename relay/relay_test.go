@@ -88,7 +88,10 @@ type relayOpts struct {
 	now       func() time.Time
 }
 
-func startRelay(t *testing.T, o relayOpts) *testRelay {
+func startRelay(t *testing.T, o relayOpts) *testRelay { return startRelayFor(t, o) }
+
+// startRelayFor takes a testing.TB so fuzz targets can share one relay.
+func startRelayFor(t testing.TB, o relayOpts) *testRelay {
 	t.Helper()
 	up := testsmtp.Start(t, testsmtp.Options{})
 	dir := t.TempDir()

@@ -1,0 +1,71 @@
+// Package archtest keeps the tree reading as the journey: imports point one
+// way (cmd → relay → policy | signing | queue → upstream → config), and
+// relay never reaches upstream, so the only way to the network is through
+// the spool (STYLE.md convention 1).
+package archtest
+
+import (
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/sluicemail/sluice/"
+
+// allowed lists, per package, the project packages its non-test files may import.
+var allowed = map[string][]string{
+	"config":   {},
+	"upstream": {"config"},
+	"signing":  {"config"},
+	"policy":   {"config"},
+	"queue":    {"config", "upstream"},
+	"relay":    {"config", "policy", "signing", "queue"},
+}
+
+func TestImportsPointOneWay(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pkg, ok := range allowed {
+		files, _ := filepath.Glob(filepath.Join(root, pkg, "*.go"))
+		if len(files) == 0 {
+			t.Errorf("package %s has no files (moved?)", pkg)
+		}
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			af, err := parser.ParseFile(token.NewFileSet(), f, src, parser.ImportsOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range af.Imports {
+				path := strings.Trim(imp.Path.Value, `"`)
+				dep, isOurs := strings.CutPrefix(path, module)
+				if !isOurs || strings.HasPrefix(dep, "internal/") {
+					continue
+				}
+				if !contains(ok, dep) {
+					t.Errorf("%s imports %s: against the direction of the journey (allowed: %v)", filepath.Join(pkg, filepath.Base(f)), dep, ok)
+				}
+			}
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
