@@ -312,6 +312,9 @@ func TestDevMode(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "OK queued as") {
 		t.Fatalf("sluice send: %d %s %s", code, stdout, stderr)
 	}
+	if !p.waitLog("msg=delivered", 10*time.Second) {
+		t.Errorf("no delivered line in the log")
+	}
 	var files []string
 	for i := 0; i < 200 && len(files) == 0; i++ {
 		files, _ = filepath.Glob(filepath.Join(dir, "sluice-dev", "mail", "*.eml"))

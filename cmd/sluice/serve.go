@@ -84,7 +84,6 @@ type daemon struct {
 	keys   *signing.Keyring
 	policy *policy.Engine
 	cfg    *config.Config
-	ready  func() error
 }
 
 func (d *daemon) run(cfg *config.Config) error {
