@@ -69,7 +69,7 @@ users:
     policy: strict
 policies:
   default:
-    allowed_senders: ["*@example.com", "{user}@users.example.com"]
+    allowed_senders: ["*@example.com", "*@news.example.com", "{user}@users.example.com"]
 %[2]s
 dkim: []
 upstreams:
@@ -77,6 +77,7 @@ upstreams:
     host: 127.0.0.1
     ports: [%[1]s]
     tls: none
+%[6]s
 queue:
   retry: [50ms]
 `
@@ -84,6 +85,8 @@ queue:
 type relayOpts struct {
 	policies  string // extra YAML under policies:
 	listeners string // extra listeners
+	upstreams string // extra upstreams (YAML list items)
+	routes    string // a routes: block
 	minFree   uint64
 	now       func() time.Time
 }
@@ -98,7 +101,7 @@ func startRelayFor(t testing.TB, o relayOpts) *testRelay {
 	if o.policies == "" {
 		o.policies = "  strict:\n    allowed_senders: [\"bob@example.com\"]\n"
 	}
-	y := fmt.Sprintf(yamlBase, fmt.Sprint(up.Port()), o.policies, o.listeners, dir, testHash)
+	y := fmt.Sprintf(yamlBase, fmt.Sprint(up.Port()), o.policies, o.listeners, dir, testHash, o.upstreams) + o.routes
 	cfg, err := config.Parse([]byte(y), filepath.Join(dir, "sluice.yaml"))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, y)
@@ -116,9 +119,13 @@ func startRelayFor(t testing.TB, o relayOpts) *testRelay {
 	tr.keys = signing.NewKeyring([]signing.Key{
 		{Domain: "example.com", Selector: "r1", Signer: rsaKey},
 		{Domain: "example.com", Selector: "e1", Signer: edKey},
+		{Domain: "news.example.com", Selector: "e1", Signer: edKey},
+		{Domain: "news.example.com", Selector: "r1", Signer: rsaKey},
 	})
-	tr.txt["r1._domainkey.example.com"] = signing.TXTValue(rsaKey.Public())
-	tr.txt["e1._domainkey.example.com"] = signing.TXTValue(edKey.Public())
+	for _, d := range []string{"example.com", "news.example.com"} {
+		tr.txt["r1._domainkey."+d] = signing.TXTValue(rsaKey.Public())
+		tr.txt["e1._domainkey."+d] = signing.TXTValue(edKey.Public())
+	}
 
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {

@@ -1,0 +1,72 @@
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+// TestRouteAndSESProfile: mail from news.example.com goes only through its
+// route's upstream, with that upstream's credentials; the route's SES
+// profile makes one signature without Date and Message-ID, so it still
+// verifies after the upstream replaces both, as SES does. Other mail keeps
+// the default route and dual signatures.
+func TestRouteAndSESProfile(t *testing.T) {
+	t.Parallel()
+	news := testsmtp.Start(t, testsmtp.Options{Username: "news-user", Password: "news-secret"})
+	tr := startRelay(t, relayOpts{
+		upstreams: fmt.Sprintf(`  - name: news
+    host: 127.0.0.1
+    ports: [%d]
+    tls: none
+    profile: ses
+    username: news-user
+    password: news-secret
+    priority: 50
+`, news.Port()),
+		routes: "routes:\n  - sender_domains: [news.example.com]\n    upstreams: [news]\n",
+	})
+	c := tr.dial(t, "submission", "alice")
+	for i := 0; i < 3; i++ {
+		if _, err := send(c, "letters@news.example.com", []string{"r@example.org"}, msg("letters@news.example.com", "r@example.org", fmt.Sprintf("news%d", i), "weekly")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := send(c, "a@example.com", []string{"r@example.org"}, msg("a@example.com", "r@example.org", "plain", "x")); err != nil {
+		t.Fatal(err)
+	}
+	got := news.WaitMessages(t, 3, 10*time.Second)
+	tr.up.WaitMessages(t, 1, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	for _, m := range tr.up.Messages() {
+		if bytes.Contains(m.Data, []byte("news.example.com")) {
+			t.Errorf("routed mail reached the default upstream")
+		}
+	}
+	if n := len(news.Messages()); n != 3 {
+		t.Errorf("route upstream got %d messages, want 3 (only the routed ones)", n)
+	}
+	dateRE := regexp.MustCompile(`(?m)^Date: .*\r\n`)
+	idRE := regexp.MustCompile(`(?m)^Message-ID: .*\r\n`)
+	for _, m := range got {
+		if m.User != "news-user" {
+			t.Errorf("route upstream authenticated as %q, want news-user", m.User)
+		}
+		if n := strings.Count(string(m.Data), "DKIM-Signature:"); n != 1 {
+			t.Errorf("ses profile: %d signatures, want 1", n)
+		}
+		// What SES does: new Message-ID and Date.
+		rewritten := idRE.ReplaceAll(m.Data, []byte("Message-ID: <0100018c@email.amazonses.com>\r\n"))
+		rewritten = dateRE.ReplaceAll(rewritten, []byte("Date: Mon, 30 Nov 2026 01:02:03 +0000\r\n"))
+		for _, v := range tr.verify(t, rewritten) {
+			if v.Err != nil {
+				t.Errorf("signature after SES's rewrite: %v", v.Err)
+			}
+		}
+	}
+}
