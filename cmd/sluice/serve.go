@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,7 +80,7 @@ type daemon struct {
 	certs  *certStore
 	relay  *relay.Server
 	queue  *queue.Queue
-	disp   *upstream.Dispatcher
+	disp   *liveDispatcher
 	keysMu sync.RWMutex
 	keys   *signing.Keyring
 	policy *policy.Engine
@@ -101,15 +102,12 @@ func (d *daemon) run(cfg *config.Config) error {
 	if d.policy, err = policy.New(cfg, policy.Options{Logger: d.log}); err != nil {
 		return err
 	}
-	d.disp, err = upstream.New(upstream.Options{
-		Hostname:   cfg.Hostname,
-		Upstreams:  cfg.Upstreams,
-		Logger:     d.log,
-		StatusFile: filepath.Join(cfg.StateDir, "upstreams.json"),
-	})
+	first, err := d.newDispatcher(cfg)
 	if err != nil {
 		return err
 	}
+	d.disp = &liveDispatcher{}
+	d.disp.p.Store(first)
 	d.queue, err = queue.Open(queue.Options{
 		Dir:           filepath.Join(cfg.StateDir, "spool"),
 		Config:        cfg.Queue,
@@ -171,7 +169,7 @@ func (d *daemon) run(cfg *config.Config) error {
 	case <-qdone:
 	case <-sctx.Done():
 	}
-	d.disp.Close()
+	d.disp.p.Load().Close()
 	d.policy.Close()
 	d.log.Info("stopped")
 	return nil
@@ -194,6 +192,11 @@ func (d *daemon) reload() {
 		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
 		return
 	}
+	disp, err := d.newDispatcher(cfg)
+	if err != nil {
+		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+		return
+	}
 	pol, err := policy.New(cfg, policy.Options{Logger: d.log})
 	if err != nil {
 		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
@@ -202,9 +205,14 @@ func (d *daemon) reload() {
 	if err := d.certs.reload(cfg); err != nil {
 		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
 		pol.Close()
+		disp.Close()
 		return
 	}
 	old := d.policy
+	// New deliveries use the new upstreams; the old dispatcher's in-flight
+	// deliveries finish on their own before its idle connections are closed.
+	oldDisp := d.disp.p.Swap(disp)
+	time.AfterFunc(2*time.Minute, oldDisp.Close)
 	d.relay.Reload(cfg, pol, keys)
 	d.keysMu.Lock()
 	d.keys, d.policy, d.cfg = keys, pol, cfg
@@ -266,10 +274,26 @@ func (d *daemon) readiness() error {
 	if err := d.queue.Writable(); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
-	for _, s := range d.disp.Status() {
+	for _, s := range d.disp.p.Load().Status() {
 		if s.Breaker != "open" {
 			return nil
 		}
 	}
 	return errors.New("every upstream's circuit breaker is open")
+}
+
+func (d *daemon) newDispatcher(cfg *config.Config) (*upstream.Dispatcher, error) {
+	return upstream.New(upstream.Options{
+		Hostname:   cfg.Hostname,
+		Upstreams:  cfg.Upstreams,
+		Logger:     d.log,
+		StatusFile: filepath.Join(cfg.StateDir, "upstreams.json"),
+	})
+}
+
+// liveDispatcher lets SIGHUP replace the upstreams under a running queue.
+type liveDispatcher struct{ p atomic.Pointer[upstream.Dispatcher] }
+
+func (l *liveDispatcher) Deliver(ctx context.Context, m *upstream.Message) upstream.Result {
+	return l.p.Load().Deliver(ctx, m)
 }
