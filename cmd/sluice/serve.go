@@ -292,7 +292,9 @@ func (d *daemon) newDispatcher(cfg *config.Config) (*upstream.Dispatcher, error)
 }
 
 // liveDispatcher lets SIGHUP replace the upstreams under a running queue.
-type liveDispatcher struct{ p atomic.Pointer[upstream.Dispatcher] }
+type liveDispatcher struct {
+	p atomic.Pointer[upstream.Dispatcher]
+}
 
 func (l *liveDispatcher) Deliver(ctx context.Context, m *upstream.Message) upstream.Result {
 	return l.p.Load().Deliver(ctx, m)
