@@ -32,12 +32,12 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch mech {
 	case sasl.Plain:
-		return sasl.NewPlainServer(func(identity, username, password string) error {
+		return namedErrors{sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
 				return s.authenticate("", "")
 			}
 			return s.authenticate(username, password)
-		}), nil
+		})}, nil
 	case sasl.Login:
 		return &loginServer{auth: s.authenticate}, nil
 	}
@@ -108,4 +108,16 @@ func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 		return nil, true, l.auth(l.user, string(resp))
 	}
 	return nil, false, smtp.ErrAuthFailed
+}
+
+// namedErrors turns go-sasl's own errors (a malformed PLAIN response) into a
+// named reply; go-smtp would send them as a temporary 454 with their text.
+type namedErrors struct{ sasl.Server }
+
+func (n namedErrors) Next(resp []byte) ([]byte, bool, error) {
+	c, done, err := n.Server.Next(resp)
+	if _, ok := err.(*smtp.SMTPError); err != nil && !ok {
+		err = ReplyAuthMalformed
+	}
+	return c, done, err
 }

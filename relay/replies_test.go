@@ -61,6 +61,12 @@ func TestReplies(t *testing.T) {
 		{"unknown user", func(t *testing.T) error {
 			return tr.dial(t, "submissions", "").Auth(sasl.NewPlainClient("", "mallory", testPassword))
 		}, "535 5.7.8"},
+		{"malformed AUTH PLAIN", func(t *testing.T) error {
+			r := rawDial(t, tr.addr("submissions"), tr.tlsConfig())
+			r.reply()
+			r.cmd("EHLO x")
+			return parseReply(r.cmd("AUTH PLAIN " + b64("no-nul-bytes")))
+		}, "501 5.5.2"},
 		{"client not in trusted_networks", func(t *testing.T) error {
 			r := rawDial(t, tr.addr("untrusted"), nil)
 			greeting := r.reply()
