@@ -162,6 +162,7 @@ func (l *listener) admit(c net.Conn) {
 		conn.Close()
 		return
 	}
+	mConnections.Inc(l.cfg.Name)
 	tc.cap = time.AfterFunc(sessionCap, func() { tc.Close() })
 	if !l.gate.put(conn) {
 		conn.Close()

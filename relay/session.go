@@ -41,7 +41,6 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		sess.policyName = b.l.cfg.Policy
 	}
 	mSessions.Add(1)
-	mConnections.Inc(b.l.cfg.Name)
 	return sess, nil
 }
 
