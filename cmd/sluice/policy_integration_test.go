@@ -1,0 +1,892 @@
+package main
+
+// Integration tests of the policy engine through the real binary: per-user
+// rules and rates, limits shared by several instances through one real
+// redis-server, auth-failure slow-down and blocking, the PROXY protocol, and
+// `sluice policy explain`. Clients are go-smtp, raw TCP (for what a client
+// library hides: greetings, closed connections, PROXY headers) and Python's
+// smtplib.
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+// polYAML is the scenario config: {{UP}} is the upstream's port,
+// {{LISTENERS}} extra listeners, {{RL}} a ratelimit block.
+const polYAML = `hostname: relay.test
+state_dir: {{DIR}}/state
+shutdown_timeout: 2s
+tls:
+  cert_file: {{CERT}}
+  key_file: {{KEY}}
+http:
+  address: 127.0.0.1:0
+listeners:
+  - name: submission
+    address: 127.0.0.1:0
+    tls: starttls
+    auth: required
+{{LISTENERS}}
+users:
+  - name: app
+    password_hash: "{{HASH}}"
+  - name: limited
+    password_hash: "{{HASH}}"
+    policy: limited
+  - name: printer
+    password_hash: "{{HASH}}"
+    policy: printer
+  - name: ratey
+    password_hash: "{{HASH}}"
+    policy: ratey
+policies:
+  default:
+    allowed_senders: ["*@example.com"]
+  limited:
+    allowed_senders: ["*@example.com"]
+    rate:
+      messages: 4/1m
+  printer:
+    allowed_senders: [scanner@example.com]
+    allowed_recipients: ["*@example.com"]
+    denied_recipients: [all-staff@example.com]
+    max_message_size: 1MB
+    max_recipients: 5
+  ratey:
+    allowed_senders: ["*@example.com"]
+    rate:
+      messages: 2/1h
+  legacy:
+    allowed_senders: ["*@example.com"]
+    rate:
+      messages: 1/1h
+queue:
+  retry: [300ms]
+{{RL}}
+upstreams:
+  - name: up1
+    host: 127.0.0.1
+    ports: [{{UP}}]
+    tls: none
+`
+
+// polConfig writes the scenario config for env e.
+func polConfig(e *env, upPort int, listeners, rl string) string {
+	y := strings.NewReplacer("{{UP}}", strconv.Itoa(upPort), "{{LISTENERS}}", listeners, "{{RL}}", rl).Replace(polYAML)
+	return e.config(y)
+}
+
+func polRedisBlock(url string, failOpen bool) string {
+	return fmt.Sprintf("ratelimit:\n  redis: %s\n  fail_open: %t\n", url, failOpen)
+}
+
+// polRedis is a real redis-server on loopback, without persistence.
+type polRedis struct {
+	url  string
+	addr string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// polStartRedis starts redis-server on a free port; the test is skipped when
+// it is not installed, except in CI, where it must run.
+func polStartRedis(t *testing.T) *polRedis {
+	t.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skip("redis-server not installed; CI installs it")
+		}
+		t.Fatalf("redis-server is required in CI: %v", err)
+	}
+	// redis-server cannot be handed a listener: take a free port and release
+	// it just before redis binds it.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	r := &polRedis{addr: "127.0.0.1:" + port, url: "redis://127.0.0.1:" + port + "/0", done: make(chan struct{})}
+	r.cmd = exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning")
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.cmd.Wait(); close(r.done) }()
+	t.Cleanup(r.stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if r.ping() {
+			return r
+		}
+		select {
+		case <-r.done:
+			t.Fatalf("redis-server on %s exited at start", r.addr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %s does not answer PING", r.addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *polRedis) ping() bool {
+	c, err := net.DialTimeout("tcp", r.addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	io.WriteString(c, "PING\r\n")
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return strings.HasPrefix(line, "+PONG")
+}
+
+// stop kills redis-server and waits until it has exited.
+func (r *polRedis) stop() {
+	select {
+	case <-r.done:
+		return
+	default:
+	}
+	r.cmd.Process.Kill()
+	<-r.done
+}
+
+var polHTTPRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
+
+// polHTTPAddr is the /metrics address the instance logged.
+func polHTTPAddr(t *testing.T, p *proc) string {
+	t.Helper()
+	m := polHTTPRE.FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		t.Fatalf("no http listener in the log:\n%s", p.stderr.String())
+	}
+	return m[1]
+}
+
+// polMetric reads one unlabelled series from /metrics; -1 when absent.
+func polMetric(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %q", name, line)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+// polCode renders an SMTP error as "450 4.7.1"; nil is "ok".
+func polCode(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%d %d.%d.%d", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	}
+	return err.Error()
+}
+
+// polLogin opens a STARTTLS session from local (nil: any address) and
+// authenticates as user.
+func polLogin(addr string, cfg *tls.Config, local net.IP, user, pw string) (*smtp.Client, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := smtp.NewClientStartTLS(conn, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := c.Auth(sasl.NewPlainClient("", user, pw)); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// polSend logs in as user on a new connection and sends one message.
+func polSend(t *testing.T, addr string, cfg *tls.Config, user, from, to, id string) error {
+	t.Helper()
+	c, err := polLogin(addr, cfg, nil, user, password)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = sendOn(c, from, to, message(from, to, id, "policy test"))
+	if err == nil {
+		c.Quit()
+	}
+	return err
+}
+
+// TestPolicyRedisSharedRate: two instances share one redis-server, so a
+// user's 4/1m holds across them; with Redis gone, fail_open keeps mail
+// flowing under each instance's own limit and counts the errors, and a
+// fail_open: false instance answers 451 4.7.1.
+func TestPolicyRedisSharedRate(t *testing.T) {
+	t.Parallel()
+	rds := polStartRedis(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	var procs []*proc
+	var envs []*env
+	for i := 0; i < 2; i++ {
+		e := newEnv(t)
+		envs = append(envs, e)
+		procs = append(procs, start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.url, true))))
+	}
+	send := func(i int, id string) error {
+		return polSend(t, procs[i].addrs["submission"], envs[i].tlsConfig(), "limited", "app@example.com", "r@example.org", id)
+	}
+	// A message reserved at MAIL and abandoned (RSET) is given back, in
+	// Redis too: six abandoned ones leave the whole 4/1m for real mail.
+	c, err := polLogin(procs[0].addrs["submission"], envs[0].tlsConfig(), nil, "limited", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 0; n < 6; n++ {
+		if err := c.Mail("app@example.com", nil); err != nil {
+			t.Fatalf("MAIL %d before RSET: %v (abandoned messages must be refunded)", n+1, err)
+		}
+		if err := c.Reset(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Quit()
+	for n := 0; n < 4; n++ {
+		if err := send(n%2, fmt.Sprintf("shared-%d", n)); err != nil {
+			t.Fatalf("message %d on instance %d: %v", n+1, n%2, err)
+		}
+	}
+	for i := range procs {
+		if got := polCode(send(i, fmt.Sprintf("over-%d", i))); got != "450 4.7.1" {
+			t.Errorf("5th message on instance %d: %s, want 450 4.7.1 (the limit is shared)", i, got)
+		}
+	}
+	up.WaitMessages(t, 4, 20*time.Second)
+
+	rds.stop()
+	// fail_open (default): each instance falls back to its own bucket, which
+	// Redis spared, so 4 more pass on instance 0 and the 5th is refused: local
+	// limits, not none.
+	for n := 0; n < 4; n++ {
+		if err := send(0, fmt.Sprintf("local-%d", n)); err != nil {
+			t.Fatalf("message %d with Redis down (fail_open): %v", n+1, err)
+		}
+	}
+	if got := polCode(send(0, "local-over")); got != "450 4.7.1" {
+		t.Errorf("5th message with Redis down: %s, want 450 4.7.1 under the local limit", got)
+	}
+	if err := send(1, "local-b"); err != nil {
+		t.Errorf("instance 1 with Redis down (fail_open): %v", err)
+	}
+	for i, p := range procs {
+		if v := polMetric(t, polHTTPAddr(t, p), "sluice_ratelimit_redis_errors_total"); v <= 0 {
+			t.Errorf("instance %d: sluice_ratelimit_redis_errors_total = %v, want > 0", i, v)
+		}
+	}
+	if !procs[0].waitLog("ratelimit_redis_error", 5*time.Second) {
+		t.Error("no ratelimit_redis_error in the log")
+	}
+
+	e := newEnv(t)
+	strict := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.url, false)))
+	c, err = polLogin(strict.addrs["submission"], e.tlsConfig(), nil, "limited", password)
+	if err != nil {
+		t.Fatalf("AUTH with Redis down must still work (local auth counters): %v", err)
+	}
+	defer c.Close()
+	if got := polCode(c.Mail("app@example.com", nil)); got != "451 4.7.1" {
+		t.Errorf("MAIL with Redis down and fail_open: false: %s, want 451 4.7.1", got)
+	}
+	up.WaitMessages(t, 9, 20*time.Second)
+}
+
+// polAuthAttempt makes one AUTH with a wrong password on a new connection and
+// returns the reply and how long the AUTH took.
+func polAuthAttempt(addr string, cfg *tls.Config, pw string) (string, time.Duration) {
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err.Error(), 0
+	}
+	c, err := smtp.NewClientStartTLS(conn, cfg)
+	if err != nil {
+		conn.Close()
+		return "connect: " + polCode(err), 0
+	}
+	defer c.Close()
+	t0 := time.Now()
+	err = c.Auth(sasl.NewPlainClient("", "app", pw))
+	return polCode(err), time.Since(t0)
+}
+
+// polGreeting reads what the server says first on a new connection from local
+// (nil: any), and everything after it until it closes or 3 s pass.
+func polGreeting(t *testing.T, addr string, local net.IP) string {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+// TestPolicyAuthFailures: ten wrong passwords from one IP are answered
+// 535 5.7.8, the 6th on delayed and growing; then that IP gets 421 4.7.0 at
+// connect and to AUTH in a session already open, even with the right
+// password, while 127.0.0.2 logs in and sends.
+func TestPolicyAuthFailures(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	e := newEnv(t)
+	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
+	addr := p.addrs["submission"]
+
+	// DESIGN §7: no delay for the first five, then 1 s, 2 s, 4 s, 5 s, 5 s.
+	want := []time.Duration{0, 0, 0, 0, 0, time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	var open *smtp.Client
+	for i, w := range want {
+		if i == 9 {
+			// A session opened before the block: it must be refused at AUTH.
+			var err error
+			open, err = smtp.DialStartTLS(addr, e.tlsConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer open.Close()
+		}
+		got, took := polAuthAttempt(addr, e.tlsConfig(), "wrong password")
+		if got != "535 5.7.8" {
+			t.Fatalf("failure %d: %s, want 535 5.7.8", i+1, got)
+		}
+		// The delay is a floor; the undelayed ones must stay below the first
+		// delay so "growing" is visible.
+		if took < w-50*time.Millisecond || (w == 0 && took >= time.Second) {
+			t.Errorf("failure %d took %v, want about %v", i+1, took.Round(time.Millisecond), w)
+		}
+		t.Logf("failure %d: %s after %v", i+1, got, took.Round(time.Millisecond))
+	}
+	if g := polGreeting(t, addr, nil); !strings.HasPrefix(g, "421 4.7.0") {
+		t.Errorf("connect after 10 failures: %q, want 421 4.7.0", g)
+	}
+	if got := polCode(open.Auth(sasl.NewPlainClient("", "app", password))); got != "421 4.7.0" {
+		t.Errorf("AUTH with the right password in an open session after the block: %s, want 421 4.7.0", got)
+	}
+
+	// Linux routes all of 127/8 to lo: 127.0.0.2 is another client.
+	c, err := polLogin(addr, e.tlsConfig(), net.IPv4(127, 0, 0, 2), "app", password)
+	if err != nil {
+		t.Fatalf("another IP must be unaffected: %v", err)
+	}
+	defer c.Close()
+	if _, err := sendOn(c, "app@example.com", "r@example.org", message("app@example.com", "r@example.org", "other-ip", "x")); err != nil {
+		t.Fatalf("send from 127.0.0.2: %v", err)
+	}
+	c.Quit()
+	up.WaitMessages(t, 1, 20*time.Second)
+}
+
+// TestPolicyAuthFailuresRedis: the failure count lives in Redis, so failures
+// spread over two instances slow and then block the IP on both.
+func TestPolicyAuthFailuresRedis(t *testing.T) {
+	t.Parallel()
+	rds := polStartRedis(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	var addrs []string
+	var cfgs []*tls.Config
+	for i := 0; i < 2; i++ {
+		e := newEnv(t)
+		p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.url, true)))
+		addrs, cfgs = append(addrs, p.addrs["submission"]), append(cfgs, e.tlsConfig())
+	}
+	for i := 0; i < 5; i++ {
+		if got, took := polAuthAttempt(addrs[i%2], cfgs[i%2], "wrong"); got != "535 5.7.8" || took >= time.Second {
+			t.Fatalf("failure %d: %s after %v, want 535 5.7.8 at once", i+1, got, took)
+		}
+	}
+	// Instance 1 has seen two failures itself; the delay shows it counts all five.
+	if got, took := polAuthAttempt(addrs[1], cfgs[1], "wrong"); got != "535 5.7.8" || took < 950*time.Millisecond {
+		t.Fatalf("6th failure (instance 1): %s after %v, want 535 5.7.8 delayed by at least 1 s", got, took)
+	}
+	// Failures 7-10 at once, two per instance (each delayed 2 s), to save time.
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got, took := polAuthAttempt(addrs[i%2], cfgs[i%2], "wrong"); got != "535 5.7.8" || took < 1950*time.Millisecond {
+				t.Errorf("failure %d: %s after %v, want 535 5.7.8 delayed by 2 s", 7+i, got, took)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, a := range addrs {
+		if g := polGreeting(t, a, nil); !strings.HasPrefix(g, "421 4.7.0") {
+			t.Errorf("instance %d after 10 shared failures: %q, want 421 4.7.0", i, g)
+		}
+		c, err := polLogin(a, cfgs[i], net.IPv4(127, 0, 0, 2), "app", password)
+		if err != nil {
+			t.Errorf("instance %d: 127.0.0.2 must be unaffected: %v", i, err)
+			continue
+		}
+		c.Close()
+	}
+}
+
+// TestPolicySizeAndRecipients: the 6th RCPT gets 452 4.5.3, SIZE= and a body
+// over max_message_size get 552 5.3.4, the session goes on, and only the
+// accepted messages reach the upstream.
+func TestPolicySizeAndRecipients(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	e := newEnv(t)
+	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
+	c, err := polLogin(p.addrs["submission"], e.tlsConfig(), nil, "printer", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const from = "scanner@example.com"
+	// EHLO cannot know the user yet: it advertises the largest limit (the
+	// default policy's 25MB), and the user's own 1MB is enforced below.
+	if _, size := c.Extension("SIZE"); size != "25000000" {
+		t.Errorf("EHLO SIZE %q, want 25000000 (the largest policy limit)", size)
+	}
+
+	if err := c.Mail(from, nil); err != nil {
+		t.Fatal(err)
+	}
+	var rcpts []string
+	for i := 1; i <= 6; i++ {
+		to := fmt.Sprintf("r%d@example.com", i)
+		err := c.Rcpt(to, nil)
+		if i <= 5 {
+			if err != nil {
+				t.Fatalf("RCPT %d: %v", i, err)
+			}
+			rcpts = append(rcpts, to)
+		} else if got := polCode(err); got != "452 4.5.3" {
+			t.Errorf("RCPT %d with max_recipients 5: %s, want 452 4.5.3", i, got)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, message(from, "r1@example.com", "five-rcpts", "five"))
+	if err := w.Close(); err != nil {
+		t.Fatalf("message to the first five: %v", err)
+	}
+
+	if got := polCode(c.Mail(from, &smtp.MailOptions{Size: 2000000})); got != "552 5.3.4" {
+		t.Errorf("MAIL SIZE=2000000 with max_message_size 1MB: %s, want 552 5.3.4", got)
+	}
+	if err := c.Noop(); err != nil {
+		t.Fatalf("NOOP after the SIZE refusal: %v", err)
+	}
+
+	if err := c.Mail(from, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("r1@example.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err = c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := message(from, "r1@example.com", "too-big", strings.Repeat("TOOBIG-"+strings.Repeat("x", 90)+"\r\n", 20000))
+	io.WriteString(w, big)
+	if got := polCode(w.Close()); got != "552 5.3.4" {
+		t.Errorf("2 MB DATA without SIZE: %s, want 552 5.3.4", got)
+	}
+	if err := c.Noop(); err != nil {
+		t.Fatalf("NOOP after the DATA refusal: %v", err)
+	}
+	if _, err := sendOn(c, from, "r2@example.com", message(from, "r2@example.com", "after", "small")); err != nil {
+		t.Fatalf("next message after the refusals: %v", err)
+	}
+	c.Quit()
+
+	up.WaitMessages(t, 2, 20*time.Second)
+	time.Sleep(500 * time.Millisecond) // a third (refused) message would have arrived by now
+	msgs := up.Messages()
+	if len(msgs) != 2 {
+		t.Fatalf("upstream got %d messages, want 2 (only the accepted ones)", len(msgs))
+	}
+	got := messageIDs([][]byte{msgs[0].Data, msgs[1].Data})
+	if got["five-rcpts@example.com"] != 1 || got["after@example.com"] != 1 {
+		t.Errorf("upstream got %v, want five-rcpts and after", got)
+	}
+	for _, m := range msgs {
+		if strings.Contains(string(m.Data), "TOOBIG") || len(m.Data) > 1000000 {
+			t.Errorf("the refused 2 MB body reached the upstream (%d bytes)", len(m.Data))
+		}
+		if strings.Contains(string(m.Data), "five-rcpts@") && strings.Join(m.To, ",") != strings.Join(rcpts, ",") {
+			t.Errorf("five-rcpts went to %v, want %v", m.To, rcpts)
+		}
+	}
+}
+
+// polRaw is a line-level client for what go-smtp hides.
+type polRaw struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+// reply reads one (possibly multi-line) reply and returns its last line.
+func (s *polRaw) reply() string {
+	s.t.Helper()
+	s.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			s.t.Fatalf("reading reply: %v (got %q)", err, line)
+		}
+		if len(line) < 4 || line[3] != '-' {
+			return strings.TrimRight(line, "\r\n")
+		}
+	}
+}
+
+func (s *polRaw) cmd(line, want string) {
+	s.t.Helper()
+	io.WriteString(s.c, line+"\r\n")
+	if got := s.reply(); !strings.HasPrefix(got, want) {
+		s.t.Fatalf("%s: %q, want %s", line, got, want)
+	}
+}
+
+// polProxyDial connects from local (nil: any) and writes header first.
+func polProxyDial(t *testing.T, addr string, local net.IP, header string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if header != "" {
+		io.WriteString(c, header)
+	}
+	return c
+}
+
+// polReadToClose reads until the server closes (or the deadline passes, which
+// is reported as not closed).
+func polReadToClose(c net.Conn, wait time.Duration) (string, bool) {
+	c.SetReadDeadline(time.Now().Add(wait))
+	b, err := io.ReadAll(c)
+	var ne net.Error
+	closed := !(errors.As(err, &ne) && ne.Timeout())
+	return string(b), closed
+}
+
+// polProxySession connects from 127.0.0.1 (the trusted proxy), sends
+// header and expects the greeting and EHLO to succeed.
+func polProxySession(t *testing.T, addr, header string) *polRaw {
+	t.Helper()
+	c := polProxyDial(t, addr, nil, header)
+	s := &polRaw{t: t, c: c, r: bufio.NewReader(c)}
+	if g := s.reply(); !strings.HasPrefix(g, "220 ") {
+		t.Fatalf("greeting %q, want 220", g)
+	}
+	s.cmd("EHLO lb.test", "250")
+	return s
+}
+
+// send runs one transaction and expects want as the reply to MAIL (when it
+// is not 250) or to the end of DATA.
+func (s *polRaw) send(id, want string) {
+	s.t.Helper()
+	io.WriteString(s.c, "MAIL FROM:<app@example.com>\r\n")
+	if got := s.reply(); !strings.HasPrefix(got, "250") {
+		if !strings.HasPrefix(got, want) {
+			s.t.Fatalf("%s: MAIL: %q, want %s", id, got, want)
+		}
+		return
+	}
+	s.cmd("RCPT TO:<r@example.org>", "250")
+	s.cmd("DATA", "354")
+	io.WriteString(s.c, message("app@example.com", "r@example.org", id, "x")+".\r\n")
+	if got := s.reply(); !strings.HasPrefix(got, want) {
+		s.t.Fatalf("%s: end of DATA: %q, want %s", id, got, want)
+	}
+}
+
+// proxyV2 is a binary PROXY v2 header for a TCP4 client (what HAProxy's
+// send-proxy-v2 sends).
+func proxyV2(src [4]byte, port uint16) string {
+	b := []byte("\r\n\r\n\x00\r\nQUIT\n")
+	b = append(b, 0x21, 0x11, 0, 12) // v2 PROXY, TCP over IPv4, 12 address bytes
+	b = append(b, src[:]...)         // source
+	b = append(b, 127, 0, 0, 1)      // destination
+	b = append(b, byte(port>>8), byte(port), 0, 25)
+	return string(b)
+}
+
+// TestPolicyProxyProtocol: a trusted load balancer's PROXY header carries
+// the client address into trusted_networks and Received:; a header naming an
+// untrusted network gets 554 5.7.1; no header from the proxy, or a header
+// from anyone but the proxy, is refused without a greeting.
+func TestPolicyProxyProtocol(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	e := newEnv(t)
+	lb := `  - name: behind-lb
+    address: 127.0.0.1:0
+    tls: none
+    auth: none
+    trusted_networks: [192.0.2.0/24]
+    policy: legacy
+    proxy_protocol: true
+    trusted_proxies: [127.0.0.1/32]
+`
+	p := start(t, 2, "serve", "-c", polConfig(e, up.Port(), lb, ""))
+	addr := p.addrs["behind-lb"]
+
+	// The address from the header is the client's for trusted_networks,
+	// Received: and the per-IP rate of clients accepted by network (legacy:
+	// 1/1h), over PROXY v1 and v2.
+	t.Run("trusted clients via proxy", func(t *testing.T) {
+		t.Parallel()
+		s := polProxySession(t, addr, "PROXY TCP4 192.0.2.7 127.0.0.1 5555 25\r\n")
+		s.send("via-proxy-v1", "250 2.0.0 OK queued as ")
+		s.send("second-from-192.0.2.7", "450 4.7.1")
+		s.cmd("QUIT", "221")
+		s = polProxySession(t, addr, proxyV2([4]byte{192, 0, 2, 8}, 5556))
+		s.send("via-proxy-v2", "250 2.0.0 OK queued as ")
+		s.cmd("QUIT", "221")
+
+		msgs := up.WaitMessages(t, 2, 20*time.Second)
+		rcv := map[string]string{}
+		for _, m := range msgs {
+			for id := range messageIDs([][]byte{m.Data}) {
+				rcv[id] = regexp.MustCompile(`(?m)^Received: from [^\r\n]*`).FindString(string(m.Data))
+			}
+		}
+		for id, ip := range map[string]string{"via-proxy-v1@example.com": "[192.0.2.7]", "via-proxy-v2@example.com": "[192.0.2.8]"} {
+			if !strings.Contains(rcv[id], ip) || strings.Contains(rcv[id], "127.0.0.1") {
+				t.Errorf("%s: Received: %q, want the client from the PROXY header %s, not the proxy", id, rcv[id], ip)
+			}
+		}
+	})
+	t.Run("untrusted client via proxy", func(t *testing.T) {
+		t.Parallel()
+		c := polProxyDial(t, addr, nil, "PROXY TCP4 198.51.100.9 127.0.0.1 5555 25\r\n")
+		got, closed := polReadToClose(c, 5*time.Second)
+		if !strings.HasPrefix(got, "554 5.7.1") || !closed {
+			t.Errorf("client 198.51.100.9: %q (closed %v), want 554 5.7.1 and close", got, closed)
+		}
+	})
+	t.Run("proxy without header speaking SMTP", func(t *testing.T) {
+		t.Parallel()
+		c := polProxyDial(t, addr, nil, "EHLO direct.test\r\n")
+		got, closed := polReadToClose(c, 5*time.Second)
+		if strings.Contains(got, "220") || !closed {
+			t.Errorf("trusted proxy without a header: %q (closed %v), want closed without a greeting", got, closed)
+		}
+	})
+	t.Run("proxy without header silent", func(t *testing.T) {
+		t.Parallel()
+		// The relay waits up to its PROXY header timeout (5 s), then closes.
+		c := polProxyDial(t, addr, nil, "")
+		got, closed := polReadToClose(c, 10*time.Second)
+		if strings.Contains(got, "220") || !closed {
+			t.Errorf("trusted proxy waiting silently: %q (closed %v), want closed without a greeting", got, closed)
+		}
+	})
+	t.Run("header from untrusted peer", func(t *testing.T) {
+		t.Parallel()
+		c := polProxyDial(t, addr, net.IPv4(127, 0, 0, 2), "PROXY TCP4 192.0.2.7 127.0.0.1 5555 25\r\n")
+		got, closed := polReadToClose(c, 5*time.Second)
+		if strings.Contains(got, "220") || !closed {
+			t.Errorf("PROXY header from 127.0.0.2: %q (closed %v), want closed without a greeting", got, closed)
+		}
+	})
+}
+
+// TestPolicyExplain: `sluice policy explain` names the policy and the rule,
+// and exits 0 allowed, 1 denied, 2 usage.
+func TestPolicyExplain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := polConfig(e, testsmtp.ClosedPort(t), "", "")
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		code     int
+		contains []string
+	}{
+		{"allowed", []string{"--from", "scanner@example.com", "--to", "alice@example.com", "--size", "20000"}, 0,
+			[]string{"policy:      printer", `allowed (allowed_senders ["scanner@example.com"])`, "decision:    allowed"}},
+		{"sender not allowed", []string{"--from", "ceo@example.com", "--to", "alice@example.com"}, 1,
+			[]string{"policy:      printer", `sender:      <ceo@example.com> DENIED by allowed_senders ["scanner@example.com"]`, "decision:    DENIED (sender, header_from)"}},
+		{"recipient denied", []string{"--from", "scanner@example.com", "--to", "all-staff@example.com"}, 1,
+			[]string{`DENIED by denied_recipients "all-staff@example.com"`, "decision:    DENIED (recipient)"}},
+		{"recipient not allowed", []string{"--from", "scanner@example.com", "--to", "x@other.org"}, 1,
+			[]string{`DENIED by allowed_recipients ["*@example.com"]`, "decision:    DENIED (recipient)"}},
+		{"too large", []string{"--from", "scanner@example.com", "--to", "alice@example.com", "--size", "2MB"}, 1,
+			[]string{"size:        2000000 bytes DENIED by max_message_size 1000000", "decision:    DENIED (size)"}},
+		{"missing --to", []string{"--from", "scanner@example.com"}, 2, nil},
+		{"bad --size", []string{"--from", "scanner@example.com", "--to", "a@example.com", "--size", "lots"}, 2, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"policy", "explain", "--user", "printer", "-c", cfg}, tc.args...)
+			out, stderr, exit := runCmd(t, "", args...)
+			if exit != tc.code {
+				t.Errorf("exit %d, want %d\n%s%s", exit, tc.code, out, stderr)
+			}
+			for _, s := range tc.contains {
+				if !strings.Contains(out, s) {
+					t.Errorf("output lacks %q:\n%s", s, out)
+				}
+			}
+			if tc.code == 2 && !strings.Contains(stderr, "usage") {
+				t.Errorf("usage error without usage text: %q", stderr)
+			}
+		})
+	}
+	// The example recipe's user with the rate shown.
+	out, _, _ := runCmd(t, "", "policy", "explain", "--user", "limited", "--from", "a@example.com", "--to", "b@example.org", "-c", cfg)
+	if !strings.Contains(out, "policy:      limited") || !strings.Contains(out, "messages 4/1m") {
+		t.Errorf("explain for limited lacks its policy and rate:\n%s", out)
+	}
+}
+
+// TestPolicyRejectionsPython: DESIGN §4's policy rows through Python's
+// smtplib, so a non-Go client sees the same codes and enhanced codes.
+func TestPolicyRejectionsPython(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 not installed")
+	}
+	up := testsmtp.Start(t, testsmtp.Options{})
+	e := newEnv(t)
+	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
+	py := `
+import json, smtplib, ssl, sys
+host, port, ca, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False
+def session(user):
+    s = smtplib.SMTP(host, port)
+    s.starttls(context=ctx)
+    s.login(user, pw)
+    return s
+def out(row, reply):
+    print(json.dumps([row, reply[0], reply[1].decode()]))
+def msg(frm, mid):
+    return "From: <%s>\r\nTo: <r@example.com>\r\nSubject: py\r\nMessage-ID: <%s@example.com>\r\n\r\nbody\r\n" % (frm, mid)
+
+s = session("printer")
+out("sender", s.mail("ceo@example.com"))
+s.rset()
+s.mail("scanner@example.com")
+out("recipient", s.rcpt("all-staff@example.com"))
+s.rset()
+out("size", s.mail("scanner@example.com", ["SIZE=2000000"]))
+s.mail("scanner@example.com")
+for i in range(5):
+    assert s.rcpt("r%d@example.com" % i)[0] == 250
+out("recipients", s.rcpt("r5@example.com"))
+s.rset()
+s.mail("scanner@example.com")
+s.rcpt("r@example.com")
+out("header_from", s.data(msg("ceo@example.com", "py-header-from")))
+s.quit()
+
+s = session("ratey")
+for i in range(2):
+    s.mail("app@example.com")
+    s.rcpt("r@example.org")
+    assert s.data(msg("app@example.com", "py-rate-%d" % i))[0] == 250
+out("rate", s.mail("app@example.com"))
+s.quit()
+`
+	host, port := splitAddr(p.addrs["submission"])
+	o, err := exec.Command("python3", "-c", py, host, port, e.certFile, password).CombinedOutput()
+	if err != nil {
+		t.Fatalf("python smtplib: %v\n%s", err, o)
+	}
+	want := map[string]string{
+		"sender":      "550 5.7.1",
+		"recipient":   "550 5.7.1",
+		"size":        "552 5.3.4",
+		"recipients":  "452 4.5.3",
+		"header_from": "550 5.7.1",
+		"rate":        "450 4.7.1",
+	}
+	seen := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(o)), "\n") {
+		var row []any
+		if err := json.Unmarshal([]byte(line), &row); err != nil || len(row) != 3 {
+			t.Fatalf("python printed %q", line)
+		}
+		name, text := row[0].(string), row[2].(string)
+		got := fmt.Sprintf("%v %s", row[1], strings.Fields(text + " ")[0])
+		if got != want[name] {
+			t.Errorf("%s: python saw %s (%q), want %s", name, got, text, want[name])
+		}
+		seen[name] = true
+	}
+	for name := range want {
+		if !seen[name] {
+			t.Errorf("row %s not reported by python:\n%s", name, o)
+		}
+	}
+	// Only the two rate-test messages were accepted.
+	up.WaitMessages(t, 2, 20*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if n := len(up.Messages()); n != 2 {
+		t.Errorf("upstream got %d messages, want 2", n)
+	}
+}
