@@ -1,0 +1,1014 @@
+package main
+
+// Operations, end to end with the real binary: bounces and their DSNs,
+// expiry, the queue commands against a running daemon, the webhook, the
+// HTTP endpoints, SIGHUP and SIGTERM, and a full disk. Each test is one
+// property an operator relies on, checked the way an operator would check
+// it: through SMTP replies, what the upstream received, `sluice queue`,
+// /metrics and the log.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/mail"
+	"net/textproto"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+// opsOpts fills opsYAML. Zero values: state under the env's dir, 5s
+// shutdown, breaker_backoff 1s, no extra users or queue settings.
+type opsOpts struct {
+	upPort   int
+	backoff  string // upstream breaker_backoff
+	queue    string // extra lines under queue:, indented two spaces
+	users    string // extra entries under users:
+	stateDir string
+	shutdown string
+	extra    string // appended at the end (e.g. a broken key)
+}
+
+// opsYAML: one STARTTLS listener, HTTP on a kernel-chosen port (the daemon
+// logs `msg="http listening" address=…`), one upstream. The default policy
+// also allows the null sender, so tests can submit bounces' kind of mail.
+const opsYAML = `hostname: relay.test
+state_dir: %s
+shutdown_timeout: %s
+tls:
+  cert_file: {{CERT}}
+  key_file: {{KEY}}
+listeners:
+  - name: submission
+    address: 127.0.0.1:0
+    tls: starttls
+    auth: required
+users:
+  - name: app
+    password_hash: "{{HASH}}"
+%spolicies:
+  default:
+    allowed_senders: ["*@example.com", "<>"]
+queue:
+  retry: [300ms]
+%shttp:
+  address: 127.0.0.1:0
+upstreams:
+  - name: up1
+    host: 127.0.0.1
+    ports: [%d]
+    tls: none
+    breaker_backoff: %s
+%s`
+
+func (e *env) opsConfig(o opsOpts) string {
+	if o.stateDir == "" {
+		o.stateDir = "{{DIR}}/state"
+	}
+	if o.shutdown == "" {
+		o.shutdown = "5s"
+	}
+	if o.backoff == "" {
+		o.backoff = "1s"
+	}
+	return e.config(fmt.Sprintf(opsYAML, o.stateDir, o.shutdown, o.users, o.queue, o.upPort, o.backoff, o.extra))
+}
+
+var opsHTTPRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
+
+// opsHTTPAddr is the address the daemon's HTTP server bound (logged before the
+// SMTP listeners, so it is there once start returned).
+func (p *proc) opsHTTPAddr() string {
+	p.t.Helper()
+	m := opsHTTPRE.FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		p.t.Fatalf("no http listening line in the log:\n%s", p.stderr.String())
+	}
+	return m[1]
+}
+
+// opsSend logs in as user over STARTTLS and sends one message to every
+// recipient in to; it returns the queue ID from the 250 reply.
+func opsSend(addr string, cfg *tls.Config, user, from string, to []string, data string) (string, error) {
+	c, err := smtp.DialStartTLS(addr, cfg)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", user, password)); err != nil {
+		return "", err
+	}
+	id, err := opsTransaction(c, from, to, data)
+	if err != nil {
+		return "", err
+	}
+	c.Quit()
+	return id, nil
+}
+
+var opsQueuedRE = regexp.MustCompile(`queued as (\S+)`)
+
+func opsTransaction(c *smtp.Client, from string, to []string, data string) (string, error) {
+	if err := c.Mail(from, nil); err != nil {
+		return "", err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return "", err
+		}
+	}
+	return opsData(c, data)
+}
+
+func opsData(c *smtp.Client, data string) (string, error) {
+	w, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	io.WriteString(w, data)
+	r, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	m := opsQueuedRE.FindStringSubmatch(r.StatusText)
+	if m == nil {
+		return "", fmt.Errorf("250 text %q names no queue ID", r.StatusText)
+	}
+	return m[1], nil
+}
+
+// opsIsReply reports whether err is the SMTP reply code with that enhanced code.
+func opsIsReply(err error, code int, enh smtp.EnhancedCode) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se) && se.Code == code && se.EnhancedCode == enh
+}
+
+// opsWaitFor polls cond until it holds or fails the test after timeout.
+func opsWaitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// opsQueueList runs `sluice queue list --json` and decodes every line.
+func opsQueueList(t *testing.T, cfg string) []map[string]any {
+	t.Helper()
+	out, stderr, code := runCmd(t, "", "queue", "list", "--json", "-c", cfg)
+	if code != 0 {
+		t.Fatalf("queue list: exit %d: %s", code, stderr)
+	}
+	var list []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("queue list --json line %q: %v", sc.Text(), err)
+		}
+		list = append(list, m)
+	}
+	return list
+}
+
+func opsQueueEntry(list []map[string]any, id string) map[string]any {
+	for _, m := range list {
+		if m["id"] == id {
+			return m
+		}
+	}
+	return nil
+}
+
+// opsQueueCmd runs `sluice queue ARGS -c cfg` and fails the test unless it exits 0.
+func opsQueueCmd(t *testing.T, cfg string, args ...string) string {
+	t.Helper()
+	out, stderr, code := runCmd(t, "", append(append([]string{"queue"}, args...), "-c", cfg)...)
+	if code != 0 {
+		t.Fatalf("sluice queue %v: exit %d\n%s%s", args, code, out, stderr)
+	}
+	return out
+}
+
+// opsReport is a parsed DSN: the top-level headers and the delivery-status
+// part's per-recipient field groups.
+type opsReport struct {
+	header      mail.Header
+	contentType string
+	reportType  string
+	text        string
+	perMessage  textproto.MIMEHeader
+	rcpts       []textproto.MIMEHeader
+	origHeaders string
+}
+
+func opsParseReport(t *testing.T, data []byte) opsReport {
+	t.Helper()
+	msg, err := mail.ReadMessage(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("DSN does not parse as a message: %v\n%s", err, data)
+	}
+	r := opsReport{header: msg.Header}
+	ct, params, err := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	if err != nil {
+		t.Fatalf("DSN Content-Type: %v\n%s", err, data)
+	}
+	r.contentType, r.reportType = ct, params["report-type"]
+	if ct != "multipart/report" {
+		return r
+	}
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("DSN multipart: %v\n%s", err, data)
+		}
+		body, _ := io.ReadAll(part)
+		pct, _, _ := mime.ParseMediaType(part.Header.Get("Content-Type"))
+		switch pct {
+		case "text/plain":
+			r.text = string(body)
+		case "message/delivery-status":
+			tr := textproto.NewReader(bufio.NewReader(bytes.NewReader(body)))
+			for i := 0; ; i++ {
+				h, err := tr.ReadMIMEHeader()
+				if len(h) > 0 {
+					if i == 0 {
+						r.perMessage = h
+					} else {
+						r.rcpts = append(r.rcpts, h)
+					}
+				}
+				if err != nil {
+					break
+				}
+			}
+		case "text/rfc822-headers", "message/rfc822":
+			r.origHeaders = string(body)
+		}
+	}
+	return r
+}
+
+// rcpt returns the recipient group whose Final-Recipient names addr.
+func (r opsReport) rcpt(addr string) textproto.MIMEHeader {
+	for _, h := range r.rcpts {
+		if strings.Contains(strings.ToLower(h.Get("Final-Recipient")), strings.ToLower(addr)) {
+			return h
+		}
+	}
+	return nil
+}
+
+// TestOpsBounceDSN: a 550 at RCPT for one of two recipients delivers the
+// message to the other and a DSN to the envelope sender, from <>, as
+// multipart/report naming the recipient, the 5.x.x status and the
+// upstream's own text.
+func TestOpsBounceDSN(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "bad@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "mailbox bad@example.org does not exist here"})
+	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
+	p := start(t, 1, "serve", "-c", cfg)
+
+	id, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"good@example.org", "bad@example.org"},
+		message("app@example.com", "good@example.org", "dsn1", "one fails"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := up.WaitMessages(t, 2, 20*time.Second)
+	var orig, dsn *testsmtp.Message
+	for i := range msgs {
+		if msgs[i].From == "" {
+			dsn = &msgs[i]
+		} else {
+			orig = &msgs[i]
+		}
+	}
+	if orig == nil || dsn == nil {
+		t.Fatalf("want the original and a DSN from <>, got %+v", msgs)
+	}
+	if len(orig.To) != 1 || orig.To[0] != "good@example.org" {
+		t.Errorf("original delivered to %v, want only good@example.org", orig.To)
+	}
+	if len(dsn.To) != 1 || dsn.To[0] != "app@example.com" {
+		t.Errorf("DSN envelope recipients %v, want the original sender app@example.com", dsn.To)
+	}
+	r := opsParseReport(t, dsn.Data)
+	if r.contentType != "multipart/report" || r.reportType != "delivery-status" {
+		t.Fatalf("DSN Content-Type %s report-type=%s, want multipart/report; report-type=delivery-status\n%s", r.contentType, r.reportType, dsn.Data)
+	}
+	if !strings.Contains(r.header.Get("To"), "app@example.com") {
+		t.Errorf("DSN To: %q, want the original sender", r.header.Get("To"))
+	}
+	if r.perMessage.Get("X-Sluice-Queue-Id") != id {
+		t.Errorf("DSN X-Sluice-Queue-ID %q, want %s", r.perMessage.Get("X-Sluice-Queue-Id"), id)
+	}
+	if len(r.rcpts) != 1 {
+		t.Fatalf("DSN has %d recipient groups, want 1 (only the failed one):\n%s", len(r.rcpts), dsn.Data)
+	}
+	h := r.rcpt("bad@example.org")
+	if h == nil {
+		t.Fatalf("DSN does not name bad@example.org:\n%s", dsn.Data)
+	}
+	if st := h.Get("Status"); st != "5.1.1" {
+		t.Errorf("Status %q, want 5.1.1 (the upstream's enhanced code)", st)
+	}
+	if a := h.Get("Action"); a != "failed" {
+		t.Errorf("Action %q, want failed", a)
+	}
+	if d := h.Get("Diagnostic-Code"); !strings.Contains(d, "550") || !strings.Contains(d, "does not exist here") {
+		t.Errorf("Diagnostic-Code %q lacks the upstream's reply", d)
+	}
+	if !strings.Contains(r.text, "bad@example.org") || !strings.Contains(r.text, "does not exist here") {
+		t.Errorf("human-readable part does not explain the failure:\n%s", r.text)
+	}
+	if !strings.Contains(r.origHeaders, "Message-ID: <dsn1@example.com>") {
+		t.Errorf("DSN does not return the original headers:\n%s", r.origHeaders)
+	}
+}
+
+// TestOpsNullSenderNoDSN: a message from <> that fails is not bounced
+// (no report loops). A later failing message with a real sender does get
+// its DSN, so the upstream's single message proves the first made none.
+func TestOpsNullSenderNoDSN(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "gone@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
+	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
+	p := start(t, 1, "serve", "-c", cfg)
+
+	nullID, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "", []string{"gone@example.org"},
+		message("app@example.com", "gone@example.org", "null1", "from <>"))
+	if err != nil {
+		t.Fatalf("null sender submission (policy allows <>): %v", err)
+	}
+	if !p.waitLog("no report for a null-sender message", 20*time.Second) {
+		t.Fatalf("no log line about the dropped report for %s", nullID)
+	}
+	ctlID, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"gone@example.org"},
+		message("app@example.com", "gone@example.org", "ctl1", "control"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.WaitMessages(t, 1, 20*time.Second)
+	// Let anything queued after the control DSN have its chance too.
+	time.Sleep(time.Second)
+	msgs := up.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("upstream got %d messages, want only the control DSN", len(msgs))
+	}
+	r := opsParseReport(t, msgs[0].Data)
+	if msgs[0].From != "" || r.perMessage.Get("X-Sluice-Queue-Id") != ctlID {
+		t.Errorf("the one message is not the control DSN (from %q, queue id %q, want %s); null-sender message %s was bounced?",
+			msgs[0].From, r.perMessage.Get("X-Sluice-Queue-Id"), ctlID, nullID)
+	}
+	opsWaitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
+}
+
+// TestOpsExpiry: with the upstream down, a message older than
+// queue.max_age expires (Status 4.4.7) and its DSN reaches the sender once
+// the upstream is back.
+func TestOpsExpiry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.SetMode(testsmtp.Refuse)
+	// A short breaker_backoff: the DSN has max_age too, and must not wait
+	// behind a breaker doubled during the outage for longer than that.
+	cfg := e.opsConfig(opsOpts{upPort: up.Port(), backoff: "100ms", queue: "  max_age: 3s\n"})
+	p := start(t, 1, "serve", "-c", cfg)
+
+	id, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
+		message("app@example.com", "r@example.org", "exp1", "will expire"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.waitLog("msg=expired queue_id="+id, 15*time.Second) {
+		t.Fatalf("message %s did not expire", id)
+	}
+	if len(up.Messages()) != 0 {
+		t.Fatal("the upstream received mail while refusing connections")
+	}
+	up.SetMode(testsmtp.Serve)
+	msgs := up.WaitMessages(t, 1, 15*time.Second)
+	if msgs[0].From != "" || len(msgs[0].To) != 1 || msgs[0].To[0] != "app@example.com" {
+		t.Fatalf("want a DSN from <> to app@example.com, got from %q to %v", msgs[0].From, msgs[0].To)
+	}
+	r := opsParseReport(t, msgs[0].Data)
+	h := r.rcpt("r@example.org")
+	if r.contentType != "multipart/report" || h == nil {
+		t.Fatalf("not a report naming r@example.org:\n%s", msgs[0].Data)
+	}
+	if h.Get("Status") != "4.4.7" || h.Get("Action") != "failed" {
+		t.Errorf("Status %q Action %q, want 4.4.7 failed", h.Get("Status"), h.Get("Action"))
+	}
+	if h.Get("Diagnostic-Code") == "" {
+		t.Error("an expiry report should carry the last error as Diagnostic-Code")
+	}
+	for _, m := range up.Messages() {
+		if m.From != "" {
+			t.Errorf("the expired message itself was delivered (from %q)", m.From)
+		}
+	}
+}
+
+// TestOpsQueueCommands: against a running daemon, `queue list --json`
+// shows a deferred message with the DESIGN §7 fields; hold stops delivery
+// (retry does not override it); release + retry delivers; delete bounces
+// the pending recipients, delete --silent does not.
+func TestOpsQueueCommands(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	// Down with a temporary reply rather than refused connections: a
+	// refusing upstream's breaker doubles its backoff for as long as the
+	// outage lasts, which would only make this test wait.
+	up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "mailbox service temporarily unavailable")
+	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
+	p := start(t, 1, "serve", "-c", cfg)
+
+	ids := map[string]string{}
+	for _, n := range []string{"held", "deleted", "silent"} {
+		id, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{n + "@example.org"},
+			message("app@example.com", n+"@example.org", "q-"+n, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[n] = id
+	}
+	var list []map[string]any
+	opsWaitFor(t, 15*time.Second, "three deferred messages in `queue list`", func() bool {
+		list = opsQueueList(t, cfg)
+		if len(list) != 3 {
+			return false
+		}
+		for _, m := range list {
+			if a, _ := m["attempts"].(float64); a < 1 || m["last_error"] == "" {
+				return false
+			}
+		}
+		return true
+	})
+	// The daemon is up and working by now (the socket is bound by the
+	// queue's Run, after the listeners log; see the report).
+	if fi, err := os.Stat(filepath.Join(e.dir, "state", "control.sock")); err != nil {
+		t.Errorf("control socket: %v", err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Errorf("control socket mode %v, want 0600 so only the service user and root act on the queue", fi.Mode())
+	}
+	m := opsQueueEntry(list, ids["held"])
+	if m == nil {
+		t.Fatalf("queue list lacks %s: %v", ids["held"], list)
+	}
+	for _, k := range []string{"id", "sender", "recipients", "age_seconds", "attempts", "next_attempt", "last_error", "held"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("queue list --json lacks %q: %v", k, m)
+		}
+	}
+	if m["sender"] != "app@example.com" || m["held"] != false {
+		t.Errorf("sender %v held %v, want app@example.com false", m["sender"], m["held"])
+	}
+	if rc, _ := m["recipients"].([]any); len(rc) != 1 {
+		t.Errorf("recipients %v, want one", m["recipients"])
+	} else if r, _ := rc[0].(map[string]any); r["address"] != "held@example.org" || r["state"] != "pending" {
+		t.Errorf("recipient %v, want held@example.org pending", r)
+	}
+	if _, err := time.Parse(time.RFC3339, fmt.Sprint(m["next_attempt"])); err != nil {
+		t.Errorf("next_attempt %v of a deferred message is not a time: %v", m["next_attempt"], err)
+	}
+	if age, _ := m["age_seconds"].(float64); age < 0 || age > 60 {
+		t.Errorf("age_seconds %v", m["age_seconds"])
+	}
+	if table, _, code := runCmd(t, "", "queue", "list", "-c", cfg); code != 0 || !strings.Contains(table, ids["held"]) {
+		t.Errorf("queue list (table): exit %d\n%s", code, table)
+	}
+
+	opsQueueCmd(t, cfg, "hold", ids["held"])
+	opsQueueCmd(t, cfg, "delete", ids["deleted"])
+	opsQueueCmd(t, cfg, "delete", ids["silent"], "--silent")
+	list = opsQueueList(t, cfg)
+	if m := opsQueueEntry(list, ids["held"]); m == nil || m["held"] != true {
+		t.Errorf("after hold: %v, want held true", m)
+	}
+	for _, n := range []string{"deleted", "silent"} {
+		if opsQueueEntry(list, ids[n]) != nil {
+			t.Errorf("after delete, %s (%s) is still listed", n, ids[n])
+		}
+	}
+	// retry must not release a held message.
+	opsQueueCmd(t, cfg, "retry", ids["held"])
+
+	up.ClearFailures()
+	msgs := up.WaitMessages(t, 1, 15*time.Second)
+	time.Sleep(1500 * time.Millisecond) // the held message would have been retried several times by now
+	msgs = up.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("upstream got %d messages, want only the bounce for the deleted message (held must stay, --silent sends none)", len(msgs))
+	}
+	r := opsParseReport(t, msgs[0].Data)
+	if msgs[0].From != "" || r.perMessage.Get("X-Sluice-Queue-Id") != ids["deleted"] || r.rcpt("deleted@example.org") == nil {
+		t.Fatalf("the message is not the deleted message's bounce:\n%s", msgs[0].Data)
+	}
+	if st := r.rcpt("deleted@example.org").Get("Status"); !strings.HasPrefix(st, "5.") {
+		t.Errorf("bounce for a deleted message: Status %q, want 5.x.x", st)
+	}
+
+	// release makes the message due at once (docs/queue.md), so a retry
+	// right after it may find the message already delivered.
+	opsQueueCmd(t, cfg, "release", ids["held"])
+	msgs = up.WaitMessages(t, 2, 15*time.Second)
+	if got := messageIDs([][]byte{msgs[1].Data}); got["q-held@example.com"] != 1 {
+		t.Errorf("second delivery is not the released message: %v", got)
+	}
+	opsWaitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
+}
+
+// TestOpsWebhook: a receiver that fails its first requests still gets
+// exactly one signed event per bounced recipient, with the §7 fields.
+func TestOpsWebhook(t *testing.T) {
+	t.Parallel()
+	const secret = "webhook s3cret"
+	var (
+		mu       sync.Mutex
+		requests int
+		events   []map[string]any
+	)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mac := hmac.New(sha256.New, []byte(secret))
+		mac.Write(body)
+		want := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+		mu.Lock()
+		defer mu.Unlock()
+		requests++
+		if got := r.Header.Get("X-Sluice-Signature"); !hmac.Equal([]byte(got), []byte(want)) {
+			t.Errorf("X-Sluice-Signature %q, want %q", got, want)
+		}
+		if requests <= 3 {
+			http.Error(w, "receiver not ready", http.StatusInternalServerError)
+			return
+		}
+		var ev map[string]any
+		if err := json.Unmarshal(body, &ev); err != nil {
+			t.Errorf("webhook body is not JSON: %v: %s", err, body)
+		}
+		events = append(events, ev)
+	}))
+	t.Cleanup(hook.Close)
+
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	for _, r := range []string{"bad1@example.org", "bad2@example.org"} {
+		up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: r, Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "unknown user " + r})
+	}
+	cfg := e.opsConfig(opsOpts{upPort: up.Port(), queue: fmt.Sprintf("  webhook: %s/hook\n  webhook_secret: %q\n", hook.URL, secret)})
+	p := start(t, 1, "serve", "-c", cfg)
+	began := time.Now()
+	id, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com",
+		[]string{"ok@example.org", "bad1@example.org", "bad2@example.org"}, message("app@example.com", "ok@example.org", "hook1", "two bounce"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(events) }
+	opsWaitFor(t, 20*time.Second, "two accepted webhook events", func() bool { return count() >= 2 })
+	time.Sleep(1500 * time.Millisecond) // several retry intervals: a duplicate would show
+	mu.Lock()
+	defer mu.Unlock()
+	if requests < 5 {
+		t.Errorf("%d requests; the three refused ones must have been retried", requests)
+	}
+	if len(events) != 2 {
+		t.Fatalf("%d events accepted, want exactly one per bounced recipient (2): %v", len(events), events)
+	}
+	seen := map[string]bool{}
+	for _, ev := range events {
+		for _, k := range []string{"event", "queue_id", "sender", "recipient", "status", "diagnostic", "time"} {
+			if _, ok := ev[k]; !ok {
+				t.Errorf("event lacks %q: %v", k, ev)
+			}
+		}
+		rcpt, _ := ev["recipient"].(string)
+		seen[rcpt] = true
+		if ev["event"] != "bounced" || ev["queue_id"] != id || ev["sender"] != "app@example.com" || ev["status"] != "5.1.1" {
+			t.Errorf("event %v, want bounced, queue_id %s, sender app@example.com, status 5.1.1", ev, id)
+		}
+		if d, _ := ev["diagnostic"].(string); !strings.Contains(d, "unknown user "+rcpt) {
+			t.Errorf("diagnostic %q lacks the upstream's reply for %s", d, rcpt)
+		}
+		if ts, err := time.Parse(time.RFC3339, fmt.Sprint(ev["time"])); err != nil || ts.Before(began.Add(-time.Minute)) || ts.After(time.Now().Add(time.Minute)) {
+			t.Errorf("time %v: %v", ev["time"], err)
+		}
+	}
+	if !seen["bad1@example.org"] || !seen["bad2@example.org"] {
+		t.Errorf("events for %v, want bad1 and bad2", seen)
+	}
+}
+
+// opsMetrics fetches /metrics as name{labels} → value.
+func opsMetrics(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			t.Fatalf("bad metrics line %q", line)
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("bad metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+func opsHTTPStatus(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestOpsMetrics: /metrics counts a scripted run exactly; /healthz and
+// /readyz answer 200 while all is well.
+func TestOpsMetrics(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
+	p := start(t, 1, "serve", "-c", cfg)
+	h := p.opsHTTPAddr()
+
+	c, err := dialClient(p.addrs["submission"], e.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := opsTransaction(c, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", fmt.Sprintf("m%d", i), "counted")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Mail("intruder@elsewhere.example", nil); !opsIsReply(err, 550, smtp.EnhancedCode{5, 7, 1}) {
+		t.Fatalf("sender outside allowed_senders: %v, want 550 5.7.1", err)
+	}
+	c.Quit()
+	bad, err := smtp.DialStartTLS(p.addrs["submission"], e.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Auth(sasl.NewPlainClient("", "app", "wrong")); !opsIsReply(err, 535, smtp.EnhancedCode{5, 7, 8}) {
+		t.Fatalf("wrong password: %v, want 535 5.7.8", err)
+	}
+	bad.Close()
+	up.WaitMessages(t, 3, 20*time.Second)
+
+	var m map[string]float64
+	opsWaitFor(t, 10*time.Second, "delivered 3 and an empty queue in /metrics", func() bool {
+		m = opsMetrics(t, h)
+		return m[`sluice_messages_delivered_total{upstream="up1"}`] == 3 && m["sluice_queue_messages"] == 0
+	})
+	want := map[string]float64{
+		"sluice_messages_accepted_total":                  3,
+		`sluice_messages_rejected_total{reason="sender"}`: 1,
+		`sluice_messages_delivered_total{upstream="up1"}`: 3,
+		"sluice_auth_failures_total":                      1,
+		"sluice_messages_bounced_total":                   0,
+		"sluice_queue_messages":                           0,
+		`sluice_upstream_up{upstream="up1"}`:              1,
+	}
+	for k, v := range want {
+		got, ok := m[k]
+		if !ok && v != 0 {
+			t.Errorf("%s missing from /metrics", k)
+		} else if got != v {
+			t.Errorf("%s = %v, want %v", k, got, v)
+		}
+	}
+	if m[`sluice_messages_deferred_total{upstream="up1"}`] != 0 {
+		t.Errorf("deferred %v, want 0", m[`sluice_messages_deferred_total{upstream="up1"}`])
+	}
+	if code, _ := opsHTTPStatus(t, "http://"+h+"/healthz"); code != 200 {
+		t.Errorf("/healthz %d, want 200", code)
+	}
+	if code, body := opsHTTPStatus(t, "http://"+h+"/readyz"); code != 200 {
+		t.Errorf("/readyz %d %q, want 200", code, body)
+	}
+}
+
+// TestOpsReadyzBreakerOpen: /readyz answers 503 while the only upstream's
+// breaker is open; /healthz (liveness) stays 200; `sluice upstreams` says
+// open.
+func TestOpsReadyzBreakerOpen(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.SetMode(testsmtp.Refuse)
+	cfg := e.opsConfig(opsOpts{upPort: up.Port(), backoff: "1m"})
+	p := start(t, 1, "serve", "-c", cfg)
+	h := p.opsHTTPAddr()
+	if code, body := opsHTTPStatus(t, "http://"+h+"/readyz"); code != 200 {
+		t.Fatalf("/readyz before any failure: %d %q, want 200", code, body)
+	}
+	if _, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
+		message("app@example.com", "r@example.org", "brk", "x")); err != nil {
+		t.Fatal(err)
+	}
+	opsWaitFor(t, 15*time.Second, "/readyz 503", func() bool {
+		code, _ := opsHTTPStatus(t, "http://"+h+"/readyz")
+		return code == http.StatusServiceUnavailable
+	})
+	if code, _ := opsHTTPStatus(t, "http://"+h+"/healthz"); code != 200 {
+		t.Errorf("/healthz %d while the breaker is open, want 200 (the process is alive)", code)
+	}
+	if v := opsMetrics(t, h)[`sluice_upstream_up{upstream="up1"}`]; v != 0 {
+		t.Errorf("sluice_upstream_up = %v with the breaker open, want 0", v)
+	}
+	opsWaitFor(t, 10*time.Second, "`sluice upstreams` to show the open breaker", func() bool {
+		out, _, code := runCmd(t, "", "upstreams", "-c", cfg)
+		return code == 0 && strings.Contains(out, "up1") && strings.Contains(out, "open")
+	})
+}
+
+// TestOpsReload: SIGHUP adds a user at once while a session authenticated
+// before the reload completes its message after it; a broken file on
+// SIGHUP is refused, logged, and the relay keeps serving the old config.
+func TestOpsReload(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	o := opsOpts{upPort: up.Port()}
+	cfg := e.opsConfig(o)
+	p := start(t, 1, "serve", "-c", cfg)
+	addr := p.addrs["submission"]
+
+	if _, err := opsSend(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, "x"); !opsIsReply(err, 535, smtp.EnhancedCode{5, 7, 8}) {
+		t.Fatalf("app2 before it exists: %v, want 535 5.7.8", err)
+	}
+	old, err := dialClient(addr, e.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Mail("app@example.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Rcpt("r@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	o.users = "  - name: app2\n    password_hash: \"{{HASH}}\"\n"
+	e.opsConfig(o)
+	p.signal(syscall.SIGHUP)
+	if !p.waitLog("msg=reloaded", 10*time.Second) {
+		t.Fatal("no `reloaded` log line after SIGHUP")
+	}
+	if _, err := opsSend(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "new-user", "x")); err != nil {
+		t.Fatalf("new user right after reload: %v", err)
+	}
+	if _, err := opsData(old, message("app@example.com", "r@example.org", "old-session", "x")); err != nil {
+		t.Fatalf("session opened before the reload: %v", err)
+	}
+	old.Quit()
+
+	o.extra = "no_such_key: true\n"
+	e.opsConfig(o)
+	p.signal(syscall.SIGHUP)
+	if !p.waitLog("reload refused", 10*time.Second) {
+		t.Fatal("a broken config on SIGHUP was not refused in the log")
+	}
+	if !strings.Contains(p.stderr.String(), "no_such_key") {
+		t.Error("the refusal does not name the bad key")
+	}
+	for _, u := range []string{"app", "app2"} {
+		if _, err := opsSend(addr, e.tlsConfig(), u, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "after-broken-"+u, "x")); err != nil {
+			t.Errorf("%s after a refused reload: %v", u, err)
+		}
+	}
+	got := map[string]int{}
+	for _, m := range up.WaitMessages(t, 4, 20*time.Second) {
+		for id, n := range messageIDs([][]byte{m.Data}) {
+			got[id] += n
+		}
+	}
+	for _, id := range []string{"new-user", "old-session", "after-broken-app", "after-broken-app2"} {
+		if got[id+"@example.com"] != 1 {
+			t.Errorf("%s delivered %d times, want 1", id, got[id+"@example.com"])
+		}
+	}
+}
+
+// TestOpsShutdown: SIGTERM stops accepting, lets an open session finish
+// its message, exits 0 within shutdown_timeout, leaves undelivered mail in
+// the spool (queue list shows it) and a restart delivers it.
+func TestOpsShutdown(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.SetMode(testsmtp.Refuse)
+	const shutdown = 3 * time.Second
+	cfg := e.opsConfig(opsOpts{upPort: up.Port(), shutdown: "3s"})
+	p := start(t, 1, "serve", "-c", cfg)
+	addr := p.addrs["submission"]
+	want := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		id := fmt.Sprintf("term%d", i)
+		if _, err := opsSend(addr, e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "x")); err != nil {
+			t.Fatal(err)
+		}
+		want[id+"@example.com"] = true
+	}
+	open, err := dialClient(addr, e.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if err := open.Mail("app@example.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := open.Rcpt("r@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	sent := time.Now()
+	p.signal(syscall.SIGTERM)
+	if !p.waitLog("shutting down", 5*time.Second) {
+		t.Fatal("no `shutting down` log line after SIGTERM")
+	}
+	opsWaitFor(t, 2*time.Second, "the listener to stop accepting", func() bool {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+	if _, err := opsData(open, message("app@example.com", "r@example.org", "inflight", "x")); err != nil {
+		t.Errorf("a session open at SIGTERM could not finish its message: %v", err)
+	} else {
+		want["inflight@example.com"] = true
+	}
+	open.Quit()
+	// Slack on top of shutdown_timeout for process exit under -race.
+	if code := p.wait(shutdown + 2*time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	if took := time.Since(sent); took > shutdown+time.Second {
+		t.Errorf("exit took %v, more than shutdown_timeout %v", took, shutdown)
+	}
+
+	list := opsQueueList(t, cfg)
+	if len(list) != len(want) {
+		t.Fatalf("queue list after exit shows %d messages, want %d: %v", len(list), len(want), list)
+	}
+	up.SetMode(testsmtp.Serve)
+	start(t, 1, "serve", "-c", cfg)
+	var datas [][]byte
+	for _, m := range up.WaitMessages(t, len(want), 20*time.Second) {
+		datas = append(datas, m.Data)
+	}
+	got := messageIDs(datas)
+	for id := range want {
+		if got[id] == 0 {
+			t.Errorf("%s was not delivered after the restart", id)
+		}
+	}
+}
+
+// TestOpsDiskFloor: with queue.min_free_space above the free space of
+// state_dir, new mail gets 451 4.3.0, nothing is spooled and /readyz is 503.
+func TestOpsDiskFloor(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	cfg := e.opsConfig(opsOpts{upPort: up.Port(), queue: "  min_free_space: 1000000GB\n"})
+	p := start(t, 1, "serve", "-c", cfg)
+	_, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "floor", "x"))
+	if !opsIsReply(err, 451, smtp.EnhancedCode{4, 3, 0}) {
+		t.Fatalf("below min_free_space: %v, want 451 4.3.0", err)
+	}
+	if l := opsQueueList(t, cfg); len(l) != 0 {
+		t.Errorf("queue holds %d messages after a 451", len(l))
+	}
+	if code, _ := opsHTTPStatus(t, "http://"+p.opsHTTPAddr()+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz %d below the free-space floor, want 503", code)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := len(up.Messages()); n != 0 {
+		t.Errorf("upstream got %d messages after a 451", n)
+	}
+}
+
+// TestOpsDiskFull: state_dir on a real 4 MiB tmpfs. Large messages fill
+// it until Sluice answers 451 4.3.0; every message answered 250 before is
+// delivered once the upstream is back.
+func TestOpsDiskFull(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mnt := filepath.Join(e.dir, "small")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): %v %s", err, out)
+	}
+	// Registered before the daemon starts, so it runs after the daemon was killed.
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", mnt, err, out)
+		}
+	})
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.SetMode(testsmtp.Refuse)
+	// A floor below one message: the last messages find room by statfs but
+	// run out while being written, so both refusal paths are exercised.
+	cfg := e.opsConfig(opsOpts{upPort: up.Port(), stateDir: mnt + "/state", queue: "  min_free_space: 64KiB\n"})
+	p := start(t, 1, "serve", "-c", cfg)
+
+	body := strings.Repeat(strings.Repeat("x", 998)+"\r\n", 300) // ~300 KB
+	accepted := map[string]bool{}
+	refused := false
+	for i := 0; i < 40 && !refused; i++ {
+		id := fmt.Sprintf("full%d", i)
+		_, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, body))
+		switch {
+		case err == nil:
+			accepted[id+"@example.com"] = true
+		case opsIsReply(err, 451, smtp.EnhancedCode{4, 3, 0}):
+			refused = true
+		default:
+			t.Fatalf("%s: %v, want 250 or 451 4.3.0", id, err)
+		}
+	}
+	if !refused {
+		t.Fatalf("a 4 MiB spool accepted %d messages of 300 KB without a 451 4.3.0", len(accepted))
+	}
+	if len(accepted) == 0 {
+		t.Fatal("nothing was accepted before the disk filled")
+	}
+	if l := opsQueueList(t, cfg); len(l) != len(accepted) {
+		t.Errorf("queue list shows %d messages, %d were answered 250", len(l), len(accepted))
+	}
+	up.SetMode(testsmtp.Serve)
+	var datas [][]byte
+	for _, m := range up.WaitMessages(t, len(accepted), 30*time.Second) {
+		datas = append(datas, m.Data)
+	}
+	got := messageIDs(datas)
+	for id := range accepted {
+		if got[id] == 0 {
+			t.Errorf("lost after the disk filled: %s", id)
+		}
+	}
+	t.Logf("%d messages of 300 KB accepted before 451 4.3.0; all delivered", len(accepted))
+}
