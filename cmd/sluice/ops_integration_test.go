@@ -536,9 +536,9 @@ func TestOpsQueueCommands(t *testing.T) {
 	opsQueueCmd(t, cfg, "retry", ids["held"])
 
 	up.ClearFailures()
-	msgs := up.WaitMessages(t, 1, 15*time.Second)
+	up.WaitMessages(t, 1, 15*time.Second)
 	time.Sleep(1500 * time.Millisecond) // the held message would have been retried several times by now
-	msgs = up.Messages()
+	msgs := up.Messages()
 	if len(msgs) != 1 {
 		t.Fatalf("upstream got %d messages, want only the bounce for the deleted message (held must stay, --silent sends none)", len(msgs))
 	}
