@@ -845,6 +845,10 @@ out("header_from", s.data(msg("ceo@example.com", "py-header-from")))
 s.quit()
 
 s = session("ratey")
+# A message refused at the end of DATA gives its reservation back.
+s.mail("app@example.com")
+s.rcpt("r@example.org")
+assert s.data(msg("ceo@other.org", "py-refused"))[0] == 550
 for i in range(2):
     s.mail("app@example.com")
     s.rcpt("r@example.org")
@@ -883,7 +887,8 @@ s.quit()
 			t.Errorf("row %s not reported by python:\n%s", name, o)
 		}
 	}
-	// Only the two rate-test messages were accepted.
+	// Only the two rate-test messages were accepted; the one refused at DATA
+	// did not use up ratey's 2/1h, or the second would have got 450.
 	up.WaitMessages(t, 2, 20*time.Second)
 	time.Sleep(300 * time.Millisecond)
 	if n := len(up.Messages()); n != 2 {
