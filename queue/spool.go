@@ -167,14 +167,8 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) error {
 		d.Abort()
 		return fmt.Errorf("queue: close %s: %w", d.ID, err)
 	}
-	// The state log is created empty now, so its directory entry rides on
-	// the same directory fsync and appends later never need another one.
-	st, err := os.OpenFile(filepath.Join(q.dir, d.ID+stateSuffix), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		d.Abort()
-		return fmt.Errorf("queue: create state of %s: %w", d.ID, err)
-	}
-	st.Close()
+	// No state log yet: most messages are delivered at the first attempt
+	// and never need one (attempt creates it when they do).
 	final := filepath.Join(q.dir, d.ID)
 	if err := os.Rename(d.f.Name(), final); err != nil {
 		d.Abort()
@@ -185,14 +179,13 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) error {
 		// and retries, so a duplicate is possible but nothing is lost. Remove
 		// the file so this process does not deliver it too.
 		os.Remove(final)
-		os.Remove(final + stateSuffix)
 		d.done = true
 		return fmt.Errorf("queue: fsync spool directory for %s: %w", d.ID, err)
 	}
 	d.done = true
 	mCommits.Inc()
 	mCommitSecs.Add(time.Since(start).Seconds())
-	q.add(d.ID, env, 0, time.Time{}, false)
+	q.addEntry(&entry{id: d.ID, env: env, fresh: true, prefix: prefix, msgLen: d.n})
 	return nil
 }
 

@@ -1,11 +1,13 @@
 package queue
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -120,25 +122,44 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	if next.After(expiry) && now.Before(expiry) {
 		next = expiry // one last attempt exactly at max_age, then expiry
 	}
-	if err := q.appendState(e.id, true, Record{T: "attempt", At: now, N: n, Next: next}); err != nil {
-		// Not recorded, so not attempted (STYLE 6): try again later.
-		q.log.Error("queue: cannot record attempt; delivery postponed", "queue_id", e.id, "err", err)
-		q.finish(e, nil, next)
-		return
-	}
-
-	tr, msgLen, err := readTrailer(q.path(e.id))
-	if err != nil {
-		q.log.Error("queue: read spooled message", "queue_id", e.id, "err", err)
-		q.finish(e, nil, next)
-		return
-	}
 	path := q.path(e.id)
+	var size int64
+	started, unrecorded := now, false
+	if e.fresh {
+		// The first attempt of a message committed by this process is not
+		// recorded in advance: the committed file is its record. Were it in
+		// flight at a crash, recovery counts it as made (see recover), so
+		// every later attempt is recorded before it is made (STYLE 6).
+		e.fresh, unrecorded = false, true
+		size = int64(len(e.prefix)) + e.msgLen
+	} else {
+		if err := q.appendState(e.id, true, Record{T: "attempt", At: now, N: n, Next: next}); err != nil {
+			// Not recorded, so not attempted (STYLE 6): try again later.
+			q.log.Error("queue: cannot record attempt; delivery postponed", "queue_id", e.id, "err", err)
+			q.finish(e, nil, next)
+			return
+		}
+		tr, msgLen, err := readTrailer(path)
+		if err != nil {
+			q.log.Error("queue: read spooled message", "queue_id", e.id, "err", err)
+			q.finish(e, nil, next)
+			return
+		}
+		e.prefix, e.msgLen, size = tr.Prefix, msgLen, int64(len(tr.Prefix))+msgLen
+	}
+	prefix, msgLen := e.prefix, e.msgLen
+	e.prefix = nil // held only for the attempt, so a long queue costs no memory
 	msg := &upstream.Message{
-		ID: e.id, From: e.env.From, To: pending, Size: int64(len(tr.Prefix)) + msgLen, Route: e.env.Route,
+		ID: e.id, From: e.env.From, To: pending, Size: size, Route: e.env.Route,
 		Open: func() (io.ReadCloser, error) {
-			rc, _, err := openMessage(path)
-			return rc, err
+			f, err := os.Open(path)
+			if err != nil {
+				return nil, err
+			}
+			return struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(prefix), io.NewSectionReader(f, 0, msgLen)), f}, nil
 		},
 	}
 	res := q.opts.Deliverer.Deliver(ctx, msg)
@@ -221,8 +242,16 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 		e.warned = true
 		recs = append(recs, Record{T: "warned", At: now})
 	}
-	if err := q.appendState(e.id, true, recs...); err != nil {
-		q.log.Error("queue: cannot record delivery outcome", "queue_id", e.id, "err", err)
+	// A message with every recipient final is removed next; its removal is
+	// the record of the outcome. Otherwise the outcomes are logged, which
+	// also records the first attempt of a fresh message.
+	if deferred > 0 || len(recs) > len(final) {
+		if unrecorded {
+			recs = append([]Record{{T: "attempt", At: started, N: n, Next: next}}, recs...)
+		}
+		if err := q.appendState(e.id, true, recs...); err != nil {
+			q.log.Error("queue: cannot record delivery outcome", "queue_id", e.id, "err", err)
+		}
 	}
 
 	q.finish(e, final, next)
