@@ -3,6 +3,7 @@ package relay
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -21,16 +22,28 @@ type users struct {
 	// Successful checks are cached (keyed by a hash of name, password and
 	// stored hash, so a changed password misses) because every hash check
 	// costs 20–90 ms of CPU and cron jobs log in for every message.
-	mu    sync.Mutex
-	cache map[[32]byte]time.Time
-	ttl   time.Duration
-	now   func() time.Time
+	mu       sync.Mutex
+	cache    map[[32]byte]time.Time
+	inflight map[[32]byte]*check // identical logins wait for one hash check
+	ttl      time.Duration
+	now      func() time.Time
 }
+
+// check is one hash verification that identical logins share.
+type check struct {
+	done chan struct{}
+	ok   bool
+}
+
+// hashSlots bounds concurrent hash checks: argon2id holds 19 MiB while it
+// runs, so twenty clients logging in at once must not cost 380 MiB, and
+// more checks than cores only queue for CPU anyway.
+var hashSlots = make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))
 
 const maxCachedLogins = 10000
 
 func newUsers(list []config.User, now func() time.Time) *users {
-	u := &users{byName: make(map[string]config.User, len(list)), cache: map[[32]byte]time.Time{}, ttl: 15 * time.Minute, now: now}
+	u := &users{byName: make(map[string]config.User, len(list)), cache: map[[32]byte]time.Time{}, inflight: map[[32]byte]*check{}, ttl: 15 * time.Minute, now: now}
 	for _, x := range list {
 		u.byName[x.Name] = x
 	}
@@ -61,12 +74,28 @@ func (u *users) check(name, password string) (config.User, bool) {
 	now := u.now()
 	u.mu.Lock()
 	exp, hit := u.cache[key]
-	u.mu.Unlock()
 	if known && hit && now.Before(exp) {
+		u.mu.Unlock()
 		return usr, true
 	}
+	if c := u.inflight[key]; c != nil {
+		u.mu.Unlock()
+		<-c.done
+		return usr, known && c.ok
+	}
+	c := &check{done: make(chan struct{})}
+	u.inflight[key] = c
+	u.mu.Unlock()
+
+	hashSlots <- struct{}{}
 	err := passwd.Verify(hash, password)
-	if !known || err != nil {
+	<-hashSlots
+	c.ok = known && err == nil
+	u.mu.Lock()
+	delete(u.inflight, key)
+	u.mu.Unlock()
+	close(c.done)
+	if !c.ok {
 		return config.User{}, false
 	}
 	u.mu.Lock()
