@@ -46,8 +46,15 @@ fuzz:
 	  done; \
 	done
 
+# DESIGN §5's load against the real binary (about 2–3 minutes), then the
+# upstream forwarding rate with connection reuse on and off.
 bench: build
-	$(GO) run ./internal/benchtool --sluice $(BIN)
+	$(GO) run ./internal/benchtool --sluice $(BIN) --dkim rsa --messages 20000 --timeout 50s
+	$(GO) run ./internal/benchtool --sluice $(BIN) --dkim ed25519 --messages 20000 --timeout 50s --no-header
+	$(GO) run ./internal/benchtool --sluice $(BIN) --dkim rsa --reconnect --messages 2000 --timeout 30s --no-header
+	$(GO) run ./internal/benchtool --sluice $(BIN) --idle 1000 --timeout 30s --no-header
+	$(GO) run ./internal/benchtool --sluice $(BIN) --big 50MB --timeout 30s --no-header
+	$(GO) test -run '^$$' -bench 'BenchmarkDeliver' -benchtime 2000x ./upstream
 
 clean:
 	rm -rf bin sluice-dev
