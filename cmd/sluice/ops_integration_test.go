@@ -1012,3 +1012,71 @@ func TestOpsDiskFull(t *testing.T) {
 	}
 	t.Logf("%d messages of 300 KB accepted before 451 4.3.0; all delivered", len(accepted))
 }
+
+// TestOpsContribConfig: contrib/sluice.yaml, laid out as in /etc/sluice
+// (users file, tls/, dkim/ beside it; secrets in the environment as the
+// systemd unit provides them), passes `sluice check-config`, and `sluice
+// dkim dns` prints its two records.
+func TestOpsContribConfig(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dir := t.TempDir()
+	example, err := os.ReadFile("../../contrib/sluice.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "sluice.yaml")
+	for _, d := range []string{"tls", "dkim"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for src, dst := range map[string]string{e.certFile: "tls/fullchain.pem", e.keyFile: "tls/privkey.pem"} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, dst), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(cfg, example, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []struct{ sel, algo, file string }{{"s2026r", "rsa", "example.com.rsa.pem"}, {"s2026e", "ed25519", "example.com.ed25519.pem"}} {
+		if _, stderr, code := runCmd(t, "", "dkim", "keygen", "--domain", "example.com", "--selector", k.sel, "--algo", k.algo, "--out", filepath.Join(dir, "dkim", k.file)); code != 0 {
+			t.Fatalf("keygen %s: %s", k.sel, stderr)
+		}
+	}
+	hash, stderr, code := runCmd(t, "billing secret\n", "passwd")
+	if code != 0 {
+		t.Fatalf("passwd: %s", stderr)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "users"), []byte("billing-app:"+strings.TrimSpace(hash)+":transactional\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(sluiceBin, args...)
+		cmd.Env = append(os.Environ(), "SES_SMTP_USER=AKIAEXAMPLE", "SES_SMTP_PASSWORD=ses-secret", "SENDGRID_API_KEY=SG.example")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			if _, ok := err.(*exec.ExitError); !ok {
+				t.Fatal(err)
+			}
+		}
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	out, code := run("check-config", "-c", cfg)
+	if code != 0 {
+		t.Fatalf("contrib/sluice.yaml does not pass check-config (exit %d):\n%s", code, out)
+	}
+	for _, want := range []string{"relay.example.com", "email-smtp.eu-west-1.amazonaws.com", "smtp.sendgrid.net"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check-config summary lacks %q:\n%s", want, out)
+		}
+	}
+	out, code = run("dkim", "dns", "-c", cfg)
+	if code != 0 || strings.Count(out, "._domainkey.example.com. IN TXT") != 2 {
+		t.Errorf("dkim dns on the example: exit %d, want two records:\n%s", code, out)
+	}
+}
