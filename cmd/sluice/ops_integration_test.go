@@ -1080,3 +1080,36 @@ func TestOpsContribConfig(t *testing.T) {
 		t.Errorf("dkim dns on the example: exit %d, want two records:\n%s", code, out)
 	}
 }
+
+// TestOpsReloadUpstreams: an upstream changed in the file (here its port,
+// as after moving a provider or rotating to a new endpoint) is used after
+// SIGHUP, like the users, keys and certificate are.
+func TestOpsReloadUpstreams(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	oldUp := testsmtp.Start(t, testsmtp.Options{})
+	newUp := testsmtp.Start(t, testsmtp.Options{})
+	o := opsOpts{upPort: oldUp.Port()}
+	cfg := e.opsConfig(o)
+	p := start(t, 1, "serve", "-c", cfg)
+	o.upPort = newUp.Port()
+	e.opsConfig(o)
+	p.signal(syscall.SIGHUP)
+	if !p.waitLog("msg=reloaded", 10*time.Second) {
+		t.Fatal("no `reloaded` log line after SIGHUP")
+	}
+	if _, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
+		message("app@example.com", "r@example.org", "moved", "x")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && len(newUp.Messages())+len(oldUp.Messages()) == 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := len(oldUp.Messages()); n != 0 {
+		t.Errorf("after SIGHUP the message went to the upstream removed from the file (%d messages there)", n)
+	}
+	if len(newUp.Messages()) != 1 {
+		t.Errorf("the upstream now in the file got %d messages, want 1", len(newUp.Messages()))
+	}
+}
