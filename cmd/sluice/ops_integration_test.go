@@ -639,6 +639,9 @@ func TestOpsWebhook(t *testing.T) {
 	if !seen["bad1@example.org"] || !seen["bad2@example.org"] {
 		t.Errorf("events for %v, want bad1 and bad2", seen)
 	}
+	if strings.Contains(p.stderr.String(), secret) {
+		t.Error("the log contains the webhook secret")
+	}
 }
 
 // opsMetrics fetches /metrics as name{labels} → value.
@@ -694,10 +697,13 @@ func TestOpsMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var ids []string
 	for i := 0; i < 3; i++ {
-		if _, err := opsTransaction(c, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", fmt.Sprintf("m%d", i), "counted")); err != nil {
+		id, err := opsTransaction(c, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", fmt.Sprintf("m%d", i), "counted"))
+		if err != nil {
 			t.Fatal(err)
 		}
+		ids = append(ids, id)
 	}
 	if err := c.Mail("intruder@elsewhere.example", nil); !opsIsReply(err, 550, smtp.EnhancedCode{5, 7, 1}) {
 		t.Fatalf("sender outside allowed_senders: %v, want 550 5.7.1", err)
@@ -707,7 +713,8 @@ func TestOpsMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bad.Auth(sasl.NewPlainClient("", "app", "wrong")); !opsIsReply(err, 535, smtp.EnhancedCode{5, 7, 8}) {
+	const wrongPW = "wrong-pw-7f3a9"
+	if err := bad.Auth(sasl.NewPlainClient("", "app", wrongPW)); !opsIsReply(err, 535, smtp.EnhancedCode{5, 7, 8}) {
 		t.Fatalf("wrong password: %v, want 535 5.7.8", err)
 	}
 	bad.Close()
@@ -743,6 +750,21 @@ func TestOpsMetrics(t *testing.T) {
 	}
 	if code, body := opsHTTPStatus(t, "http://"+h+"/readyz"); code != 200 {
 		t.Errorf("/readyz %d %q, want 200", code, body)
+	}
+
+	// The log follows a message by queue_id from its session (cid) to its
+	// delivery, and holds no password, right or wrong, nor a hash.
+	logs := p.stderr.String()
+	if !regexp.MustCompile(`msg=accepted cid=\S+ .*queue_id=` + ids[0]).MatchString(logs) {
+		t.Errorf("no `accepted` line with cid and queue_id=%s", ids[0])
+	}
+	if !strings.Contains(logs, "msg=delivered queue_id="+ids[0]) {
+		t.Errorf("no `delivered` line for queue_id=%s", ids[0])
+	}
+	for _, secret := range []string{password, wrongPW, e.hash} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the log contains a secret %q", secret)
+		}
 	}
 }
 
