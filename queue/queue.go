@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -91,6 +92,9 @@ type Queue struct {
 	wake    chan struct{} // cap 1: a worker should look at the heap
 	running bool
 
+	free freePool     // finished message files, reused as drafts
+	ctl  net.Listener // the control socket, bound by Open, served by Run
+
 	hooks   *webhooks
 	closeMu sync.Mutex
 	closed  bool
@@ -115,8 +119,21 @@ func Open(opts Options) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The control socket is bound here, before the caller starts serving:
+	// a `sluice queue hold` right after start must reach this daemon, not
+	// fall back to editing files under it. A second daemon on the same
+	// spool fails here.
+	if opts.ControlSocket != "" {
+		if q.ctl, err = q.listenControl(); err != nil {
+			q.flush.stop()
+			return nil, fmt.Errorf("queue: control socket %s: %w", opts.ControlSocket, err)
+		}
+	}
 	if err := q.recover(); err != nil {
 		q.flush.stop()
+		if q.ctl != nil {
+			q.ctl.Close()
+		}
 		return nil, err
 	}
 	q.registerGauges()
@@ -192,6 +209,13 @@ func (q *Queue) Close() error {
 	if !q.closed {
 		q.closed = true
 		q.flush.stop()
+		q.mu.Lock()
+		running := q.running
+		q.mu.Unlock()
+		if q.ctl != nil && !running { // Run closes it when it ends
+			q.ctl.Close()
+			os.Remove(q.opts.ControlSocket)
+		}
 	}
 	return nil
 }

@@ -49,9 +49,55 @@ func TestCommitSurvivesRestartAndIsDelivered(t *testing.T) {
 		t.Errorf("bytes = %q, want %q", d.Data, want)
 	}
 	des, _ := os.ReadDir(filepath.Join(dir, "msg"))
-	if len(des) != 0 {
-		t.Errorf("spool not empty after delivery: %v", des)
+	for _, de := range des {
+		if !strings.HasPrefix(de.Name(), freePrefix) {
+			t.Errorf("spool not empty after delivery: %s", de.Name())
+		}
 	}
+	if infos, _ := List(dir); len(infos) != 0 {
+		t.Errorf("queue list after delivery: %+v", infos)
+	}
+}
+
+// TestFreeFilesReused: a finished message's file becomes the next draft, a
+// free file is never taken for a message at restart, and a restart keeps
+// the pool.
+func TestFreeFilesReused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	up := &fakeUpstream{}
+	opts, _ := testOptions(t, dir, up)
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, q)
+	// Long, then short: the reused file must not keep the old tail.
+	bodies := []string{testMsg + strings.Repeat("long line\r\n", 2000), testMsg, testMsg + "x\r\n"}
+	for _, b := range bodies {
+		enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "P: 1\r\n", b)
+		waitFor(t, "delivery", func() bool { return q.Len() == 0 })
+	}
+	for i, d := range up.deliveries() {
+		if string(d.Data) != "P: 1\r\n"+bodies[i] {
+			t.Errorf("delivery %d: %d bytes, want %d", i, len(d.Data), len(bodies[i])+7)
+		}
+	}
+	des, _ := os.ReadDir(filepath.Join(dir, "msg"))
+	if len(des) != 1 || !strings.HasPrefix(des[0].Name(), freePrefix) {
+		t.Fatalf("after three messages in turn the spool holds %v, want one reused free file", des)
+	}
+	q2, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q2.Len() != 0 {
+		t.Errorf("a free file was recovered as a message")
+	}
+	if n := len(up.deliveries()); n != 3 {
+		t.Errorf("%d deliveries, want 3", n)
+	}
+	q2.Close()
 }
 
 func TestOpenRemovesDraftsAndMovesCorruptAside(t *testing.T) {

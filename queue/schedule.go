@@ -138,6 +138,10 @@ func (q *Queue) recover() error {
 	for _, de := range des {
 		name := de.Name()
 		switch {
+		case strings.HasPrefix(name, freePrefix):
+			if !q.free.put(name) {
+				os.Remove(q.path(name))
+			}
 		case strings.HasSuffix(name, tmpSuffix) || strings.HasPrefix(name, ".probe-"):
 			os.Remove(q.path(name))
 			q.log.Info("queue: removed unacknowledged draft", "file", name)
@@ -213,7 +217,7 @@ func (q *Queue) path(name string) string { return q.dir + string(os.PathSeparato
 // between leaves an orphan state log (removed at recovery), never a message
 // without its record of final outcomes.
 func (q *Queue) removeFiles(id string) {
-	if err := os.Remove(q.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := q.recycle(id); err != nil && !errors.Is(err, os.ErrNotExist) {
 		q.log.Error("queue: remove finished message", "queue_id", id, "err", err)
 		return
 	}

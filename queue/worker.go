@@ -42,13 +42,9 @@ func (q *Queue) Run(ctx context.Context) {
 	defer stopDrain()
 
 	var wg sync.WaitGroup
-	if q.opts.ControlSocket != "" {
-		ln, err := q.listenControl()
-		if err != nil {
-			q.log.Error("queue: control socket", "path", q.opts.ControlSocket, "err", err)
-		} else {
-			wg.Go(func() { q.serveControl(ctx, ln) })
-		}
+	if q.ctl != nil {
+		ln := q.ctl
+		wg.Go(func() { q.serveControl(ctx, ln) })
 	}
 	if q.opts.Config.Webhook != "" {
 		wg.Go(func() { q.hooks.run(ctx) })

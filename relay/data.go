@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -24,8 +25,12 @@ func (s *session) Data(r io.Reader) error {
 		return ReplyAuthRequired
 	}
 	pol := s.pol
-	cr := newCRLFReader(r)
-	br := bufio.NewReaderSize(cr, 64<<10)
+	bufs := dataBufPool.Get().(*dataBufs)
+	defer dataBufPool.Put(bufs)
+	cr := &bufs.cr
+	*cr = crlfReader{r: r, in: bufs.cr.in, out: bufs.cr.out[:0]}
+	br := bufs.br
+	br.Reset(cr)
 
 	fields, sep, err := readHeader(br)
 	if err != nil {
@@ -92,7 +97,9 @@ func (s *session) Data(r io.Reader) error {
 	if signer != nil {
 		w = io.MultiWriter(draft, signer)
 	}
-	bw := bufio.NewWriterSize(w, 32<<10)
+	bw := bufs.bw
+	bw.Reset(w)
+	defer bw.Reset(nil)
 	bw.WriteString(s.received(draft.ID, now))
 	for _, f := range fields {
 		if !removed(pol.RemoveHeaders, f.name) {
@@ -104,7 +111,7 @@ func (s *session) Data(r io.Reader) error {
 	}
 	bw.WriteString("\r\n")
 	_ = sep // with or without a blank line received, one separates headers and body now
-	last, err := copyBody(bw, br, func() bool { return cr.n > pol.MaxMessageSize })
+	last, err := copyBody(bw, br, bufs.copy, func() bool { return cr.n > pol.MaxMessageSize })
 	if err == nil && last != '\n' {
 		_, err = bw.WriteString("\r\n")
 	}
@@ -144,6 +151,24 @@ func (s *session) Data(r io.Reader) error {
 	return replyQueued(draft.ID)
 }
 
+// dataBufs are the buffers of one DATA, pooled: allocating and zeroing
+// ~200 KiB per message showed up as a tenth of the CPU under load.
+type dataBufs struct {
+	cr   crlfReader
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	copy []byte
+}
+
+var dataBufPool = sync.Pool{New: func() any {
+	return &dataBufs{
+		cr:   crlfReader{in: make([]byte, 32<<10), out: make([]byte, 0, 64<<10)},
+		br:   bufio.NewReaderSize(nil, 64<<10),
+		bw:   bufio.NewWriterSize(nil, 32<<10),
+		copy: make([]byte, 32<<10),
+	}
+}}
+
 // writeError marks a failure of the spool side, as opposed to the client.
 type writeError struct{ err error }
 
@@ -155,9 +180,8 @@ var errTooLarge = errors.New("relay: message exceeds the policy's size limit")
 // copyBody copies the body and returns the last byte written; it stops as
 // soon as tooLarge says the user's limit is passed, so a message over the
 // limit never fills the spool.
-func copyBody(w *bufio.Writer, r *bufio.Reader, tooLarge func() bool) (byte, error) {
+func copyBody(w *bufio.Writer, r *bufio.Reader, buf []byte, tooLarge func() bool) (byte, error) {
 	var last byte = '\n' // an empty body needs no extra line end
-	buf := make([]byte, 32<<10)
 	for {
 		n, err := r.Read(buf)
 		if tooLarge() {
