@@ -209,6 +209,7 @@ func (q *Queue) Close() error {
 	if !q.closed {
 		q.closed = true
 		q.flush.stop()
+		q.free.closeAll()
 		q.mu.Lock()
 		running := q.running
 		q.mu.Unlock()

@@ -47,6 +47,7 @@ type entry struct {
 	fresh  bool
 	prefix []byte
 	msgLen int64
+	file   *os.File // the committed file's descriptor, until the first attempt ends
 }
 
 type entryHeap []*entry
@@ -139,7 +140,7 @@ func (q *Queue) recover() error {
 		name := de.Name()
 		switch {
 		case strings.HasPrefix(name, freePrefix):
-			if !q.free.put(name) {
+			if !q.free.put(freeFile{name: name}) {
 				os.Remove(q.path(name))
 			}
 		case strings.HasSuffix(name, tmpSuffix) || strings.HasPrefix(name, ".probe-"):
@@ -216,8 +217,11 @@ func (q *Queue) path(name string) string { return q.dir + string(os.PathSeparato
 // removeFiles deletes a finished message: the message first, so a crash in
 // between leaves an orphan state log (removed at recovery), never a message
 // without its record of final outcomes.
-func (q *Queue) removeFiles(id string) {
-	if err := q.recycle(id); err != nil && !errors.Is(err, os.ErrNotExist) {
+func (q *Queue) removeFiles(id string) { q.removeFilesFD(id, nil) }
+
+// removeFilesFD is removeFiles for a message whose file is open as f.
+func (q *Queue) removeFilesFD(id string, f *os.File) {
+	if err := q.recycle(id, f); err != nil && !errors.Is(err, os.ErrNotExist) {
 		q.log.Error("queue: remove finished message", "queue_id", id, "err", err)
 		return
 	}

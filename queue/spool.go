@@ -83,6 +83,7 @@ type Draft struct {
 	n    int64
 	err  error
 	done bool
+	path string // where the draft is now (a free file's descriptor may have been opened under an older name)
 	// reused: the file was a free one, written over in place; Commit cuts
 	// off what is left of the old message after the new footer.
 	reused bool
@@ -97,25 +98,35 @@ func (q *Queue) Begin() (*Draft, error) {
 }
 
 func (q *Queue) beginUnchecked() (*Draft, error) {
-	if name := q.free.take(); name != "" {
+	if ff := q.free.take(); ff.name != "" {
 		// Written over in place, without O_TRUNC: the inode, its directory
 		// entry and its data blocks are reused, so neither inodes nor
-		// blocks are allocated or freed per message.
-		f, err := os.OpenFile(filepath.Join(q.dir, name), os.O_WRONLY, 0o600)
+		// blocks are allocated or freed per message; a file that comes with
+		// its descriptor costs no open either.
+		f := ff.f
+		var err error
+		if f == nil {
+			f, err = os.OpenFile(filepath.Join(q.dir, ff.name), os.O_RDWR, 0o600)
+		} else {
+			_, err = f.Seek(0, io.SeekStart)
+		}
 		if err == nil {
-			return &Draft{ID: newID(q.now()), q: q, f: f, w: getWriter(f), reused: true}, nil
+			return &Draft{ID: newID(q.now()), q: q, f: f, path: filepath.Join(q.dir, ff.name), w: getWriter(f), reused: true}, nil
+		}
+		if f != nil {
+			f.Close()
 		}
 	}
 	for range 5 {
 		id := newID(q.now())
-		f, err := os.OpenFile(filepath.Join(q.dir, id+tmpSuffix), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		f, err := os.OpenFile(filepath.Join(q.dir, id+tmpSuffix), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, os.ErrExist) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("queue: create draft: %w", err)
 		}
-		return &Draft{ID: id, q: q, f: f, w: getWriter(f)}, nil
+		return &Draft{ID: id, q: q, f: f, path: f.Name(), w: getWriter(f)}, nil
 	}
 	return nil, errors.New("queue: create draft: no unique id")
 }
@@ -182,16 +193,14 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) error {
 		d.Abort()
 		return fmt.Errorf("queue: fsync %s: %w", d.ID, err)
 	}
-	if err := d.f.Close(); err != nil {
-		d.Abort()
-		return fmt.Errorf("queue: close %s: %w", d.ID, err)
-	}
+	// The descriptor stays open for the first delivery attempt and, after
+	// it, for the free pool.
 	putWriter(d.w)
 	d.w = nil
 	// No state log yet: most messages are delivered at the first attempt
 	// and never need one (attempt creates it when they do).
 	final := filepath.Join(q.dir, d.ID)
-	if err := os.Rename(d.f.Name(), final); err != nil {
+	if err := os.Rename(d.path, final); err != nil {
 		d.Abort()
 		return fmt.Errorf("queue: rename %s: %w", d.ID, err)
 	}
@@ -201,12 +210,13 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) error {
 		// the file so this process does not deliver it too.
 		os.Remove(final)
 		d.done = true
+		d.f.Close()
 		return fmt.Errorf("queue: fsync spool directory for %s: %w", d.ID, err)
 	}
 	d.done = true
 	mCommits.Inc()
 	mCommitSecs.Add(time.Since(start).Seconds())
-	q.addEntry(&entry{id: d.ID, env: env, fresh: true, prefix: prefix, msgLen: d.n})
+	q.addEntry(&entry{id: d.ID, env: env, fresh: true, prefix: prefix, msgLen: d.n, file: d.f})
 	return nil
 }
 
@@ -217,7 +227,7 @@ func (d *Draft) Abort() {
 	}
 	d.done = true
 	d.f.Close()
-	os.Remove(d.f.Name())
+	os.Remove(d.path)
 	os.Remove(filepath.Join(d.q.dir, d.ID+stateSuffix))
 	if d.w != nil {
 		putWriter(d.w)
@@ -564,7 +574,13 @@ func (q *Queue) moveCorrupt(name string, why error) {
 // crash leaves it to the next start, which reuses or removes it.
 type freePool struct {
 	mu    sync.Mutex
-	names []string
+	files []freeFile
+}
+
+// freeFile is a free file's name and, when the queue had it open, its descriptor.
+type freeFile struct {
+	name string
+	f    *os.File
 }
 
 const (
@@ -572,45 +588,68 @@ const (
 	maxFree    = 512
 )
 
-func (p *freePool) take() string {
+func (p *freePool) take() freeFile {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.names) == 0 {
-		return ""
+	if len(p.files) == 0 {
+		return freeFile{}
 	}
-	n := p.names[len(p.names)-1]
-	p.names = p.names[:len(p.names)-1]
-	return n
+	ff := p.files[len(p.files)-1]
+	p.files = p.files[:len(p.files)-1]
+	return ff
 }
 
-// put records name as free; false when the pool is full.
-func (p *freePool) put(name string) bool {
+// reserve says whether the pool has room for one more file.
+func (p *freePool) room() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.names) >= maxFree {
+	return len(p.files) < maxFree
+}
+
+func (p *freePool) put(ff freeFile) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.files) >= maxFree {
 		return false
 	}
-	p.names = append(p.names, name)
+	p.files = append(p.files, ff)
 	return true
 }
 
-// recycle turns the finished message file id into a free file, or removes
-// it when the pool is full. Either way the message is gone from the spool.
-func (q *Queue) recycle(id string) error {
-	name := freePrefix + id
-	if !q.free.put(name) {
+// closeAll closes the descriptors of free files (the queue is closing).
+func (p *freePool) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, ff := range p.files {
+		if ff.f != nil {
+			ff.f.Close()
+			p.files[i].f = nil
+		}
+	}
+}
+
+// recycle turns the finished message file id into a free file (keeping f,
+// its open descriptor, if any), or removes it when the pool is full. Either
+// way the message is gone from the spool.
+func (q *Queue) recycle(id string, f *os.File) error {
+	if !q.free.room() {
+		if f != nil {
+			f.Close()
+		}
 		return os.Remove(q.path(id))
 	}
+	name := freePrefix + id
 	if err := os.Rename(q.path(id), q.path(name)); err != nil {
-		q.free.mu.Lock()
-		for i, n := range q.free.names {
-			if n == name {
-				q.free.names = append(q.free.names[:i], q.free.names[i+1:]...)
-				break
-			}
+		if f != nil {
+			f.Close()
 		}
-		q.free.mu.Unlock()
 		return err
+	}
+	if !q.free.put(freeFile{name: name, f: f}) {
+		if f != nil {
+			f.Close()
+		}
+		os.Remove(q.path(name))
 	}
 	return nil
 }

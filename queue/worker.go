@@ -143,11 +143,14 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 		}
 		e.prefix, e.msgLen, size = tr.Prefix, msgLen, int64(len(tr.Prefix))+msgLen
 	}
-	prefix, msgLen := e.prefix, e.msgLen
+	prefix, msgLen, file := e.prefix, e.msgLen, e.file
 	e.prefix = nil // held only for the attempt, so a long queue costs no memory
 	msg := &upstream.Message{
 		ID: e.id, From: e.env.From, To: pending, Size: size, Route: e.env.Route,
 		Open: func() (io.ReadCloser, error) {
+			if file != nil { // the draft's own descriptor: no open
+				return io.NopCloser(io.MultiReader(bytes.NewReader(prefix), io.NewSectionReader(file, 0, msgLen))), nil
+			}
 			f, err := os.Open(path)
 			if err != nil {
 				return nil, err
@@ -275,11 +278,16 @@ func (q *Queue) finish(e *entry, final map[string]bool, next time.Time) {
 		if removed && !silent && pending > 0 {
 			q.bounceDeleted(e)
 		}
-		q.removeFiles(e.id)
+		q.removeFilesFD(e.id, e.file)
+		e.file = nil
 		q.mu.Lock()
 		delete(q.entries, e.id)
 		q.mu.Unlock()
 		return
+	}
+	if e.file != nil { // a queued message holds no descriptor
+		e.file.Close()
+		e.file = nil
 	}
 	if e.retryNow { // retry or release arrived during the attempt
 		e.retryNow = false
