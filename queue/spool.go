@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -200,7 +201,7 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) error {
 	// No state log yet: most messages are delivered at the first attempt
 	// and never need one (attempt creates it when they do).
 	final := filepath.Join(q.dir, d.ID)
-	if err := os.Rename(d.path, final); err != nil {
+	if err := syscall.Rename(d.path, final); err != nil {
 		d.Abort()
 		return fmt.Errorf("queue: rename %s: %w", d.ID, err)
 	}
@@ -639,7 +640,7 @@ func (q *Queue) recycle(id string, f *os.File) error {
 		return os.Remove(q.path(id))
 	}
 	name := freePrefix + id
-	if err := os.Rename(q.path(id), q.path(name)); err != nil {
+	if err := syscall.Rename(q.path(id), q.path(name)); err != nil {
 		if f != nil {
 			f.Close()
 		}
