@@ -73,13 +73,8 @@ func (h *entryHeap) Pop() any {
 	return e
 }
 
-// add registers a committed message; next zero means now.
-func (q *Queue) add(id string, env *Envelope, attempts int, next time.Time, held bool) *entry {
-	return q.addEntry(&entry{id: id, env: env, attempts: attempts, next: next, held: held})
-}
-
-// addEntry registers e (its id, env, attempts, next, held and fast-path
-// fields set by the caller) and makes it due.
+// addEntry registers a committed message e (its id, env, attempts, next —
+// zero means now —, held and fast-path fields set by the caller).
 func (q *Queue) addEntry(e *entry) *entry {
 	e.rcpt, e.index = make([]bool, len(e.env.To)), -1
 	id, next, held := e.id, e.next, e.held
