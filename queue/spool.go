@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -99,7 +100,7 @@ func (q *Queue) Begin() (*Draft, error) {
 }
 
 func (q *Queue) beginUnchecked() (*Draft, error) {
-	if ff := q.free.take(); ff.name != "" {
+	if ff := q.free.take(q.flush.synced.Load()); ff.name != "" {
 		// Written over in place, without O_TRUNC: the inode, its directory
 		// entry and its data blocks are reused, so neither inodes nor
 		// blocks are allocated or freed per message; a file that comes with
@@ -256,6 +257,12 @@ func putWriter(w *bufio.Writer) {
 // while the previous fsync ran with a single fsync. A request is only served
 // by an fsync that starts after it was made, so each rename is covered.
 type dirSyncer struct {
+	// started counts directory fsyncs begun; synced is the number of the
+	// last one that succeeded. A rename made when started was k is durable
+	// once synced > k.
+	started atomic.Uint64
+	synced  atomic.Uint64
+
 	dir  string
 	f    *os.File // the directory, opened by the loop
 	reqs chan chan error
@@ -290,7 +297,11 @@ func (s *dirSyncer) loop() {
 				break drain
 			}
 		}
+		n := s.started.Add(1)
 		err := s.syncOnce()
+		if err == nil {
+			s.synced.Store(n)
+		}
 		mDirSyncs.Inc()
 		for _, r := range batch {
 			r <- err
@@ -582,6 +593,11 @@ type freePool struct {
 type freeFile struct {
 	name string
 	f    *os.File
+	// after: the file may be written over once a directory fsync numbered
+	// above this has completed, i.e. once its rename to the free name is
+	// durable. Written over earlier, a crash could bring back the finished
+	// message's old name over half-new bytes.
+	after uint64
 }
 
 const (
@@ -589,14 +605,16 @@ const (
 	maxFree    = 512
 )
 
-func (p *freePool) take() freeFile {
+// take returns the oldest free file whose rename is durable (synced is the
+// number of the last completed directory fsync), or a zero freeFile.
+func (p *freePool) take(synced uint64) freeFile {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.files) == 0 {
+	if len(p.files) == 0 || p.files[0].after >= synced {
 		return freeFile{}
 	}
-	ff := p.files[len(p.files)-1]
-	p.files = p.files[:len(p.files)-1]
+	ff := p.files[0]
+	p.files = p.files[1:]
 	return ff
 }
 
@@ -640,13 +658,14 @@ func (q *Queue) recycle(id string, f *os.File) error {
 		return os.Remove(q.path(id))
 	}
 	name := freePrefix + id
+	after := q.flush.started.Load()
 	if err := syscall.Rename(q.path(id), q.path(name)); err != nil {
 		if f != nil {
 			f.Close()
 		}
 		return err
 	}
-	if !q.free.put(freeFile{name: name, f: f}) {
+	if !q.free.put(freeFile{name: name, f: f, after: after}) {
 		if f != nil {
 			f.Close()
 		}
