@@ -194,3 +194,38 @@ func parseReply(line string) error {
 	}
 	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{a, b, c}, Message: line}
 }
+
+// TestConnectionLimits: past max_connections_per_ip the greeting is
+// 421 4.7.0 and the connection is closed; a freed slot is usable again.
+func TestConnectionLimits(t *testing.T) {
+	t.Parallel()
+	tr := startRelay(t, relayOpts{listeners: `  - name: capped
+    address: 127.0.0.1:0
+    tls: none
+    auth: none
+    trusted_networks: [127.0.0.0/8]
+    max_connections_per_ip: 2`})
+	a := rawDial(t, tr.addr("capped"), nil)
+	b := rawDial(t, tr.addr("capped"), nil)
+	for _, r := range []*rawSession{a, b} {
+		if got := r.reply(); !strings.HasPrefix(got, "220") {
+			t.Fatalf("greeting within the limit: %q", got)
+		}
+	}
+	c := rawDial(t, tr.addr("capped"), nil)
+	if got := c.reply(); !strings.HasPrefix(got, "421 4.7.0") {
+		t.Errorf("third connection: %q, want 421 4.7.0", got)
+	}
+	if got := c.reply(); !strings.HasPrefix(got, "EOF") {
+		t.Errorf("refused connection not closed: %q", got)
+	}
+	a.cmd("QUIT")
+	got := ""
+	for i := 0; i < 50 && !strings.HasPrefix(got, "220"); i++ { // the slot frees when the server closes
+		time.Sleep(20 * time.Millisecond)
+		got = rawDial(t, tr.addr("capped"), nil).reply()
+	}
+	if !strings.HasPrefix(got, "220") {
+		t.Errorf("after one left: %q, want 220", got)
+	}
+}
