@@ -32,7 +32,7 @@ func (s *session) Data(r io.Reader) error {
 	br := bufs.br
 	br.Reset(cr)
 
-	fields, sep, err := readHeader(br)
+	fields, sep, first, err := readHeader(br)
 	if err != nil {
 		return s.dataError(err)
 	}
@@ -111,7 +111,12 @@ func (s *session) Data(r io.Reader) error {
 	}
 	bw.WriteString("\r\n")
 	_ = sep // with or without a blank line received, one separates headers and body now
-	last, err := copyBody(bw, br, bufs.copy, func() bool { return cr.n > pol.MaxMessageSize })
+	var last byte = '\n' // an empty body needs no extra line end
+	if len(first) > 0 {
+		bw.Write(first)
+		last = first[len(first)-1]
+	}
+	last, err = copyBody(bw, br, bufs.copy, last, func() bool { return cr.n > pol.MaxMessageSize })
 	if err == nil && last != '\n' {
 		_, err = bw.WriteString("\r\n")
 	}
@@ -180,8 +185,7 @@ var errTooLarge = errors.New("relay: message exceeds the policy's size limit")
 // copyBody copies the body and returns the last byte written; it stops as
 // soon as tooLarge says the user's limit is passed, so a message over the
 // limit never fills the spool.
-func copyBody(w *bufio.Writer, r *bufio.Reader, buf []byte, tooLarge func() bool) (byte, error) {
-	var last byte = '\n' // an empty body needs no extra line end
+func copyBody(w *bufio.Writer, r *bufio.Reader, buf []byte, last byte, tooLarge func() bool) (byte, error) {
 	for {
 		n, err := r.Read(buf)
 		if tooLarge() {

@@ -48,7 +48,7 @@ func FuzzHeader(f *testing.F) {
 			return
 		}
 		br := bufio.NewReaderSize(bytes.NewReader(in), 4096)
-		fields, sep, err := readHeader(br)
+		fields, sep, first, err := readHeader(br)
 		if err != nil {
 			return
 		}
@@ -62,6 +62,7 @@ func FuzzHeader(f *testing.F) {
 		if sep {
 			got.WriteString("\r\n")
 		}
+		got.Write(first)
 		rest, _ := io.ReadAll(br)
 		got.Write(rest)
 		if !bytes.Equal(got.Bytes(), in) {

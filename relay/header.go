@@ -102,66 +102,36 @@ func (f field) value() string {
 }
 
 // readHeader reads the header section from br (whose lines end in CRLF).
-// It returns the fields and whether a blank separator line was consumed.
-// A line that is neither a field nor a continuation ends the header
-// section and is left for the body.
-func readHeader(br *bufio.Reader) (fields []field, sep bool, err error) {
+// It returns the fields, whether a blank separator line was consumed, and
+// the first line of the body when the section ended at a line that is
+// neither a field nor a continuation (the caller writes it before the rest).
+// Each line is read once, with no look-ahead: this runs for every message.
+func readHeader(br *bufio.Reader) (fields []field, sep bool, first []byte, err error) {
 	total := 0
 	for {
-		peek, perr := br.Peek(1)
-		if perr != nil {
-			if perr == io.EOF {
-				return fields, false, nil
-			}
-			return fields, false, perr
+		line, err := readLine(br)
+		if err != nil {
+			return fields, false, nil, err
 		}
-		if (peek[0] == ' ' || peek[0] == '\t') && len(fields) > 0 {
-			line, err := readLine(br)
-			if err != nil {
-				return fields, false, err
-			}
-			total += len(line)
+		if len(line) == 0 { // end of data
+			return fields, false, nil, nil
+		}
+		total += len(line)
+		if total > maxHeaderBytes {
+			return fields, false, nil, errHeaderTooLarge
+		}
+		switch {
+		case len(line) == 2 && line[0] == '\r' && line[1] == '\n': // the blank line
+			return fields, true, nil, nil
+		case (line[0] == ' ' || line[0] == '\t') && len(fields) > 0:
 			f := &fields[len(fields)-1]
 			f.raw = append(f.raw, line...)
-		} else {
-			line, err := peekLine(br)
-			if err != nil {
-				return fields, false, err
-			}
-			if len(line) == 2 && line[0] == '\r' && line[1] == '\n' { // the blank line
-				br.Discard(2)
-				return fields, true, nil
-			}
+		default:
 			name, ok := fieldName(line)
-			if !ok {
-				return fields, false, nil
+			if !ok || line[len(line)-1] != '\n' {
+				return fields, false, append([]byte(nil), line...), nil
 			}
-			line, err = readLine(br)
-			if err != nil {
-				return fields, false, err
-			}
-			total += len(line)
 			fields = append(fields, field{name: name, raw: append([]byte(nil), line...)})
-		}
-		if total > maxHeaderBytes {
-			return fields, false, errHeaderTooLarge
-		}
-	}
-}
-
-// peekLine returns the next line without consuming it (bounded by the
-// reader's buffer; a longer line is not a header field).
-func peekLine(br *bufio.Reader) ([]byte, error) {
-	for n := 64; ; n *= 2 {
-		b, err := br.Peek(n)
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			return b[:i+1], nil
-		}
-		if err != nil {
-			if err == io.EOF || err == bufio.ErrBufferFull {
-				return b, nil // unterminated or very long line: not a field
-			}
-			return nil, err
 		}
 	}
 }
@@ -179,7 +149,7 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 		}
 		line = buf
 	}
-	if err == io.EOF && len(line) > 0 {
+	if err == io.EOF {
 		err = nil
 	}
 	return line, err
