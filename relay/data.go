@@ -110,7 +110,7 @@ func (s *session) Data(r io.Reader) error {
 		bw.WriteString(a)
 	}
 	bw.WriteString("\r\n")
-	_ = sep // with or without a blank line received, one separates headers and body now
+	_ = sep              // with or without a blank line received, one separates headers and body now
 	var last byte = '\n' // an empty body needs no extra line end
 	if len(first) > 0 {
 		bw.Write(first)
