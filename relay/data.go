@@ -32,7 +32,9 @@ func (s *session) Data(r io.Reader) error {
 	br := bufs.br
 	br.Reset(cr)
 
-	fields, sep, first, err := readHeader(br)
+	// Whether or not the client sent the blank line, one is written
+	// between the header section and the body.
+	fields, _, first, err := readHeader(br)
 	if err != nil {
 		return s.dataError(err)
 	}
@@ -110,7 +112,6 @@ func (s *session) Data(r io.Reader) error {
 		bw.WriteString(a)
 	}
 	bw.WriteString("\r\n")
-	_ = sep              // with or without a blank line received, one separates headers and body now
 	var last byte = '\n' // an empty body needs no extra line end
 	if len(first) > 0 {
 		bw.Write(first)
