@@ -88,6 +88,12 @@ type daemon struct {
 }
 
 func (d *daemon) run(cfg *config.Config) error {
+	// Signals are taken over first: a SIGHUP that arrives while starting
+	// (a config-management tool reloading right after a start) must not
+	// kill the process, which is SIGHUP's default action.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	d.cfg = cfg
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
@@ -140,8 +146,6 @@ func (d *daemon) run(cfg *config.Config) error {
 		d.log.Info("listening", "listener", l.Name, "address", d.relay.Addr(l.Name).String(), "tls", l.TLS, "auth", l.Auth)
 	}
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
 	for {
