@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/sluicemail/sluice/internal/passwd"
+	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
 // TestPasswd: one line on stdin (not a terminal) gives one hash that
@@ -95,5 +96,26 @@ func TestCheckConfig(t *testing.T) {
 	}
 	if _, _, code := runCmd(t, "", "no-such-command"); code != 2 {
 		t.Errorf("unknown command: exit %d, want 2", code)
+	}
+}
+
+// TestQueueListByStateDir: `sluice queue list --state-dir` needs no config
+// (and so none of the daemon's secrets) and sees a deferred message.
+func TestQueueListByStateDir(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.keygen()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.SetMode(testsmtp.Refuse)
+	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
+	p := start(t, 2, "serve", "-c", cfg)
+	reply, err := goSend(t, p.addrs["submission"], e.tlsConfig(), "app@example.com", "r@example.org", message("app@example.com", "r@example.org", "waiting", "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimPrefix(reply, "2.0.0 OK queued as ")
+	out, stderr, code := runCmd(t, "", "queue", "list", "--json", "--state-dir", filepath.Join(e.dir, "state"))
+	if code != 0 || !strings.Contains(out, `"id":"`+id+`"`) {
+		t.Errorf("queue list --state-dir: exit %d, want %s in:\n%s%s", code, id, out, stderr)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strconv"
 
@@ -14,7 +15,7 @@ import (
 	"github.com/sluicemail/sluice/upstream"
 )
 
-const queueUsage = "usage: sluice queue list [--json] | show ID | retry ID|--all | hold ID | release ID | delete ID [--silent] | flush   [-c FILE]"
+const queueUsage = "usage: sluice queue list [--json] | show ID | retry ID|--all | hold ID | release ID | delete ID [--silent] | flush   [-c FILE | --state-dir DIR]"
 
 // runQueue inspects the spool directly (the files are the truth) and sends
 // actions to the running daemon over its control socket, or applies them to
@@ -26,11 +27,12 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	all := fs.Bool("all", false, "retry: every message")
 	silent := fs.Bool("silent", false, "delete: without a bounce")
 	dev := fs.Bool("dev", false, "the --dev mode's queue")
+	stateDir := fs.String("state-dir", "", "the daemon's state_dir, instead of reading it from the config (which may need the daemon's secrets)")
 	pos, err := parseFlags(fs, args)
 	if err != nil || len(pos) == 0 {
 		return usageErr(stderr, queueUsage)
 	}
-	cfg, err := loadFor(*path, *dev)
+	cfg, err := stateConfig(*path, *dev, *stateDir)
 	if err != nil {
 		return err
 	}
@@ -89,6 +91,17 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	return usageErr(stderr, queueUsage)
 }
 
+// stateConfig is the configuration of the commands that only look at
+// state_dir: with --state-dir no file is read (an operator may not have the
+// secrets a full load expands); queue defaults then shape offline bounces.
+func stateConfig(path string, dev bool, stateDir string) (*config.Config, error) {
+	if stateDir == "" {
+		return loadFor(path, dev)
+	}
+	host, _ := os.Hostname()
+	return &config.Config{StateDir: stateDir, Hostname: host, Queue: config.Queue{Retry: config.DefaultRetry(), BounceFrom: "MAILER-DAEMON@" + host}}, nil
+}
+
 func loadFor(path string, dev bool) (*config.Config, error) {
 	if dev {
 		cfg, _, err := devConfig("./sluice-dev")
@@ -144,10 +157,11 @@ func runUpstreams(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	path := fs.String("c", defaultConfig, "configuration file")
 	dev := fs.Bool("dev", false, "the --dev configuration")
 	asJSON := fs.Bool("json", false, "JSON output")
+	stateDir := fs.String("state-dir", "", "the daemon's state_dir, instead of reading it from the config")
 	if _, err := parseFlags(fs, args); err != nil {
-		return usageErr(stderr, "usage: sluice upstreams [-c FILE]")
+		return usageErr(stderr, "usage: sluice upstreams [-c FILE | --state-dir DIR]")
 	}
-	cfg, err := loadFor(*path, *dev)
+	cfg, err := stateConfig(*path, *dev, *stateDir)
 	if err != nil {
 		return err
 	}
