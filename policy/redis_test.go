@@ -3,73 +3,14 @@ package policy
 import (
 	"context"
 	"net"
-	"os"
-	"os/exec"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/metrics"
+	"github.com/sluicemail/sluice/internal/testredis"
 )
-
-// redisServer is a real redis-server on loopback, without persistence.
-type redisServer struct {
-	addr string
-	cmd  *exec.Cmd
-}
-
-// startRedis starts redis-server on a free port. Without redis-server the
-// test is skipped, except in CI (CI set), where it must run.
-func startRedis(t *testing.T) *redisServer {
-	t.Helper()
-	path, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skip("redis-server not installed")
-		}
-		t.Fatalf("redis-server is required in CI: %v", err)
-	}
-	// redis-server cannot be handed a listener: take a free port and
-	// release it just before redis binds it.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	cmd := exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &redisServer{addr: "127.0.0.1:" + port, cmd: cmd}
-	t.Cleanup(s.stop)
-	rdb := redis.NewClient(&redis.Options{Addr: s.addr})
-	defer rdb.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := rdb.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %s does not answer PING: %v", s.addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (s *redisServer) stop() {
-	if s.cmd.Process != nil && s.cmd.ProcessState == nil {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
-	}
-}
 
 func redisConfig(url string, failOpen bool) *config.Config {
 	cfg := rateConfig(mustRate(4, time.Minute, 0), mustRate(2, time.Hour, 0))
@@ -79,11 +20,11 @@ func redisConfig(url string, failOpen bool) *config.Config {
 
 func TestRedisSharedLimits(t *testing.T) {
 	t.Parallel()
-	srv := startRedis(t)
+	srv := testredis.Start(t)
 	c := newClock()
 	regA := &metrics.Registry{}
 	newShared := func(reg *metrics.Registry) *Engine {
-		e, err := New(redisConfig("redis://"+srv.addr+"/0", true), Options{Now: c.Now, Metrics: reg})
+		e, err := New(redisConfig("redis://"+srv.Addr+"/0", true), Options{Now: c.Now, Metrics: reg})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +98,7 @@ func TestRedisSharedLimits(t *testing.T) {
 	}
 
 	// Redis dies. fail_open: local limits apply and the errors are counted.
-	srv.stop()
+	srv.Stop()
 	for i := range 4 {
 		if _, d := a.ReserveMessage(ctx, pa, "carol"); d != nil {
 			t.Fatalf("fail_open, message %d: %v", i+1, d)
@@ -174,7 +115,7 @@ func TestRedisSharedLimits(t *testing.T) {
 	}
 
 	// fail_open false: MAIL and RCPT get Unavailable (451 4.7.1).
-	closed := redisConfig("redis://"+srv.addr+"/0", false)
+	closed := redisConfig("redis://"+srv.Addr+"/0", false)
 	e, err := New(closed, Options{Now: c.Now, Metrics: &metrics.Registry{}, RedisTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/sluicemail/sluice/internal/testredis"
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
@@ -100,79 +101,6 @@ func polRedisBlock(url string, failOpen bool) string {
 	return fmt.Sprintf("ratelimit:\n  redis: %s\n  fail_open: %t\n", url, failOpen)
 }
 
-// polRedis is a real redis-server on loopback, without persistence.
-type polRedis struct {
-	url  string
-	addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// polStartRedis starts redis-server on a free port; the test is skipped when
-// it is not installed, except in CI, where it must run.
-func polStartRedis(t *testing.T) *polRedis {
-	t.Helper()
-	path, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skip("redis-server not installed; CI installs it")
-		}
-		t.Fatalf("redis-server is required in CI: %v", err)
-	}
-	// redis-server cannot be handed a listener: take a free port and release
-	// it just before redis binds it.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	r := &polRedis{addr: "127.0.0.1:" + port, url: "redis://127.0.0.1:" + port + "/0", done: make(chan struct{})}
-	r.cmd = exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning")
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.cmd.Wait(); close(r.done) }()
-	t.Cleanup(r.stop)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if r.ping() {
-			return r
-		}
-		select {
-		case <-r.done:
-			t.Fatalf("redis-server on %s exited at start", r.addr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %s does not answer PING", r.addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (r *polRedis) ping() bool {
-	c, err := net.DialTimeout("tcp", r.addr, time.Second)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second))
-	io.WriteString(c, "PING\r\n")
-	line, _ := bufio.NewReader(c).ReadString('\n')
-	return strings.HasPrefix(line, "+PONG")
-}
-
-// stop kills redis-server and waits until it has exited.
-func (r *polRedis) stop() {
-	select {
-	case <-r.done:
-		return
-	default:
-	}
-	r.cmd.Process.Kill()
-	<-r.done
-}
 
 var polHTTPRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
 
@@ -263,14 +191,14 @@ func polSend(t *testing.T, addr string, cfg *tls.Config, user, from, to, id stri
 // fail_open: false instance answers 451 4.7.1.
 func TestPolicyRedisSharedRate(t *testing.T) {
 	t.Parallel()
-	rds := polStartRedis(t)
+	rds := testredis.Start(t)
 	up := testsmtp.Start(t, testsmtp.Options{})
 	var procs []*proc
 	var envs []*env
 	for i := 0; i < 2; i++ {
 		e := newEnv(t)
 		envs = append(envs, e)
-		procs = append(procs, start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.url, true))))
+		procs = append(procs, start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.URL, true))))
 	}
 	send := func(i int, id string) error {
 		return polSend(t, procs[i].addrs["submission"], envs[i].tlsConfig(), "limited", "app@example.com", "r@example.org", id)
@@ -302,7 +230,7 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 	}
 	up.WaitMessages(t, 4, 20*time.Second)
 
-	rds.stop()
+	rds.Stop()
 	// fail_open (default): each instance falls back to its own bucket, which
 	// Redis spared, so 4 more pass on instance 0 and the 5th is refused: local
 	// limits, not none.
@@ -327,7 +255,7 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 	}
 
 	e := newEnv(t)
-	strict := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.url, false)))
+	strict := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.URL, false)))
 	c, err = polLogin(strict.addrs["submission"], e.tlsConfig(), nil, "limited", password)
 	if err != nil {
 		t.Fatalf("AUTH with Redis down must still work (local auth counters): %v", err)
@@ -434,13 +362,13 @@ func TestPolicyAuthFailures(t *testing.T) {
 // spread over two instances slow and then block the IP on both.
 func TestPolicyAuthFailuresRedis(t *testing.T) {
 	t.Parallel()
-	rds := polStartRedis(t)
+	rds := testredis.Start(t)
 	up := testsmtp.Start(t, testsmtp.Options{})
 	var addrs []string
 	var cfgs []*tls.Config
 	for i := 0; i < 2; i++ {
 		e := newEnv(t)
-		p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.url, true)))
+		p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.URL, true)))
 		addrs, cfgs = append(addrs, p.addrs["submission"]), append(cfgs, e.tlsConfig())
 	}
 	for i := 0; i < 5; i++ {
