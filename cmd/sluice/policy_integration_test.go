@@ -101,7 +101,6 @@ func polRedisBlock(url string, failOpen bool) string {
 	return fmt.Sprintf("ratelimit:\n  redis: %s\n  fail_open: %t\n", url, failOpen)
 }
 
-
 var polHTTPRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
 
 // polHTTPAddr is the /metrics address the instance logged.
