@@ -139,6 +139,13 @@ type Upstream struct {
 	ConnectTimeout        time.Duration `yaml:"connect_timeout"` // default 15s
 }
 
+// TLSOnly reports whether the upstream never carries a message in
+// plaintext: STARTTLS or implicit TLS (neither falls back), or a local
+// maildir. Only such upstreams may carry a REQUIRETLS message (RFC 8689).
+func (u Upstream) TLSOnly() bool {
+	return u.Type == UpstreamMaildir || u.TLS == TLSStartTLS || u.TLS == TLSImplicit
+}
+
 // OAuth2 is how an xoauth2 upstream obtains access tokens.
 type OAuth2 struct {
 	TokenURL     string `yaml:"token_url"`

@@ -318,3 +318,16 @@ func (e *Engine) UserPolicy(user string) *Policy {
 // MaxMessageSize is the largest max_message_size of any policy: the SIZE the
 // relay advertises in EHLO before it knows who the client is.
 func (e *Engine) MaxMessageSize() int64 { return e.maxSize }
+
+// Inherit takes over old's in-memory rate-limit buckets and auth-failure
+// counters, so that a reload (a new Engine from a new configuration) gives
+// nobody a fresh burst and unblocks no address. Buckets are keyed by policy
+// and client and read with the current rates, so changed rates apply at
+// once. Call it before the new Engine serves; old must no longer be used
+// for new sessions.
+func (e *Engine) Inherit(old *Engine) {
+	if old == nil {
+		return
+	}
+	e.buckets, e.auth = old.buckets, old.auth
+}

@@ -514,3 +514,29 @@ func TestRoute(t *testing.T) {
 		t.Errorf("route to an unknown upstream: err = %v", err)
 	}
 }
+
+// TestInheritKeepsLimits: a reload (a new Engine that inherits the old one)
+// gives no fresh burst and unblocks no address.
+func TestInheritKeepsLimits(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	cfg := rateConfig(mustRate(2, time.Hour, 0), config.Rate{})
+	old := newEngine(t, cfg, c)
+	ctx := context.Background()
+	for range 2 {
+		if _, d := old.ReserveMessage(ctx, old.Lookup("default"), "app"); d != nil {
+			t.Fatal(d)
+		}
+	}
+	for range 10 {
+		old.AuthFailed(ctx, "192.0.2.9")
+	}
+	fresh := newEngine(t, cfg, c)
+	fresh.Inherit(old)
+	if _, d := fresh.ReserveMessage(ctx, fresh.Lookup("default"), "app"); d == nil || d.Kind != RateLimited {
+		t.Errorf("after reload: %v, want RateLimited", d)
+	}
+	if !fresh.Blocked(ctx, "192.0.2.9") {
+		t.Error("after reload: a blocked address is unblocked")
+	}
+}

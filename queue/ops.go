@@ -398,7 +398,8 @@ func (q *Queue) remove(id string, silent, offline bool) error {
 		q.bounceDeleted(e)
 	}
 	q.log.Info("queue: message deleted", "queue_id", id, "silent", silent)
-	q.removeFiles(id)
+	q.removeFilesFD(id, e.file) // a fresh message still holds its draft's descriptor
+	e.file = nil
 	return nil
 }
 

@@ -66,6 +66,8 @@ type Envelope struct {
 	Ret      string             `json:"ret,omitempty"`   // "FULL" | "HDRS" | ""
 	EnvID    string             `json:"envid,omitempty"` // ENVID, echoed as Original-Envelope-Id
 	RcptOpts map[string]RcptDSN `json:"rcpt_opts,omitempty"`
+	// RequireTLS (RFC 8689): deliver only over TLS-only upstreams.
+	RequireTLS bool `json:"requiretls,omitempty"`
 	// Bounce marks a DSN made by this queue; its own failures are dropped.
 	Bounce bool `json:"bounce,omitempty"`
 }
@@ -210,6 +212,14 @@ func (q *Queue) Close() error {
 		q.closed = true
 		q.flush.stop()
 		q.free.closeAll()
+		q.mu.Lock()
+		for _, e := range q.entries { // fresh messages never attempted
+			if e.file != nil && !e.inflight {
+				e.file.Close()
+				e.file = nil
+			}
+		}
+		q.mu.Unlock()
 		q.mu.Lock()
 		running := q.running
 		q.mu.Unlock()

@@ -146,7 +146,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	prefix, msgLen, file := e.prefix, e.msgLen, e.file
 	e.prefix = nil // held only for the attempt, so a long queue costs no memory
 	msg := &upstream.Message{
-		ID: e.id, From: e.env.From, To: pending, Size: size, Route: e.env.Route,
+		ID: e.id, From: e.env.From, To: pending, Size: size, Route: e.env.Route, RequireTLS: e.env.RequireTLS,
 		Open: func() (io.ReadCloser, error) {
 			if file != nil { // the draft's own descriptor: no open
 				return io.NopCloser(io.MultiReader(bytes.NewReader(prefix), io.NewSectionReader(file, 0, msgLen))), nil

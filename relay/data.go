@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,10 +22,22 @@ import (
 // spool, and only then 250. Headers are held in memory (bounded); the body
 // streams from the client to the spool file and the signer.
 func (s *session) Data(r io.Reader) error {
-	if s.pol == nil {
+	// Data owns a copy of the transaction (and its rate token): a Reset
+	// from the connection goroutine during BDAT cannot change it under us.
+	s.mu.Lock()
+	tx := s.tx
+	s.tx.reserve = nil
+	s.mu.Unlock()
+	if tx.pol == nil {
 		return ReplyAuthRequired
 	}
-	pol := s.pol
+	accepted := false
+	defer func() {
+		if !accepted && tx.reserve != nil {
+			tx.reserve.Cancel()
+		}
+	}()
+	pol := tx.pol
 	bufs := dataBufPool.Get().(*dataBufs)
 	defer dataBufPool.Put(bufs)
 	cr := &bufs.cr
@@ -47,9 +60,9 @@ func (s *session) Data(r io.Reader) error {
 		return ReplyHeaderFromDenied
 	}
 	var added []string
-	if !present && s.from != "" {
-		from = []string{s.from}
-		added = append(added, "From: <"+s.from+">\r\n")
+	if !present && tx.from != "" {
+		from = []string{tx.from}
+		added = append(added, "From: <"+tx.from+">\r\n")
 	}
 	sender, _, perr := addresses(fields, "Sender")
 	if perr != nil {
@@ -81,7 +94,12 @@ func (s *session) Data(r io.Reader) error {
 	if len(from) > 0 {
 		domain = domainOf(from[0])
 	}
-	route, profile := s.st.policy.Route(pol, s.user, domainOf(s.from))
+	route, profile := s.st.policy.Route(pol, s.user, domainOf(tx.from))
+	requireTLS := tx.mailOpts != nil && tx.mailOpts.RequireTLS
+	if requireTLS && !s.tlsOnlyRoute(route) {
+		s.reject("requiretls", "data", strings.Join(route, ","))
+		return ReplyRequireTLSRoute
+	}
 	var signer *signing.Signer
 	if s.st.keys != nil {
 		signer, err = s.st.keys.NewSigner(domain, profile)
@@ -102,7 +120,7 @@ func (s *session) Data(r io.Reader) error {
 	bw := bufs.bw
 	bw.Reset(w)
 	defer bw.Reset(nil)
-	bw.WriteString(s.received(draft.ID, now))
+	bw.WriteString(s.received(draft.ID, now, tx.rcpts))
 	for _, f := range fields {
 		if !removed(pol.RemoveHeaders, f.name) {
 			bw.Write(f.raw)
@@ -137,23 +155,24 @@ func (s *session) Data(r io.Reader) error {
 	}
 
 	env := &queue.Envelope{
-		ID:       draft.ID,
-		From:     s.from,
-		To:       append([]string(nil), s.rcpts...),
-		User:     s.user,
-		Client:   s.ip,
-		Route:    route,
-		Received: now,
+		ID:         draft.ID,
+		From:       tx.from,
+		To:         append([]string(nil), tx.rcpts...),
+		User:       s.user,
+		Client:     s.ip,
+		Route:      route,
+		Received:   now,
+		RequireTLS: requireTLS,
 	}
-	setDSN(env, s.mailOpts, s.rcpts, s.rcptOpts)
+	setDSN(env, tx.mailOpts, tx.rcpts, tx.rcptOpts)
 	if err := draft.Commit(env, prefix); err != nil {
 		log.Error("rejected", "reason", "spool", "err", err)
 		mRejected.Inc("spool")
 		return ReplySpoolFailed
 	}
-	s.reserve = nil // the message counts against the rate
+	accepted = true // the message counts against the rate
 	mAccepted.Inc()
-	log.Info("accepted", "from", s.from, "rcpts", len(s.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route, ","))
+	log.Info("accepted", "from", tx.from, "rcpts", len(tx.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route, ","))
 	return replyQueued(draft.ID)
 }
 
@@ -174,6 +193,17 @@ var dataBufPool = sync.Pool{New: func() any {
 		copy: make([]byte, 32<<10),
 	}
 }}
+
+// tlsOnlyRoute reports whether some upstream of the route (every upstream
+// when it is empty) never delivers in plaintext, as REQUIRETLS demands.
+func (s *session) tlsOnlyRoute(route []string) bool {
+	for _, u := range s.st.cfg.Upstreams {
+		if (len(route) == 0 || slices.Contains(route, u.Name)) && u.TLSOnly() {
+			return true
+		}
+	}
+	return false
+}
 
 // writeError marks a failure of the spool side, as opposed to the client.
 type writeError struct{ err error }
@@ -241,7 +271,7 @@ func removed(list []string, name string) bool {
 }
 
 // received builds the trace field this relay adds (RFC 5321 §4.4).
-func (s *session) received(id string, now time.Time) string {
+func (s *session) received(id string, now time.Time, rcpts []string) string {
 	with := "ESMTP"
 	if s.tls {
 		with += "S"
@@ -255,8 +285,8 @@ func (s *session) received(id string, now time.Time) string {
 	if st, ok := s.conn.TLSConnectionState(); ok {
 		fmt.Fprintf(&b, "\r\n\t(version=%s cipher=%s)", tlsVersion(st), tlsCipher(st))
 	}
-	if len(s.rcpts) == 1 {
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitize(s.rcpts[0]))
+	if len(rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitize(rcpts[0]))
 	}
 	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
 	return b.String()

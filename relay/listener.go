@@ -35,9 +35,15 @@ type listener struct {
 	srv     *Server
 	cfg     config.Listener
 	raw     net.Listener
-	smtp    *smtp.Server
-	gate    *gate
 	trusted []netip.Prefix
+
+	// front is the go-smtp server taking new connections and the gate that
+	// feeds it. A reload puts a new one in front (SIZE, banner name and
+	// limits come from the new configuration); the old server keeps its
+	// open sessions until they end. servers holds them all for Shutdown.
+	front   atomic.Pointer[front]
+	smu     sync.Mutex
+	servers []*smtp.Server
 
 	mu    sync.Mutex
 	perIP map[netip.Addr]int
@@ -98,7 +104,7 @@ func (l *listener) serve() {
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				l.gate.close()
+				l.front.Load().gate.close()
 				return
 			}
 			var ne net.Error
@@ -164,9 +170,22 @@ func (l *listener) admit(c net.Conn) {
 	}
 	mConnections.Inc(l.cfg.Name)
 	tc.cap = time.AfterFunc(sessionCap, func() { tc.Close() })
-	if !l.gate.put(conn) {
-		conn.Close()
+	for {
+		f := l.front.Load()
+		if f.gate.put(conn) {
+			return
+		}
+		if l.front.Load() == f { // shutting down, not a reload
+			conn.Close()
+			return
+		}
 	}
+}
+
+// front is one go-smtp server and the gate it accepts from.
+type front struct {
+	gate *gate
+	srv  *smtp.Server
 }
 
 func refuseReason(r *smtp.SMTPError) string {

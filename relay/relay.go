@@ -101,6 +101,18 @@ func (s *Server) newState(cfg *config.Config, pol *policy.Engine, keys *signing.
 // ones. Listener addresses are not changed by a reload.
 func (s *Server) Reload(cfg *config.Config, pol *policy.Engine, keys *signing.Keyring) {
 	s.state.Store(s.newState(cfg, pol, keys))
+	// New connections go to go-smtp servers built from the new state: EHLO
+	// SIZE (the largest max_message_size) and the banner name are server
+	// fields fixed at construction.
+	for _, l := range s.listeners {
+		nf := &front{gate: newGate(l.raw.Addr()), srv: s.newSMTPServer(l)}
+		l.smu.Lock()
+		l.servers = append(l.servers, nf.srv)
+		l.smu.Unlock()
+		s.serveFront(l, nf)
+		old := l.front.Swap(nf)
+		old.gate.close() // its server stops accepting; its sessions go on
+	}
 }
 
 // Listen binds every configured listener, so that a port in use fails the
@@ -121,8 +133,8 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("relay: listener %s: %w", lc.Name, err)
 		}
 		l := &listener{srv: s, cfg: lc, raw: raw, trusted: trusted, perIP: map[netip.Addr]int{}}
-		l.gate = newGate(raw.Addr())
-		l.smtp = s.newSMTPServer(l)
+		l.front.Store(&front{gate: newGate(raw.Addr()), srv: s.newSMTPServer(l)})
+		l.servers = []*smtp.Server{l.front.Load().srv}
 		s.listeners = append(s.listeners, l)
 	}
 	return nil
@@ -131,15 +143,20 @@ func (s *Server) Listen() error {
 // Serve runs the listeners until Shutdown; it returns at once.
 func (s *Server) Serve() {
 	for _, l := range s.listeners {
-		s.wg.Add(2)
+		s.wg.Add(1)
 		go func() { defer s.wg.Done(); l.serve() }()
-		go func() {
-			defer s.wg.Done()
-			if err := l.smtp.Serve(l.gate); err != nil && !errors.Is(err, smtp.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-				s.log.Error("listener stopped", "listener", l.cfg.Name, "err", err)
-			}
-		}()
+		s.serveFront(l, l.front.Load())
 	}
+}
+
+func (s *Server) serveFront(l *listener, f *front) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := f.srv.Serve(f.gate); err != nil && !errors.Is(err, smtp.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("listener stopped", "listener", l.cfg.Name, "err", err)
+		}
+	}()
 }
 
 // Addr returns the bound address of the named listener (nil if unknown).
@@ -165,13 +182,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
 	var wg sync.WaitGroup
 	for _, l := range s.listeners {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := l.smtp.Shutdown(ctx); err != nil {
-				l.smtp.Close()
-			}
-		}()
+		l.smu.Lock()
+		servers := append([]*smtp.Server(nil), l.servers...)
+		l.smu.Unlock()
+		for _, srv := range servers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := srv.Shutdown(ctx); err != nil {
+					srv.Close()
+				}
+			}()
+		}
 	}
 	wg.Wait()
 	s.wg.Wait()

@@ -25,6 +25,7 @@ var (
 	ReplyAuthMechanism    = reply(504, smtp.EnhancedCode{5, 7, 4}, "Unrecognized authentication mechanism")
 	ReplyNotTrusted       = reply(554, smtp.EnhancedCode{5, 7, 1}, "Access denied: your address may not relay through this listener")
 	ReplyRequireTLS       = reply(530, smtp.EnhancedCode{5, 7, 10}, "REQUIRETLS needs a TLS connection")
+	ReplyRequireTLSRoute  = reply(550, smtp.EnhancedCode{5, 7, 10}, "REQUIRETLS: no upstream for this message delivers over TLS only")
 	ReplyBareCR           = reply(554, smtp.EnhancedCode{5, 6, 0}, "Message contains a bare CR or a NUL byte; lines must end with CRLF")
 	ReplySenderDenied     = reply(550, smtp.EnhancedCode{5, 7, 1}, "Sender address not allowed for this user")
 	ReplyHeaderFromDenied = reply(550, smtp.EnhancedCode{5, 7, 1}, "Header From: address not allowed for this user")

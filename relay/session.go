@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -58,14 +59,21 @@ type session struct {
 	user       string // authenticated name, "" when admitted by network
 	policyName string // "" until authenticated (on auth: required listeners)
 
-	// the transaction
+	// The transaction. go-smtp runs Data in its own goroutine for BDAT and
+	// may call Reset (RSET, a new MAIL) while it runs, so tx is guarded by
+	// mu and Data works on a copy.
+	mu sync.Mutex
+	tx txn
+}
+
+// txn is one mail transaction's state.
+type txn struct {
 	pol      *policy.Policy
 	from     string
 	mailOpts *smtp.MailOptions
 	rcpts    []string
 	rcptOpts []*smtp.RcptOptions
-	reserve  *policy.Reservation
-	mailAt   time.Time
+	reserve  *policy.Reservation // message-rate token, given back unless accepted
 }
 
 // reserveMessage and chargeRecipient apply rate limits to the user, or to
@@ -115,38 +123,47 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if d != nil {
 		return s.deny(d, "mail", from)
 	}
-	s.pol, s.from, s.mailOpts, s.reserve, s.mailAt = pol, from, opts, res, s.srv.now()
+	s.mu.Lock()
+	s.tx = txn{pol: pol, from: from, mailOpts: opts, reserve: res}
+	s.mu.Unlock()
 	return nil
 }
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
-	if s.pol == nil { // go-smtp only calls Rcpt after a successful Mail
+	s.mu.Lock()
+	pol, n := s.tx.pol, len(s.tx.rcpts)
+	s.mu.Unlock()
+	if pol == nil { // go-smtp only calls Rcpt after a successful Mail
 		return ReplyAuthRequired
 	}
 	if to == "" || strings.ContainsAny(to, " \t\r\n<>") || !strings.Contains(to, "@") {
 		return ReplyBadRecipient
 	}
-	if d := s.pol.CheckRecipient(s.user, to, len(s.rcpts)); d != nil {
+	if d := pol.CheckRecipient(s.user, to, n); d != nil {
 		return s.deny(d, "rcpt", to)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if d := s.chargeRecipient(ctx, s.pol); d != nil {
+	if d := s.chargeRecipient(ctx, pol); d != nil {
 		return s.deny(d, "rcpt", to)
 	}
-	s.rcpts = append(s.rcpts, to)
-	s.rcptOpts = append(s.rcptOpts, opts)
+	s.mu.Lock()
+	s.tx.rcpts = append(s.tx.rcpts, to)
+	s.tx.rcptOpts = append(s.tx.rcptOpts, opts)
+	s.mu.Unlock()
 	return nil
 }
 
 // Reset ends a transaction; a message-rate token reserved at MAIL for a
 // message that was never accepted is given back.
 func (s *session) Reset() {
-	if s.reserve != nil {
-		s.reserve.Cancel()
+	s.mu.Lock()
+	tx := s.tx
+	s.tx = txn{}
+	s.mu.Unlock()
+	if tx.reserve != nil {
+		tx.reserve.Cancel()
 	}
-	s.pol, s.from, s.mailOpts, s.reserve = nil, "", nil, nil
-	s.rcpts, s.rcptOpts = nil, nil
 }
 
 func (s *session) Logout() error {

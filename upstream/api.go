@@ -22,6 +22,9 @@ type Message struct {
 	To    []string // recipients still to deliver
 	Size  int64    // bytes Open yields
 	Route []string // upstream names allowed, in config order; empty: every upstream
+	// RequireTLS (RFC 8689): only upstreams that never fall back to
+	// plaintext (tls: starttls or implicit, or a local maildir) may carry it.
+	RequireTLS bool
 	// Open returns the whole message (DKIM-Signature prefix, headers, body;
 	// CRLF line endings). It may be called more than once (failover, retry).
 	Open func() (io.ReadCloser, error)

@@ -117,6 +117,14 @@ func Classify(code int, enhanced [3]int, text string) (Class, [3]int) {
 		strings.Contains(lower, "rate limit") || strings.Contains(lower, "sending rate") ||
 		strings.Contains(lower, "too many messages") || strings.Contains(lower, "rate exceeded")
 	switch {
+	case enhanced[1] == 2 && enhanced[2] == 2 && code != 421:
+		// X.2.2 is a recipient's mailbox over its quota: that recipient's
+		// problem (5xx bounces it, 4xx retries it), never the upstream's
+		// sending quota, even though the text says "quota".
+		if code >= 500 && code < 600 {
+			return Permanent, enhanced
+		}
+		return Temporary, enhanced
 	case code == 421, code == 454:
 		return Throttled, enhanced
 	case code == 451 && enhanced[0] == 4 && enhanced[1] == 7:
@@ -142,6 +150,14 @@ func newError(upstream string, stage Stage, err error) *Error {
 		e.Message = se.Message
 		var class Class
 		class, e.Enhanced = Classify(se.Code, [3]int(se.EnhancedCode), se.Message)
+		if class == Throttled && stage == StageRcpt && se.Code != 421 && se.Code != 454 && !(se.Code == 451 && e.Enhanced[1] == 7) {
+			// At RCPT a reply names one recipient: "quota" there is that
+			// mailbox's (DESIGN §1: a 5xx on RCPT fails that recipient only).
+			class = Temporary
+			if se.Code >= 500 {
+				class = Permanent
+			}
+		}
 		e.Throttled = class == Throttled
 	}
 	return e

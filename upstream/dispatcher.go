@@ -367,6 +367,22 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *Message) Result {
 		return res
 	}
 	var last *Error
+	if m.RequireTLS {
+		var tlsOnly []*upstream
+		for _, u := range cands {
+			if u.cfg.TLSOnly() {
+				tlsOnly = append(tlsOnly, u)
+			}
+		}
+		if len(tlsOnly) == 0 {
+			e := &Error{Stage: StageDial, Code: 550, Enhanced: [3]int{5, 7, 10}, Message: "REQUIRETLS: no upstream of the route is TLS-only"}
+			for i := range res.Errs {
+				res.Errs[i] = e
+			}
+			return res
+		}
+		cands = tlsOnly
+	}
 	for _, u := range cands {
 		if ctx.Err() != nil {
 			break
@@ -464,7 +480,7 @@ func (u *upstream) deliver(ctx context.Context, m *Message, rcpts []string) txOu
 	}
 	cl := u.takeIdle()
 	if cl != nil {
-		out := u.transact(cl, m, rcpts)
+		out := u.transactCtx(ctx, cl, m, rcpts)
 		if out.mailOK || (out.err != nil && out.err.Code != 0 && out.err.Code != 421) {
 			u.release(cl, out)
 			return out
@@ -476,8 +492,21 @@ func (u *upstream) deliver(ctx context.Context, m *Message, rcpts []string) txOu
 	if e != nil {
 		return txOutcome{rcptErrs: make([]error, len(rcpts)), err: e}
 	}
-	out := u.transact(cl, m, rcpts)
+	out := u.transactCtx(ctx, cl, m, rcpts)
 	u.release(cl, out)
+	return out
+}
+
+// transactCtx runs transact but ends it when ctx is cancelled (shutdown
+// past DrainTimeout): go-smtp's client takes no context and sets its own
+// deadlines per command, so the connection is closed under it. A cancel
+// after the final dot then reads as no reply, a possible duplicate.
+func (u *upstream) transactCtx(ctx context.Context, cl *client, m *Message, rcpts []string) txOutcome {
+	stop := context.AfterFunc(ctx, func() { cl.conn.Close() })
+	out := u.transact(cl, m, rcpts)
+	if !stop() {
+		out.reusable = false
+	}
 	return out
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,7 +36,7 @@ func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	fs.Bool("i", false, "ignored (a lone dot never ends the message here)")
 	fs.Bool("oi", false, "ignored")
 	fs.String("F", "", "ignored (full name)")
-	rcpts, err := parseFlags(fs, args)
+	rcpts, err := parseFlags(fs, splitAttached(args))
 	if err != nil {
 		return usageErr(stderr, "usage: sluice sendmail [-f FROM] [-t] [RCPT...]")
 	}
@@ -88,6 +89,22 @@ func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	}
 	c := smtp.NewClient(conn)
 	defer c.Close()
+	// STARTTLS when offered, so AUTH works on a submission listener. The
+	// certificate is checked unless the relay is this host (the usual
+	// case: a loopback address, where a public certificate cannot match).
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		host, _, _ := net.SplitHostPort(addr)
+		ip, _ := netip.ParseAddr(host)
+		c.Close()
+		if conn, err = net.DialTimeout("tcp", addr, 15*time.Second); err != nil {
+			return err
+		}
+		if c, err = smtp.NewClientStartTLS(conn, &tls.Config{ServerName: host, InsecureSkipVerify: ip.IsLoopback()}); err != nil {
+			conn.Close()
+			return fmt.Errorf("starttls: %w", err)
+		}
+		defer c.Close()
+	}
 	if *userName != "" {
 		if err := c.Auth(sasl.NewPlainClient("", *userName, os.Getenv("SLUICE_PASSWORD"))); err != nil {
 			return fmt.Errorf("auth: %w", err)
@@ -99,6 +116,21 @@ func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	return c.Quit()
 }
 
+// splitAttached accepts sendmail's attached option values (-fADDR, -FNAME,
+// as PHP's mail() and many sendmail_path settings pass them), which Go's
+// flag package would read as unknown flags.
+func splitAttached(args []string) []string {
+	var out []string
+	for _, a := range args {
+		if len(a) > 2 && (strings.HasPrefix(a, "-f") || strings.HasPrefix(a, "-F")) && a[2] != '=' {
+			out = append(out, a[:2], a[2:])
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
 // loopbackListener picks the address of a listener a local script may use.
 func loopbackListener(cfg *config.Config, withAuth bool) string {
 	lo := netip.MustParseAddr("127.0.0.1")
@@ -106,7 +138,7 @@ func loopbackListener(cfg *config.Config, withAuth bool) string {
 		if l.TLS == config.TLSImplicit || l.ProxyProtocol {
 			continue
 		}
-		ok := withAuth && l.TLS == config.TLSNone
+		ok := withAuth // sendmail speaks STARTTLS when offered
 		if l.Auth == config.AuthNone {
 			for _, n := range l.TrustedNetworks {
 				if p, err := netip.ParsePrefix(n); err == nil && p.Contains(lo) {

@@ -213,6 +213,7 @@ func (d *daemon) reload() {
 		return
 	}
 	old := d.policy
+	pol.Inherit(old) // rate limits and auth-failure blocks survive the reload
 	// New deliveries use the new upstreams; the old dispatcher's in-flight
 	// deliveries finish on their own before its idle connections are closed.
 	oldDisp := d.disp.p.Swap(disp)
