@@ -28,8 +28,9 @@ var (
 // the key of the field the secret fills. Paths such as cert_file are not here:
 // they are values in their own right.
 var secretFiles = map[reflect.Type]map[string]string{
-	reflect.TypeFor[Upstream](): {"password_file": "password"},
-	reflect.TypeFor[OAuth2]():   {"client_secret_file": "client_secret", "refresh_token_file": "refresh_token"},
+	reflect.TypeFor[Upstream](): {"password_file": "password", "username_file": "username"},
+	reflect.TypeFor[OAuth2]():   {"client_secret_file": "client_secret", "refresh_token_file": "refresh_token", "client_id_file": "client_id"},
+	reflect.TypeFor[User]():     {"password_hash_file": "password_hash"},
 	reflect.TypeFor[Queue]():    {"webhook_secret_file": "webhook_secret"},
 }
 

@@ -286,9 +286,14 @@ func (v *validator) validatePolicies(c *Config) {
 		if p.MaxRecipients < 1 {
 			v.errorf(k+".max_recipients", "must be at least 1")
 		}
-		for i, s := range p.AllowedSenders {
-			if strings.TrimSpace(s) == "" {
-				v.errorf(fmt.Sprintf("%s.allowed_senders[%d]", k, i), "must not be empty")
+		for _, list := range []struct {
+			key      string
+			patterns []string
+		}{{"allowed_senders", p.AllowedSenders}, {"allowed_recipients", p.AllowedRecipients}, {"denied_recipients", p.DeniedRecipients}} {
+			for i, s := range list.patterns {
+				if err := CheckAddressPattern(s); err != nil {
+					v.errorf(fmt.Sprintf("%s.%s[%d]", k, list.key, i), "%v", err)
+				}
 			}
 		}
 		for i, h := range p.RemoveHeaders {

@@ -46,10 +46,24 @@ func authKey(ip string) string {
 	return a.String()
 }
 
+// authEntry keeps the times of an IP's most recent failures (enough to
+// block), so the window slides: failures cannot hide on either side of a
+// fixed window's edge.
 type authEntry struct {
-	count        int32
-	windowEnd    int64 // unix ns; the count resets after it
+	times        [authBlockAfter]int64 // unix ns, a ring; 0 = unused
+	next         uint8
 	blockedUntil int64
+}
+
+// inWindow counts the failures after now-authWindow.
+func (e *authEntry) inWindow(now int64) int {
+	n := 0
+	for _, t := range e.times {
+		if t != 0 && t > now-int64(authWindow) {
+			n++
+		}
+	}
+	return n
 }
 
 // authTable counts failures per IP in memory. Entries whose window and
@@ -69,7 +83,7 @@ func newAuthTable(maxKeys int) *authTable {
 func (t *authTable) sweepLocked(now int64) {
 	before := len(t.m)
 	for k, e := range t.m {
-		if e.windowEnd <= now && e.blockedUntil <= now {
+		if e.inWindow(now) == 0 && e.blockedUntil <= now {
 			delete(t.m, k)
 		}
 	}
@@ -93,10 +107,8 @@ func (t *authTable) state(key string, now time.Time) (time.Duration, bool) {
 		return 0, false
 	case e.blockedUntil > n:
 		return 0, true
-	case e.windowEnd > n:
-		return authDelayFor(int(e.count)), false
 	}
-	return 0, false
+	return authDelayFor(e.inWindow(n)), false
 }
 
 func (t *authTable) failed(key string, now time.Time) {
@@ -124,11 +136,9 @@ func (t *authTable) failed(key string, now time.Time) {
 	if e.blockedUntil > n {
 		return
 	}
-	if e.windowEnd <= n {
-		e = authEntry{windowEnd: n + int64(authWindow)}
-	}
-	e.count++
-	if e.count >= authBlockAfter {
+	e.times[e.next] = n
+	e.next = (e.next + 1) % authBlockAfter
+	if e.inWindow(n) >= authBlockAfter {
 		e = authEntry{blockedUntil: n + int64(authBlockFor)}
 	}
 	t.m[key] = e
@@ -150,7 +160,7 @@ func (e *Engine) AuthDelay(ctx context.Context, ip string) (delay time.Duration,
 	key := authKey(ip)
 	now := e.now()
 	if e.redis != nil && e.redis.usable(now) {
-		n, blocked, err := e.redis.authState(ctx, key)
+		n, blocked, err := e.redis.authState(ctx, key, now)
 		if err == nil {
 			if blocked {
 				return 0, true
@@ -173,7 +183,7 @@ func (e *Engine) AuthFailed(ctx context.Context, ip string) {
 	key := authKey(ip)
 	now := e.now()
 	if e.redis != nil && e.redis.usable(now) {
-		err := e.redis.authFailed(ctx, key)
+		err := e.redis.authFailed(ctx, key, now)
 		if err == nil {
 			return
 		}

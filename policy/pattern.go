@@ -3,6 +3,8 @@ package policy
 import (
 	"fmt"
 	"strings"
+
+	"github.com/sluicemail/sluice/config"
 )
 
 // pattern is one entry of allowed_senders, allowed_recipients or
@@ -42,26 +44,8 @@ func compilePattern(text string) (pattern, error) {
 		return p, nil
 	}
 	p.hasUser = strings.Contains(raw, "{user}")
-	if raw == "{user}" {
-		return p, nil
-	}
-	check := strings.ReplaceAll(raw, "{user}", "u")
-	if strings.ContainsAny(check, "{}") {
-		return p, fmt.Errorf("%q: only {user} may stand in braces", text)
-	}
-	if strings.ContainsAny(check, "<> \t\r\n") {
-		return p, fmt.Errorf("%q: not an address pattern", text)
-	}
-	at := strings.LastIndexByte(check, '@')
-	if at <= 0 || at == len(check)-1 {
-		return p, fmt.Errorf("%q: want local@domain, *@domain, local@* or *", text)
-	}
-	local, domain := check[:at], check[at+1:]
-	if local == "*" && domain == "*" {
-		return p, fmt.Errorf("%q: write * for any address", text)
-	}
-	if (local != "*" && strings.Contains(local, "*")) || (domain != "*" && strings.Contains(domain, "*")) {
-		return p, fmt.Errorf("%q: * stands only for a whole local part or a whole domain", text)
+	if err := config.CheckAddressPattern(text); err != nil {
+		return p, err
 	}
 	return p, nil
 }
@@ -75,6 +59,9 @@ func (p pattern) match(user, addr string) bool {
 	if addr == "" || p.null {
 		return addr == "" && p.null
 	}
+	// A fully qualified domain (one trailing dot) is the same domain: the
+	// next hop treats it so, and a denied recipient must not slip through.
+	addr = strings.TrimSuffix(addr, ".")
 	s := p.raw
 	if p.hasUser {
 		// A user name that is empty (client accepted by network) or holds a

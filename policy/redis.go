@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,18 +42,31 @@ redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - no
 return {1, 0}
 `)
 
-// authFailScript counts one failure in a window that starts with the first
-// one; the block-th failure sets the block key and clears the count.
-// KEYS: count, block. ARGV: window ms, block-after, block ms.
+// authFailScript records one failure in a sliding window (a sorted set of
+// failure times, so failures cannot hide on either side of a fixed window's
+// edge); the block-th failure within the window sets the block key.
+// KEYS: failures, block. ARGV: window ms, block-after, block ms, now ms, a
+// unique member.
 var authFailScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local w = tonumber(ARGV[1])
+local now = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], w)
+local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[2]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
   redis.call('DEL', KEYS[1])
 end
 return n
+`)
+
+// authStateScript counts the failures in the window and reads the block.
+// KEYS: failures, block. ARGV: window ms, now ms.
+var authStateScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+return redis.call('ZCOUNT', KEYS[1], tonumber(ARGV[2]) - tonumber(ARGV[1]) + 1, '+inf')
 `)
 
 // redisCooldown is how long Redis is left alone after an error: a dead or
@@ -152,30 +166,24 @@ func authKeys(key string) []string {
 	return []string{"sluice:rl:auth:{" + key + "}", "sluice:rl:authblock:{" + key + "}"}
 }
 
-func (s *redisStore) authState(ctx context.Context, key string) (int, bool, error) {
+func (s *redisStore) authState(ctx context.Context, key string, now time.Time) (int, bool, error) {
 	ctx, cancel := s.bounded(ctx)
 	defer cancel()
-	vals, err := s.rdb.MGet(ctx, authKeys(key)...).Result()
+	n, err := authStateScript.Run(ctx, s.rdb, authKeys(key), authWindow.Milliseconds(), now.UnixMilli()).Int()
 	if err != nil {
 		return 0, false, fmt.Errorf("policy: redis auth state %s: %w", key, err)
 	}
-	if vals[1] != nil {
+	if n < 0 {
 		return 0, true, nil
-	}
-	n := 0
-	if v, ok := vals[0].(string); ok {
-		if _, err := fmt.Sscan(v, &n); err != nil {
-			return 0, false, fmt.Errorf("policy: redis auth state %s: count %q: %w", key, v, err)
-		}
 	}
 	return n, false, nil
 }
 
-func (s *redisStore) authFailed(ctx context.Context, key string) error {
+func (s *redisStore) authFailed(ctx context.Context, key string, now time.Time) error {
 	ctx, cancel := s.bounded(ctx)
 	defer cancel()
 	err := authFailScript.Run(ctx, s.rdb, authKeys(key),
-		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds()).Err()
+		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), rand.Text()).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("policy: redis auth failed %s: %w", key, err)
 	}
