@@ -126,6 +126,7 @@ func (l *listener) admit(c net.Conn) {
 	if pc, ok := c.(*proxyproto.Conn); ok {
 		// A zero-length read makes go-proxyproto read and check the header.
 		if _, err := pc.Read(nil); err != nil {
+			mRejected.Inc("proxy_protocol")
 			l.srv.log.Info("rejected", "listener", l.cfg.Name, "peer", pc.Raw().RemoteAddr().String(), "reason", "proxy_protocol", "err", err)
 			pc.Close()
 			return

@@ -104,6 +104,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	pol := s.st.policy.Lookup(s.policyName)
 	if pol == nil {
+		mRejected.Inc("no_policy")
 		s.log.Error("rejected", "reason", "no_policy", "policy", s.policyName)
 		return ReplyNoPolicy
 	}
