@@ -31,23 +31,14 @@ type pattern struct {
 }
 
 // compilePattern validates text and returns its compiled form.
+// The syntax is checked by config.CheckAddressPattern, the one definition
+// the loader uses too.
 func compilePattern(text string) (pattern, error) {
-	raw := strings.ToLower(strings.TrimSpace(text))
-	p := pattern{raw: raw}
-	switch {
-	case raw == "":
-		return p, fmt.Errorf("empty pattern")
-	case raw == "<>":
-		p.null = true
-		return p, nil
-	case raw == "*":
-		return p, nil
-	}
-	p.hasUser = strings.Contains(raw, "{user}")
 	if err := config.CheckAddressPattern(text); err != nil {
-		return p, err
+		return pattern{}, err
 	}
-	return p, nil
+	raw := strings.ToLower(strings.TrimSpace(text))
+	return pattern{raw: raw, null: raw == "<>", hasUser: strings.Contains(raw, "{user}")}, nil
 }
 
 // String returns the pattern as configured (lower-cased).
