@@ -109,11 +109,10 @@ func TestQueueListByStateDir(t *testing.T) {
 	up.SetMode(testsmtp.Refuse)
 	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
 	p := start(t, 2, "serve", "-c", cfg)
-	reply, err := goSend(t, p.addrs["submission"], e.tlsConfig(), "app@example.com", "r@example.org", message("app@example.com", "r@example.org", "waiting", "x"))
+	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "waiting", "x"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := strings.TrimPrefix(reply, "2.0.0 OK queued as ")
 	out, stderr, code := runCmd(t, "", "queue", "list", "--json", "--state-dir", filepath.Join(e.dir, "state"))
 	if code != 0 || !strings.Contains(out, `"id":"`+id+`"`) {
 		t.Errorf("queue list --state-dir: exit %d, want %s in:\n%s%s", code, id, out, stderr)

@@ -1,15 +1,20 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -184,49 +189,24 @@ func (p *proc) waitLog(s string, timeout time.Duration) bool {
 // runCmd runs a sluice command to completion.
 func runCmd(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return runCmdEnv(t, stdin, nil, args...)
+}
+
+// runCmdEnv runs a sluice command with extra environment variables.
+func runCmdEnv(t *testing.T, stdin string, envv []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	cmd := exec.Command(sluiceBin, args...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr, cmd.Stdin = &o, &e, strings.NewReader(stdin)
-	err := cmd.Run()
-	if err != nil {
+	if envv != nil {
+		cmd.Env = append(os.Environ(), envv...)
+	}
+	if err := cmd.Run(); err != nil {
 		if _, ok := err.(*exec.ExitError); !ok {
 			t.Fatal(err)
 		}
 	}
 	return o.String(), e.String(), cmd.ProcessState.ExitCode()
-}
-
-// goSend logs in with STARTTLS + PLAIN and sends one message.
-func goSend(t *testing.T, addr string, cfg *tls.Config, from, to, data string) (string, error) {
-	t.Helper()
-	c, err := smtp.DialStartTLS(addr, cfg)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", "app", password)); err != nil {
-		return "", err
-	}
-	return sendOn(c, from, to, data)
-}
-
-func sendOn(c *smtp.Client, from, to, data string) (string, error) {
-	if err := c.Mail(from, nil); err != nil {
-		return "", err
-	}
-	if err := c.Rcpt(to, nil); err != nil {
-		return "", err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return "", err
-	}
-	io.WriteString(w, data)
-	r, err := w.CloseWithResponse()
-	if err != nil {
-		return "", err
-	}
-	return r.StatusText, nil
 }
 
 func message(from, to, id, body string) string {
@@ -245,16 +225,244 @@ func messageIDs(datas [][]byte) map[string]int {
 	return out
 }
 
-type smtpClient = smtp.Client
+func splitAddr(a string) (string, string) {
+	i := strings.LastIndexByte(a, ':')
+	return a[:i], a[i+1:]
+}
 
-func dialClient(addr string, cfg *tls.Config) (*smtp.Client, error) {
-	c, err := smtp.DialStartTLS(addr, cfg)
+// The integration tests speak one dialect to the relay: login, send,
+// transact and sendData for sessions through go-smtp; replyCode to match a
+// reply; rawClient for the bytes a client library hides; waitFor for polls
+// with a deadline; httpAddr, metrics, metric and httpGet for the HTTP side.
+
+// login opens a STARTTLS session to addr from local (nil: any address) and
+// authenticates user with pw over PLAIN.
+func login(addr string, cfg *tls.Config, local net.IP, user, pw string) (*smtp.Client, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Auth(sasl.NewPlainClient("", "app", password)); err != nil {
+	c, err := smtp.NewClientStartTLS(conn, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := c.Auth(sasl.NewPlainClient("", user, pw)); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// send logs in as user on a new connection, sends data to every recipient
+// in to and returns the queue ID of the 250 reply.
+func send(addr string, cfg *tls.Config, user, from string, to []string, data string) (string, error) {
+	c, err := login(addr, cfg, nil, user, password)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	id, err := transact(c, from, to, data)
+	if err != nil {
+		return "", err
+	}
+	c.Quit()
+	return id, nil
+}
+
+var queuedRE = regexp.MustCompile(`queued as (\S+)`)
+
+// transact runs MAIL, one RCPT per recipient and DATA in an open session and
+// returns the queue ID of the 250 reply.
+func transact(c *smtp.Client, from string, to []string, data string) (string, error) {
+	if err := c.Mail(from, nil); err != nil {
+		return "", err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return "", err
+		}
+	}
+	return sendData(c, data)
+}
+
+// sendData sends DATA and the message and returns the queue ID of the 250.
+func sendData(c *smtp.Client, data string) (string, error) {
+	w, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	io.WriteString(w, data)
+	r, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	m := queuedRE.FindStringSubmatch(r.StatusText)
+	if m == nil {
+		return "", fmt.Errorf("250 text %q names no queue ID", r.StatusText)
+	}
+	return m[1], nil
+}
+
+// replyCode renders an SMTP reply error as "450 4.7.1", nil as "ok" and any
+// other error as its text: tests compare it with the exact reply they want.
+func replyCode(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%d %d.%d.%d", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	}
+	return err.Error()
+}
+
+// waitFor polls cond until it holds, or fails the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rawClient is a line-level SMTP client for what go-smtp hides: greetings,
+// closed connections, PROXY headers, exact reply lines.
+type rawClient struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+// dialRaw connects from local (nil: any address) and writes first, if any,
+// before anything is read.
+func dialRaw(t *testing.T, addr string, local net.IP, first string) *rawClient {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if first != "" {
+		io.WriteString(c, first)
+	}
+	return &rawClient{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+// reply reads one (possibly multi-line) reply and returns its last line.
+func (s *rawClient) reply() string {
+	s.t.Helper()
+	s.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			s.t.Fatalf("reading reply: %v (got %q)", err, line)
+		}
+		if len(line) < 4 || line[3] != '-' {
+			return strings.TrimRight(line, "\r\n")
+		}
+	}
+}
+
+// cmd writes line and fails the test unless the reply starts with want.
+func (s *rawClient) cmd(line, want string) {
+	s.t.Helper()
+	io.WriteString(s.c, line+"\r\n")
+	if got := s.reply(); !strings.HasPrefix(got, want) {
+		s.t.Fatalf("%s: %q, want %s", line, got, want)
+	}
+}
+
+// readToClose reads until the server closes; a deadline passing first is
+// reported as not closed.
+func (s *rawClient) readToClose(wait time.Duration) (string, bool) {
+	s.c.SetReadDeadline(time.Now().Add(wait))
+	b, err := io.ReadAll(s.r)
+	var ne net.Error
+	closed := !(errors.As(err, &ne) && ne.Timeout())
+	return string(b), closed
+}
+
+var httpListeningRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
+
+// httpAddr is the address the daemon's HTTP server bound (logged before the
+// SMTP listeners, so it is there once start returned).
+func (p *proc) httpAddr() string {
+	p.t.Helper()
+	m := httpListeningRE.FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		p.t.Fatalf("no http listening line in the log:\n%s", p.stderr.String())
+	}
+	return m[1]
+}
+
+// readMetrics fetches /metrics from addr as series (name{labels}) → value.
+func readMetrics(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	code, body := httpGet(t, "http://"+addr+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics: %d %s", code, body)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			t.Fatalf("bad metrics line %q", line)
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("bad metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+// metric reads one series from /metrics; -1 when absent.
+func metric(t *testing.T, addr, series string) float64 {
+	t.Helper()
+	if v, ok := readMetrics(t, addr)[series]; ok {
+		return v
+	}
+	return -1
+}
+
+// httpGet fetches url and returns the status code and body.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitQueueEmpty waits until the spool of e's daemon (state_dir
+// {{DIR}}/state) holds no message: nothing is left to deliver, so what the
+// upstream got by then is all it will get.
+func waitQueueEmpty(t *testing.T, e *env) {
+	t.Helper()
+	waitFor(t, 20*time.Second, "an empty queue", func() bool {
+		out, stderr, code := runCmd(t, "", "queue", "list", "--json", "--state-dir", filepath.Join(e.dir, "state"))
+		if code != 0 {
+			t.Fatalf("queue list: exit %d: %s", code, stderr)
+		}
+		return strings.TrimSpace(out) == ""
+	})
 }

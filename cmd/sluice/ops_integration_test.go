@@ -12,10 +12,8 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -29,7 +27,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -97,87 +94,6 @@ func (e *env) opsConfig(o opsOpts) string {
 		o.backoff = "1s"
 	}
 	return e.config(fmt.Sprintf(opsYAML, o.stateDir, o.shutdown, o.users, o.queue, o.upPort, o.backoff, o.extra))
-}
-
-var opsHTTPRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
-
-// opsHTTPAddr is the address the daemon's HTTP server bound (logged before the
-// SMTP listeners, so it is there once start returned).
-func (p *proc) opsHTTPAddr() string {
-	p.t.Helper()
-	m := opsHTTPRE.FindStringSubmatch(p.stderr.String())
-	if m == nil {
-		p.t.Fatalf("no http listening line in the log:\n%s", p.stderr.String())
-	}
-	return m[1]
-}
-
-// opsSend logs in as user over STARTTLS and sends one message to every
-// recipient in to; it returns the queue ID from the 250 reply.
-func opsSend(addr string, cfg *tls.Config, user, from string, to []string, data string) (string, error) {
-	c, err := smtp.DialStartTLS(addr, cfg)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", user, password)); err != nil {
-		return "", err
-	}
-	id, err := opsTransaction(c, from, to, data)
-	if err != nil {
-		return "", err
-	}
-	c.Quit()
-	return id, nil
-}
-
-var opsQueuedRE = regexp.MustCompile(`queued as (\S+)`)
-
-func opsTransaction(c *smtp.Client, from string, to []string, data string) (string, error) {
-	if err := c.Mail(from, nil); err != nil {
-		return "", err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
-			return "", err
-		}
-	}
-	return opsData(c, data)
-}
-
-func opsData(c *smtp.Client, data string) (string, error) {
-	w, err := c.Data()
-	if err != nil {
-		return "", err
-	}
-	io.WriteString(w, data)
-	r, err := w.CloseWithResponse()
-	if err != nil {
-		return "", err
-	}
-	m := opsQueuedRE.FindStringSubmatch(r.StatusText)
-	if m == nil {
-		return "", fmt.Errorf("250 text %q names no queue ID", r.StatusText)
-	}
-	return m[1], nil
-}
-
-// opsIsReply reports whether err is the SMTP reply code with that enhanced code.
-func opsIsReply(err error, code int, enh smtp.EnhancedCode) bool {
-	var se *smtp.SMTPError
-	return errors.As(err, &se) && se.Code == code && se.EnhancedCode == enh
-}
-
-// opsWaitFor polls cond until it holds or fails the test after timeout.
-func opsWaitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // opsQueueList runs `sluice queue list --json` and decodes every line.
@@ -306,7 +222,7 @@ func TestOpsBounceDSN(t *testing.T) {
 	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
 	p := start(t, 1, "serve", "-c", cfg)
 
-	id, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"good@example.org", "bad@example.org"},
+	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"good@example.org", "bad@example.org"},
 		message("app@example.com", "good@example.org", "dsn1", "one fails"))
 	if err != nil {
 		t.Fatal(err)
@@ -374,7 +290,7 @@ func TestOpsNullSenderNoDSN(t *testing.T) {
 	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
 	p := start(t, 1, "serve", "-c", cfg)
 
-	nullID, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "", []string{"gone@example.org"},
+	nullID, err := send(p.addrs["submission"], e.tlsConfig(), "app", "", []string{"gone@example.org"},
 		message("app@example.com", "gone@example.org", "null1", "from <>"))
 	if err != nil {
 		t.Fatalf("null sender submission (policy allows <>): %v", err)
@@ -382,14 +298,14 @@ func TestOpsNullSenderNoDSN(t *testing.T) {
 	if !p.waitLog("no report for a null-sender message", 20*time.Second) {
 		t.Fatalf("no log line about the dropped report for %s", nullID)
 	}
-	ctlID, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"gone@example.org"},
+	ctlID, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"gone@example.org"},
 		message("app@example.com", "gone@example.org", "ctl1", "control"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	up.WaitMessages(t, 1, 20*time.Second)
-	// Let anything queued after the control DSN have its chance too.
-	time.Sleep(time.Second)
+	// An empty queue has nothing left to deliver: what arrived is all.
+	waitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
 	msgs := up.Messages()
 	if len(msgs) != 1 {
 		t.Fatalf("upstream got %d messages, want only the control DSN", len(msgs))
@@ -399,7 +315,6 @@ func TestOpsNullSenderNoDSN(t *testing.T) {
 		t.Errorf("the one message is not the control DSN (from %q, queue id %q, want %s); null-sender message %s was bounced?",
 			msgs[0].From, r.perMessage.Get("X-Sluice-Queue-Id"), ctlID, nullID)
 	}
-	opsWaitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
 }
 
 // TestOpsExpiry: with the upstream down, a message older than
@@ -415,7 +330,7 @@ func TestOpsExpiry(t *testing.T) {
 	cfg := e.opsConfig(opsOpts{upPort: up.Port(), backoff: "100ms", queue: "  max_age: 3s\n"})
 	p := start(t, 1, "serve", "-c", cfg)
 
-	id, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
+	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
 		message("app@example.com", "r@example.org", "exp1", "will expire"))
 	if err != nil {
 		t.Fatal(err)
@@ -452,7 +367,8 @@ func TestOpsExpiry(t *testing.T) {
 // TestOpsQueueCommands: against a running daemon, `queue list --json`
 // shows a deferred message with the DESIGN §7 fields; hold stops delivery
 // (retry does not override it); release + retry delivers; delete bounces
-// the pending recipients, delete --silent does not.
+// the pending recipients, delete --silent does not. A sentinel message
+// deferred with them shows when the held one would have gone.
 func TestOpsQueueCommands(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -465,8 +381,8 @@ func TestOpsQueueCommands(t *testing.T) {
 	p := start(t, 1, "serve", "-c", cfg)
 
 	ids := map[string]string{}
-	for _, n := range []string{"held", "deleted", "silent"} {
-		id, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{n + "@example.org"},
+	for _, n := range []string{"held", "deleted", "silent", "sentinel"} {
+		id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{n + "@example.org"},
 			message("app@example.com", n+"@example.org", "q-"+n, n))
 		if err != nil {
 			t.Fatal(err)
@@ -474,9 +390,9 @@ func TestOpsQueueCommands(t *testing.T) {
 		ids[n] = id
 	}
 	var list []map[string]any
-	opsWaitFor(t, 15*time.Second, "three deferred messages in `queue list`", func() bool {
+	waitFor(t, 15*time.Second, "four deferred messages in `queue list`", func() bool {
 		list = opsQueueList(t, cfg)
-		if len(list) != 3 {
+		if len(list) != 4 {
 			return false
 		}
 		for _, m := range list {
@@ -532,19 +448,36 @@ func TestOpsQueueCommands(t *testing.T) {
 			t.Errorf("after delete, %s (%s) is still listed", n, ids[n])
 		}
 	}
-	// retry must not release a held message.
+	heldAttempts := opsQueueEntry(list, ids["held"])["attempts"]
+	// retry must not release a held message, alone or with --all.
 	opsQueueCmd(t, cfg, "retry", ids["held"])
-
 	up.ClearFailures()
-	up.WaitMessages(t, 1, 15*time.Second)
-	time.Sleep(1500 * time.Millisecond) // the held message would have been retried several times by now
-	msgs := up.Messages()
-	if len(msgs) != 1 {
-		t.Fatalf("upstream got %d messages, want only the bounce for the deleted message (held must stay, --silent sends none)", len(msgs))
+	opsQueueCmd(t, cfg, "retry", "--all")
+	// The sentinel and the bounce were due with the held message; once
+	// only the held one is left, it had its chance and did not take it.
+	up.WaitMessages(t, 2, 15*time.Second)
+	waitFor(t, 15*time.Second, "only the held message in the queue", func() bool { return len(opsQueueList(t, cfg)) == 1 })
+	if m := opsQueueEntry(opsQueueList(t, cfg), ids["held"]); m == nil || m["held"] != true || m["attempts"] != heldAttempts {
+		t.Errorf("held message after retry and retry --all: %v, want held with %v attempts", m, heldAttempts)
 	}
-	r := opsParseReport(t, msgs[0].Data)
-	if msgs[0].From != "" || r.perMessage.Get("X-Sluice-Queue-Id") != ids["deleted"] || r.rcpt("deleted@example.org") == nil {
-		t.Fatalf("the message is not the deleted message's bounce:\n%s", msgs[0].Data)
+	msgs := up.Messages()
+	if len(msgs) != 2 {
+		t.Fatalf("upstream got %d messages, want the sentinel and the deleted message's bounce (held must stay, --silent sends none)", len(msgs))
+	}
+	var bounce *testsmtp.Message
+	for i, m := range msgs {
+		if m.From == "" {
+			bounce = &msgs[i]
+		} else if messageIDs([][]byte{m.Data})["q-sentinel@example.com"] != 1 {
+			t.Fatalf("a message other than the sentinel and the bounce went upstream:\n%s", m.Data)
+		}
+	}
+	if bounce == nil {
+		t.Fatal("no bounce for the deleted message")
+	}
+	r := opsParseReport(t, bounce.Data)
+	if r.perMessage.Get("X-Sluice-Queue-Id") != ids["deleted"] || r.rcpt("deleted@example.org") == nil {
+		t.Fatalf("the message is not the deleted message's bounce:\n%s", bounce.Data)
 	}
 	if st := r.rcpt("deleted@example.org").Get("Status"); !strings.HasPrefix(st, "5.") {
 		t.Errorf("bounce for a deleted message: Status %q, want 5.x.x", st)
@@ -553,11 +486,11 @@ func TestOpsQueueCommands(t *testing.T) {
 	// release makes the message due at once (docs/queue.md), so a retry
 	// right after it may find the message already delivered.
 	opsQueueCmd(t, cfg, "release", ids["held"])
-	msgs = up.WaitMessages(t, 2, 15*time.Second)
-	if got := messageIDs([][]byte{msgs[1].Data}); got["q-held@example.com"] != 1 {
+	msgs = up.WaitMessages(t, 3, 15*time.Second)
+	if got := messageIDs([][]byte{msgs[2].Data}); got["q-held@example.com"] != 1 {
 		t.Errorf("second delivery is not the released message: %v", got)
 	}
-	opsWaitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
+	waitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
 }
 
 // TestOpsWebhook: a receiver that fails its first requests still gets
@@ -601,14 +534,20 @@ func TestOpsWebhook(t *testing.T) {
 	cfg := e.opsConfig(opsOpts{upPort: up.Port(), queue: fmt.Sprintf("  webhook: %s/hook\n  webhook_secret: %q\n", hook.URL, secret)})
 	p := start(t, 1, "serve", "-c", cfg)
 	began := time.Now()
-	id, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com",
+	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com",
 		[]string{"ok@example.org", "bad1@example.org", "bad2@example.org"}, message("app@example.com", "ok@example.org", "hook1", "two bounce"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(events) }
-	opsWaitFor(t, 20*time.Second, "two accepted webhook events", func() bool { return count() >= 2 })
-	time.Sleep(1500 * time.Millisecond) // several retry intervals: a duplicate would show
+	waitFor(t, 20*time.Second, "two accepted webhook events", func() bool { return count() >= 2 })
+	// An event is posted until accepted, then its spool file goes: with
+	// the webhook spool empty, no duplicate can follow.
+	hooks := filepath.Join(e.dir, "state", "spool", "webhook")
+	waitFor(t, 10*time.Second, "an empty webhook spool", func() bool {
+		des, err := os.ReadDir(hooks)
+		return err == nil && len(des) == 0
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if requests < 5 {
@@ -644,45 +583,6 @@ func TestOpsWebhook(t *testing.T) {
 	}
 }
 
-// opsMetrics fetches /metrics as name{labels} → value.
-func opsMetrics(t *testing.T, addr string) map[string]float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			t.Fatalf("bad metrics line %q", line)
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("bad metrics line %q: %v", line, err)
-		}
-		out[line[:i]] = v
-	}
-	return out
-}
-
-func opsHTTPStatus(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // TestOpsMetrics: /metrics counts a scripted run exactly; /healthz and
 // /readyz answer 200 while all is well.
 func TestOpsMetrics(t *testing.T) {
@@ -691,21 +591,21 @@ func TestOpsMetrics(t *testing.T) {
 	up := testsmtp.Start(t, testsmtp.Options{})
 	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
 	p := start(t, 1, "serve", "-c", cfg)
-	h := p.opsHTTPAddr()
+	h := p.httpAddr()
 
-	c, err := dialClient(p.addrs["submission"], e.tlsConfig())
+	c, err := login(p.addrs["submission"], e.tlsConfig(), nil, "app", password)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ids []string
 	for i := 0; i < 3; i++ {
-		id, err := opsTransaction(c, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", fmt.Sprintf("m%d", i), "counted"))
+		id, err := transact(c, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", fmt.Sprintf("m%d", i), "counted"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, id)
 	}
-	if err := c.Mail("intruder@elsewhere.example", nil); !opsIsReply(err, 550, smtp.EnhancedCode{5, 7, 1}) {
+	if err := c.Mail("intruder@elsewhere.example", nil); replyCode(err) != "550 5.7.1" {
 		t.Fatalf("sender outside allowed_senders: %v, want 550 5.7.1", err)
 	}
 	c.Quit()
@@ -714,15 +614,15 @@ func TestOpsMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	const wrongPW = "wrong-pw-7f3a9"
-	if err := bad.Auth(sasl.NewPlainClient("", "app", wrongPW)); !opsIsReply(err, 535, smtp.EnhancedCode{5, 7, 8}) {
+	if err := bad.Auth(sasl.NewPlainClient("", "app", wrongPW)); replyCode(err) != "535 5.7.8" {
 		t.Fatalf("wrong password: %v, want 535 5.7.8", err)
 	}
 	bad.Close()
 	up.WaitMessages(t, 3, 20*time.Second)
 
 	var m map[string]float64
-	opsWaitFor(t, 10*time.Second, "delivered 3 and an empty queue in /metrics", func() bool {
-		m = opsMetrics(t, h)
+	waitFor(t, 10*time.Second, "delivered 3 and an empty queue in /metrics", func() bool {
+		m = readMetrics(t, h)
 		return m[`sluice_messages_delivered_total{upstream="up1"}`] == 3 && m["sluice_queue_messages"] == 0
 	})
 	want := map[string]float64{
@@ -745,10 +645,10 @@ func TestOpsMetrics(t *testing.T) {
 	if m[`sluice_messages_deferred_total{upstream="up1"}`] != 0 {
 		t.Errorf("deferred %v, want 0", m[`sluice_messages_deferred_total{upstream="up1"}`])
 	}
-	if code, _ := opsHTTPStatus(t, "http://"+h+"/healthz"); code != 200 {
+	if code, _ := httpGet(t, "http://"+h+"/healthz"); code != 200 {
 		t.Errorf("/healthz %d, want 200", code)
 	}
-	if code, body := opsHTTPStatus(t, "http://"+h+"/readyz"); code != 200 {
+	if code, body := httpGet(t, "http://"+h+"/readyz"); code != 200 {
 		t.Errorf("/readyz %d %q, want 200", code, body)
 	}
 
@@ -778,25 +678,25 @@ func TestOpsReadyzBreakerOpen(t *testing.T) {
 	up.SetMode(testsmtp.Refuse)
 	cfg := e.opsConfig(opsOpts{upPort: up.Port(), backoff: "1m"})
 	p := start(t, 1, "serve", "-c", cfg)
-	h := p.opsHTTPAddr()
-	if code, body := opsHTTPStatus(t, "http://"+h+"/readyz"); code != 200 {
+	h := p.httpAddr()
+	if code, body := httpGet(t, "http://"+h+"/readyz"); code != 200 {
 		t.Fatalf("/readyz before any failure: %d %q, want 200", code, body)
 	}
-	if _, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
+	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
 		message("app@example.com", "r@example.org", "brk", "x")); err != nil {
 		t.Fatal(err)
 	}
-	opsWaitFor(t, 15*time.Second, "/readyz 503", func() bool {
-		code, _ := opsHTTPStatus(t, "http://"+h+"/readyz")
+	waitFor(t, 15*time.Second, "/readyz 503", func() bool {
+		code, _ := httpGet(t, "http://"+h+"/readyz")
 		return code == http.StatusServiceUnavailable
 	})
-	if code, _ := opsHTTPStatus(t, "http://"+h+"/healthz"); code != 200 {
+	if code, _ := httpGet(t, "http://"+h+"/healthz"); code != 200 {
 		t.Errorf("/healthz %d while the breaker is open, want 200 (the process is alive)", code)
 	}
-	if v := opsMetrics(t, h)[`sluice_upstream_up{upstream="up1"}`]; v != 0 {
+	if v := readMetrics(t, h)[`sluice_upstream_up{upstream="up1"}`]; v != 0 {
 		t.Errorf("sluice_upstream_up = %v with the breaker open, want 0", v)
 	}
-	opsWaitFor(t, 10*time.Second, "`sluice upstreams` to show the open breaker", func() bool {
+	waitFor(t, 10*time.Second, "`sluice upstreams` to show the open breaker", func() bool {
 		out, _, code := runCmd(t, "", "upstreams", "-c", cfg)
 		return code == 0 && strings.Contains(out, "up1") && strings.Contains(out, "open")
 	})
@@ -814,10 +714,10 @@ func TestOpsReload(t *testing.T) {
 	p := start(t, 1, "serve", "-c", cfg)
 	addr := p.addrs["submission"]
 
-	if _, err := opsSend(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, "x"); !opsIsReply(err, 535, smtp.EnhancedCode{5, 7, 8}) {
+	if _, err := send(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, "x"); replyCode(err) != "535 5.7.8" {
 		t.Fatalf("app2 before it exists: %v, want 535 5.7.8", err)
 	}
-	old, err := dialClient(addr, e.tlsConfig())
+	old, err := login(addr, e.tlsConfig(), nil, "app", password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -835,10 +735,10 @@ func TestOpsReload(t *testing.T) {
 	if !p.waitLog("msg=reloaded", 10*time.Second) {
 		t.Fatal("no `reloaded` log line after SIGHUP")
 	}
-	if _, err := opsSend(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "new-user", "x")); err != nil {
+	if _, err := send(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "new-user", "x")); err != nil {
 		t.Fatalf("new user right after reload: %v", err)
 	}
-	if _, err := opsData(old, message("app@example.com", "r@example.org", "old-session", "x")); err != nil {
+	if _, err := sendData(old, message("app@example.com", "r@example.org", "old-session", "x")); err != nil {
 		t.Fatalf("session opened before the reload: %v", err)
 	}
 	old.Quit()
@@ -853,7 +753,7 @@ func TestOpsReload(t *testing.T) {
 		t.Error("the refusal does not name the bad key")
 	}
 	for _, u := range []string{"app", "app2"} {
-		if _, err := opsSend(addr, e.tlsConfig(), u, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "after-broken-"+u, "x")); err != nil {
+		if _, err := send(addr, e.tlsConfig(), u, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "after-broken-"+u, "x")); err != nil {
 			t.Errorf("%s after a refused reload: %v", u, err)
 		}
 	}
@@ -885,12 +785,12 @@ func TestOpsShutdown(t *testing.T) {
 	want := map[string]bool{}
 	for i := 0; i < 2; i++ {
 		id := fmt.Sprintf("term%d", i)
-		if _, err := opsSend(addr, e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "x")); err != nil {
+		if _, err := send(addr, e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "x")); err != nil {
 			t.Fatal(err)
 		}
 		want[id+"@example.com"] = true
 	}
-	open, err := dialClient(addr, e.tlsConfig())
+	open, err := login(addr, e.tlsConfig(), nil, "app", password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -907,7 +807,7 @@ func TestOpsShutdown(t *testing.T) {
 	if !p.waitLog("shutting down", 5*time.Second) {
 		t.Fatal("no `shutting down` log line after SIGTERM")
 	}
-	opsWaitFor(t, 2*time.Second, "the listener to stop accepting", func() bool {
+	waitFor(t, 2*time.Second, "the listener to stop accepting", func() bool {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err != nil {
 			return true
@@ -915,7 +815,7 @@ func TestOpsShutdown(t *testing.T) {
 		c.Close()
 		return false
 	})
-	if _, err := opsData(open, message("app@example.com", "r@example.org", "inflight", "x")); err != nil {
+	if _, err := sendData(open, message("app@example.com", "r@example.org", "inflight", "x")); err != nil {
 		t.Errorf("a session open at SIGTERM could not finish its message: %v", err)
 	} else {
 		want["inflight@example.com"] = true
@@ -955,17 +855,17 @@ func TestOpsDiskFloor(t *testing.T) {
 	up := testsmtp.Start(t, testsmtp.Options{})
 	cfg := e.opsConfig(opsOpts{upPort: up.Port(), queue: "  min_free_space: 1000000GB\n"})
 	p := start(t, 1, "serve", "-c", cfg)
-	_, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "floor", "x"))
-	if !opsIsReply(err, 451, smtp.EnhancedCode{4, 3, 0}) {
+	_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "floor", "x"))
+	if replyCode(err) != "451 4.3.0" {
 		t.Fatalf("below min_free_space: %v, want 451 4.3.0", err)
 	}
 	if l := opsQueueList(t, cfg); len(l) != 0 {
 		t.Errorf("queue holds %d messages after a 451", len(l))
 	}
-	if code, _ := opsHTTPStatus(t, "http://"+p.opsHTTPAddr()+"/readyz"); code != http.StatusServiceUnavailable {
+	if code, _ := httpGet(t, "http://"+p.httpAddr()+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz %d below the free-space floor, want 503", code)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The empty queue above is the proof that nothing goes upstream.
 	if n := len(up.Messages()); n != 0 {
 		t.Errorf("upstream got %d messages after a 451", n)
 	}
@@ -1002,11 +902,11 @@ func TestOpsDiskFull(t *testing.T) {
 	refused := false
 	for i := 0; i < 40 && !refused; i++ {
 		id := fmt.Sprintf("full%d", i)
-		_, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, body))
+		_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, body))
 		switch {
 		case err == nil:
 			accepted[id+"@example.com"] = true
-		case opsIsReply(err, 451, smtp.EnhancedCode{4, 3, 0}):
+		case replyCode(err) == "451 4.3.0":
 			refused = true
 		default:
 			t.Fatalf("%s: %v, want 250 or 451 4.3.0", id, err)
@@ -1120,7 +1020,7 @@ func TestOpsReloadUpstreams(t *testing.T) {
 	if !p.waitLog("msg=reloaded", 10*time.Second) {
 		t.Fatal("no `reloaded` log line after SIGHUP")
 	}
-	if _, err := opsSend(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
+	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
 		message("app@example.com", "r@example.org", "moved", "x")); err != nil {
 		t.Fatal(err)
 	}

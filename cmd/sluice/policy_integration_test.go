@@ -8,14 +8,11 @@ package main
 // smtplib.
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -101,89 +98,6 @@ func polRedisBlock(url string, failOpen bool) string {
 	return fmt.Sprintf("ratelimit:\n  redis: %s\n  fail_open: %t\n", url, failOpen)
 }
 
-var polHTTPRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
-
-// polHTTPAddr is the /metrics address the instance logged.
-func polHTTPAddr(t *testing.T, p *proc) string {
-	t.Helper()
-	m := polHTTPRE.FindStringSubmatch(p.stderr.String())
-	if m == nil {
-		t.Fatalf("no http listener in the log:\n%s", p.stderr.String())
-	}
-	return m[1]
-}
-
-// polMetric reads one unlabelled series from /metrics; -1 when absent.
-func polMetric(t *testing.T, addr, name string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("metric %s: %q", name, line)
-			}
-			return f
-		}
-	}
-	return -1
-}
-
-// polCode renders an SMTP error as "450 4.7.1"; nil is "ok".
-func polCode(err error) string {
-	if err == nil {
-		return "ok"
-	}
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return fmt.Sprintf("%d %d.%d.%d", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
-	}
-	return err.Error()
-}
-
-// polLogin opens a STARTTLS session from local (nil: any address) and
-// authenticates as user.
-func polLogin(addr string, cfg *tls.Config, local net.IP, user, pw string) (*smtp.Client, error) {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	if local != nil {
-		d.LocalAddr = &net.TCPAddr{IP: local}
-	}
-	conn, err := d.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	c, err := smtp.NewClientStartTLS(conn, cfg)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if err := c.Auth(sasl.NewPlainClient("", user, pw)); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
-}
-
-// polSend logs in as user on a new connection and sends one message.
-func polSend(t *testing.T, addr string, cfg *tls.Config, user, from, to, id string) error {
-	t.Helper()
-	c, err := polLogin(addr, cfg, nil, user, password)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_, err = sendOn(c, from, to, message(from, to, id, "policy test"))
-	if err == nil {
-		c.Quit()
-	}
-	return err
-}
-
 // TestPolicyRedisSharedRate: two instances share one redis-server, so a
 // user's 4/1m holds across them; with Redis gone, fail_open keeps mail
 // flowing under each instance's own limit and counts the errors, and a
@@ -199,12 +113,13 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 		envs = append(envs, e)
 		procs = append(procs, start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.URL, true))))
 	}
-	send := func(i int, id string) error {
-		return polSend(t, procs[i].addrs["submission"], envs[i].tlsConfig(), "limited", "app@example.com", "r@example.org", id)
+	sendVia := func(i int, id string) error {
+		_, err := send(procs[i].addrs["submission"], envs[i].tlsConfig(), "limited", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "policy test"))
+		return err
 	}
 	// A message reserved at MAIL and abandoned (RSET) is given back, in
 	// Redis too: six abandoned ones leave the whole 4/1m for real mail.
-	c, err := polLogin(procs[0].addrs["submission"], envs[0].tlsConfig(), nil, "limited", password)
+	c, err := login(procs[0].addrs["submission"], envs[0].tlsConfig(), nil, "limited", password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,12 +133,12 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 	}
 	c.Quit()
 	for n := 0; n < 4; n++ {
-		if err := send(n%2, fmt.Sprintf("shared-%d", n)); err != nil {
+		if err := sendVia(n%2, fmt.Sprintf("shared-%d", n)); err != nil {
 			t.Fatalf("message %d on instance %d: %v", n+1, n%2, err)
 		}
 	}
 	for i := range procs {
-		if got := polCode(send(i, fmt.Sprintf("over-%d", i))); got != "450 4.7.1" {
+		if got := replyCode(sendVia(i, fmt.Sprintf("over-%d", i))); got != "450 4.7.1" {
 			t.Errorf("5th message on instance %d: %s, want 450 4.7.1 (the limit is shared)", i, got)
 		}
 	}
@@ -234,18 +149,18 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 	// Redis spared, so 4 more pass on instance 0 and the 5th is refused: local
 	// limits, not none.
 	for n := 0; n < 4; n++ {
-		if err := send(0, fmt.Sprintf("local-%d", n)); err != nil {
+		if err := sendVia(0, fmt.Sprintf("local-%d", n)); err != nil {
 			t.Fatalf("message %d with Redis down (fail_open): %v", n+1, err)
 		}
 	}
-	if got := polCode(send(0, "local-over")); got != "450 4.7.1" {
+	if got := replyCode(sendVia(0, "local-over")); got != "450 4.7.1" {
 		t.Errorf("5th message with Redis down: %s, want 450 4.7.1 under the local limit", got)
 	}
-	if err := send(1, "local-b"); err != nil {
+	if err := sendVia(1, "local-b"); err != nil {
 		t.Errorf("instance 1 with Redis down (fail_open): %v", err)
 	}
 	for i, p := range procs {
-		if v := polMetric(t, polHTTPAddr(t, p), "sluice_ratelimit_redis_errors_total"); v <= 0 {
+		if v := metric(t, p.httpAddr(), "sluice_ratelimit_redis_errors_total"); v <= 0 {
 			t.Errorf("instance %d: sluice_ratelimit_redis_errors_total = %v, want > 0", i, v)
 		}
 	}
@@ -255,15 +170,22 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 
 	e := newEnv(t)
 	strict := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.URL, false)))
-	c, err = polLogin(strict.addrs["submission"], e.tlsConfig(), nil, "limited", password)
+	c, err = login(strict.addrs["submission"], e.tlsConfig(), nil, "limited", password)
 	if err != nil {
 		t.Fatalf("AUTH with Redis down must still work (local auth counters): %v", err)
 	}
 	defer c.Close()
-	if got := polCode(c.Mail("app@example.com", nil)); got != "451 4.7.1" {
+	if got := replyCode(c.Mail("app@example.com", nil)); got != "451 4.7.1" {
 		t.Errorf("MAIL with Redis down and fail_open: false: %s, want 451 4.7.1", got)
 	}
 	up.WaitMessages(t, 9, 20*time.Second)
+}
+
+// greeting reads what the server says first on a new connection, and
+// everything after it until it closes or 3 s pass.
+func greeting(t *testing.T, addr string) string {
+	got, _ := dialRaw(t, addr, nil, "").readToClose(3 * time.Second)
+	return got
 }
 
 // polAuthAttempt makes one AUTH with a wrong password on a new connection and
@@ -276,30 +198,12 @@ func polAuthAttempt(addr string, cfg *tls.Config, pw string) (string, time.Durat
 	c, err := smtp.NewClientStartTLS(conn, cfg)
 	if err != nil {
 		conn.Close()
-		return "connect: " + polCode(err), 0
+		return "connect: " + replyCode(err), 0
 	}
 	defer c.Close()
 	t0 := time.Now()
 	err = c.Auth(sasl.NewPlainClient("", "app", pw))
-	return polCode(err), time.Since(t0)
-}
-
-// polGreeting reads what the server says first on a new connection from local
-// (nil: any), and everything after it until it closes or 3 s pass.
-func polGreeting(t *testing.T, addr string, local net.IP) string {
-	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second}
-	if local != nil {
-		d.LocalAddr = &net.TCPAddr{IP: local}
-	}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	b, _ := io.ReadAll(c)
-	return string(b)
+	return replyCode(err), time.Since(t0)
 }
 
 // TestPolicyAuthFailures: ten wrong passwords from one IP are answered
@@ -337,20 +241,20 @@ func TestPolicyAuthFailures(t *testing.T) {
 		}
 		t.Logf("failure %d: %s after %v", i+1, got, took.Round(time.Millisecond))
 	}
-	if g := polGreeting(t, addr, nil); !strings.HasPrefix(g, "421 4.7.0") {
+	if g := greeting(t, addr); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Errorf("connect after 10 failures: %q, want 421 4.7.0", g)
 	}
-	if got := polCode(open.Auth(sasl.NewPlainClient("", "app", password))); got != "421 4.7.0" {
+	if got := replyCode(open.Auth(sasl.NewPlainClient("", "app", password))); got != "421 4.7.0" {
 		t.Errorf("AUTH with the right password in an open session after the block: %s, want 421 4.7.0", got)
 	}
 
 	// Linux routes all of 127/8 to lo: 127.0.0.2 is another client.
-	c, err := polLogin(addr, e.tlsConfig(), net.IPv4(127, 0, 0, 2), "app", password)
+	c, err := login(addr, e.tlsConfig(), net.IPv4(127, 0, 0, 2), "app", password)
 	if err != nil {
 		t.Fatalf("another IP must be unaffected: %v", err)
 	}
 	defer c.Close()
-	if _, err := sendOn(c, "app@example.com", "r@example.org", message("app@example.com", "r@example.org", "other-ip", "x")); err != nil {
+	if _, err := transact(c, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "other-ip", "x")); err != nil {
 		t.Fatalf("send from 127.0.0.2: %v", err)
 	}
 	c.Quit()
@@ -392,10 +296,10 @@ func TestPolicyAuthFailuresRedis(t *testing.T) {
 	}
 	wg.Wait()
 	for i, a := range addrs {
-		if g := polGreeting(t, a, nil); !strings.HasPrefix(g, "421 4.7.0") {
+		if g := greeting(t, a); !strings.HasPrefix(g, "421 4.7.0") {
 			t.Errorf("instance %d after 10 shared failures: %q, want 421 4.7.0", i, g)
 		}
-		c, err := polLogin(a, cfgs[i], net.IPv4(127, 0, 0, 2), "app", password)
+		c, err := login(a, cfgs[i], net.IPv4(127, 0, 0, 2), "app", password)
 		if err != nil {
 			t.Errorf("instance %d: 127.0.0.2 must be unaffected: %v", i, err)
 			continue
@@ -412,7 +316,7 @@ func TestPolicySizeAndRecipients(t *testing.T) {
 	up := testsmtp.Start(t, testsmtp.Options{})
 	e := newEnv(t)
 	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
-	c, err := polLogin(p.addrs["submission"], e.tlsConfig(), nil, "printer", password)
+	c, err := login(p.addrs["submission"], e.tlsConfig(), nil, "printer", password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +340,7 @@ func TestPolicySizeAndRecipients(t *testing.T) {
 				t.Fatalf("RCPT %d: %v", i, err)
 			}
 			rcpts = append(rcpts, to)
-		} else if got := polCode(err); got != "452 4.5.3" {
+		} else if got := replyCode(err); got != "452 4.5.3" {
 			t.Errorf("RCPT %d with max_recipients 5: %s, want 452 4.5.3", i, got)
 		}
 	}
@@ -449,7 +353,7 @@ func TestPolicySizeAndRecipients(t *testing.T) {
 		t.Fatalf("message to the first five: %v", err)
 	}
 
-	if got := polCode(c.Mail(from, &smtp.MailOptions{Size: 2000000})); got != "552 5.3.4" {
+	if got := replyCode(c.Mail(from, &smtp.MailOptions{Size: 2000000})); got != "552 5.3.4" {
 		t.Errorf("MAIL SIZE=2000000 with max_message_size 1MB: %s, want 552 5.3.4", got)
 	}
 	if err := c.Noop(); err != nil {
@@ -468,19 +372,21 @@ func TestPolicySizeAndRecipients(t *testing.T) {
 	}
 	big := message(from, "r1@example.com", "too-big", strings.Repeat("TOOBIG-"+strings.Repeat("x", 90)+"\r\n", 20000))
 	io.WriteString(w, big)
-	if got := polCode(w.Close()); got != "552 5.3.4" {
+	if got := replyCode(w.Close()); got != "552 5.3.4" {
 		t.Errorf("2 MB DATA without SIZE: %s, want 552 5.3.4", got)
 	}
 	if err := c.Noop(); err != nil {
 		t.Fatalf("NOOP after the DATA refusal: %v", err)
 	}
-	if _, err := sendOn(c, from, "r2@example.com", message(from, "r2@example.com", "after", "small")); err != nil {
+	if _, err := transact(c, from, []string{"r2@example.com"}, message(from, "r2@example.com", "after", "small")); err != nil {
 		t.Fatalf("next message after the refusals: %v", err)
 	}
 	c.Quit()
 
 	up.WaitMessages(t, 2, 20*time.Second)
-	time.Sleep(500 * time.Millisecond) // a third (refused) message would have arrived by now
+	// A refused message is never spooled: with the queue empty, nothing
+	// more can arrive.
+	waitQueueEmpty(t, e)
 	msgs := up.Messages()
 	if len(msgs) != 2 {
 		t.Fatalf("upstream got %d messages, want 2 (only the accepted ones)", len(msgs))
@@ -499,70 +405,11 @@ func TestPolicySizeAndRecipients(t *testing.T) {
 	}
 }
 
-// polRaw is a line-level client for what go-smtp hides.
-type polRaw struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
-
-// reply reads one (possibly multi-line) reply and returns its last line.
-func (s *polRaw) reply() string {
-	s.t.Helper()
-	s.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		line, err := s.r.ReadString('\n')
-		if err != nil {
-			s.t.Fatalf("reading reply: %v (got %q)", err, line)
-		}
-		if len(line) < 4 || line[3] != '-' {
-			return strings.TrimRight(line, "\r\n")
-		}
-	}
-}
-
-func (s *polRaw) cmd(line, want string) {
-	s.t.Helper()
-	io.WriteString(s.c, line+"\r\n")
-	if got := s.reply(); !strings.HasPrefix(got, want) {
-		s.t.Fatalf("%s: %q, want %s", line, got, want)
-	}
-}
-
-// polProxyDial connects from local (nil: any) and writes header first.
-func polProxyDial(t *testing.T, addr string, local net.IP, header string) net.Conn {
-	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second}
-	if local != nil {
-		d.LocalAddr = &net.TCPAddr{IP: local}
-	}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if header != "" {
-		io.WriteString(c, header)
-	}
-	return c
-}
-
-// polReadToClose reads until the server closes (or the deadline passes, which
-// is reported as not closed).
-func polReadToClose(c net.Conn, wait time.Duration) (string, bool) {
-	c.SetReadDeadline(time.Now().Add(wait))
-	b, err := io.ReadAll(c)
-	var ne net.Error
-	closed := !(errors.As(err, &ne) && ne.Timeout())
-	return string(b), closed
-}
-
 // polProxySession connects from 127.0.0.1 (the trusted proxy), sends
 // header and expects the greeting and EHLO to succeed.
-func polProxySession(t *testing.T, addr, header string) *polRaw {
+func polProxySession(t *testing.T, addr, header string) *rawClient {
 	t.Helper()
-	c := polProxyDial(t, addr, nil, header)
-	s := &polRaw{t: t, c: c, r: bufio.NewReader(c)}
+	s := dialRaw(t, addr, nil, header)
 	if g := s.reply(); !strings.HasPrefix(g, "220 ") {
 		t.Fatalf("greeting %q, want 220", g)
 	}
@@ -572,7 +419,7 @@ func polProxySession(t *testing.T, addr, header string) *polRaw {
 
 // send runs one transaction and expects want as the reply to MAIL (when it
 // is not 250) or to the end of DATA.
-func (s *polRaw) send(id, want string) {
+func (s *rawClient) send(id, want string) {
 	s.t.Helper()
 	io.WriteString(s.c, "MAIL FROM:<app@example.com>\r\n")
 	if got := s.reply(); !strings.HasPrefix(got, "250") {
@@ -648,16 +495,14 @@ func TestPolicyProxyProtocol(t *testing.T) {
 	})
 	t.Run("untrusted client via proxy", func(t *testing.T) {
 		t.Parallel()
-		c := polProxyDial(t, addr, nil, "PROXY TCP4 198.51.100.9 127.0.0.1 5555 25\r\n")
-		got, closed := polReadToClose(c, 5*time.Second)
+		got, closed := dialRaw(t, addr, nil, "PROXY TCP4 198.51.100.9 127.0.0.1 5555 25\r\n").readToClose(5 * time.Second)
 		if !strings.HasPrefix(got, "554 5.7.1") || !closed {
 			t.Errorf("client 198.51.100.9: %q (closed %v), want 554 5.7.1 and close", got, closed)
 		}
 	})
 	t.Run("proxy without header speaking SMTP", func(t *testing.T) {
 		t.Parallel()
-		c := polProxyDial(t, addr, nil, "EHLO direct.test\r\n")
-		got, closed := polReadToClose(c, 5*time.Second)
+		got, closed := dialRaw(t, addr, nil, "EHLO direct.test\r\n").readToClose(5 * time.Second)
 		if strings.Contains(got, "220") || !closed {
 			t.Errorf("trusted proxy without a header: %q (closed %v), want closed without a greeting", got, closed)
 		}
@@ -665,16 +510,14 @@ func TestPolicyProxyProtocol(t *testing.T) {
 	t.Run("proxy without header silent", func(t *testing.T) {
 		t.Parallel()
 		// The relay waits up to its PROXY header timeout (5 s), then closes.
-		c := polProxyDial(t, addr, nil, "")
-		got, closed := polReadToClose(c, 10*time.Second)
+		got, closed := dialRaw(t, addr, nil, "").readToClose(10 * time.Second)
 		if strings.Contains(got, "220") || !closed {
 			t.Errorf("trusted proxy waiting silently: %q (closed %v), want closed without a greeting", got, closed)
 		}
 	})
 	t.Run("header from untrusted peer", func(t *testing.T) {
 		t.Parallel()
-		c := polProxyDial(t, addr, net.IPv4(127, 0, 0, 2), "PROXY TCP4 192.0.2.7 127.0.0.1 5555 25\r\n")
-		got, closed := polReadToClose(c, 5*time.Second)
+		got, closed := dialRaw(t, addr, net.IPv4(127, 0, 0, 2), "PROXY TCP4 192.0.2.7 127.0.0.1 5555 25\r\n").readToClose(5 * time.Second)
 		if strings.Contains(got, "220") || !closed {
 			t.Errorf("PROXY header from 127.0.0.2: %q (closed %v), want closed without a greeting", got, closed)
 		}
@@ -817,7 +660,7 @@ s.quit()
 	// Only the two rate-test messages were accepted; the one refused at DATA
 	// did not use up ratey's 2/1h, or the second would have got 450.
 	up.WaitMessages(t, 2, 20*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	waitQueueEmpty(t, e)
 	if n := len(up.Messages()); n != 2 {
 		t.Errorf("upstream got %d messages, want 2", n)
 	}
