@@ -1,5 +1,6 @@
 // Package archtest keeps the tree reading as the journey: imports point one
-// way (cmd → relay → policy | signing | queue → upstream → config), and
+// way (cmd → relay → policy | signing | queue → upstream → config; journal
+// is below relay and queue, beside config), and
 // relay never reaches upstream, so the only way to the network is through
 // the spool (STYLE.md convention 1).
 package archtest
@@ -21,8 +22,9 @@ var allowed = map[string][]string{
 	"upstream": {"config"},
 	"signing":  {"config"},
 	"policy":   {"config"},
-	"queue":    {"config", "upstream"},
-	"relay":    {"config", "policy", "signing", "queue"},
+	"journal":  {"config"},
+	"queue":    {"config", "upstream", "journal"},
+	"relay":    {"config", "policy", "signing", "queue", "journal"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {
