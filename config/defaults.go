@@ -55,6 +55,36 @@ func DefaultRetry() []time.Duration {
 		time.Hour, 2 * time.Hour, 4 * time.Hour}
 }
 
+// DefaultBounceFrom is queue.bounce_from when absent: the postmaster
+// convention every MTA follows, at the relay's own name.
+func DefaultBounceFrom(hostname string) string { return "MAILER-DAEMON@" + hostname }
+
+// profileRank orders provider profiles from the least to the most
+// restrictive about what may be signed (docs/policy.md). sendgrid, mailgun
+// and postmark sign like generic today; they still rank above it so that
+// the strictest names the provider, and a future restriction for one of them
+// applies to mixed routes without touching callers.
+var profileRank = map[string]int{ProfileGeneric: 0, ProfileSendGrid: 1, ProfileMailgun: 2, ProfilePostmark: 3, ProfileSES: 4}
+
+// ValidProfile reports whether p names a provider profile ("" is generic).
+func ValidProfile(p string) bool {
+	_, ok := profileRank[p]
+	return ok || p == ""
+}
+
+// StrictestProfile returns the most restrictive of profiles: a message
+// signed for it survives every upstream of its route. No profiles (or only
+// unknown ones) give generic.
+func StrictestProfile(profiles []string) string {
+	best := ProfileGeneric
+	for _, p := range profiles {
+		if r, ok := profileRank[p]; ok && r > profileRank[best] {
+			best = p
+		}
+	}
+	return best
+}
+
 // DefaultPorts is an upstream's port list when none is given, by its tls mode
 // and profile: the submission ports each provider documents, the alternative
 // first-class port after the standard one (SES 2587/2465, SendGrid and
@@ -144,23 +174,8 @@ func (l *Loader) setDefaults(c *Config, present map[string]bool) error {
 		num(&p.MaxRecipients, k+"max_recipients", DefaultMaxRecipients)
 	}
 	for i := range c.Upstreams {
-		u := &c.Upstreams[i]
 		k := fmt.Sprintf("upstreams[%d].", i)
-		str(&u.Type, UpstreamSMTP)
-		str(&u.TLS, TLSStartTLS)
-		str(&u.Profile, ProfileGeneric)
-		str(&u.AuthMechanism, AuthPlain)
-		num(&u.Priority, k+"priority", DefaultUpstreamPriority)
-		num(&u.Weight, k+"weight", DefaultUpstreamWeight)
-		num(&u.MaxConnections, k+"max_connections", DefaultUpstreamMaxConnections)
-		dur(&u.BreakerBackoff, k+"breaker_backoff", DefaultBreakerBackoff)
-		dur(&u.Timeout, k+"timeout", DefaultUpstreamTimeout)
-		dur(&u.ConnectTimeout, k+"connect_timeout", DefaultConnectTimeout)
-		if u.Type == UpstreamSMTP && len(u.Ports) == 0 && unset(k+"ports") {
-			// When the provider lacks the mode, Ports stays empty and
-			// validation says why.
-			u.Ports, _ = DefaultPorts(u.TLS, u.Profile)
-		}
+		c.Upstreams[i].setDefaults(func(key string) bool { return unset(k + key) })
 	}
 	q := &c.Queue
 	if len(q.Retry) == 0 && unset("queue.retry") {
@@ -169,7 +184,7 @@ func (l *Loader) setDefaults(c *Config, present map[string]bool) error {
 	dur(&q.MaxAge, "queue.max_age", DefaultQueueMaxAge)
 	num(&q.Workers, "queue.workers", DefaultQueueWorkers)
 	if c.Hostname != "" {
-		str(&q.BounceFrom, "MAILER-DAEMON@"+c.Hostname)
+		str(&q.BounceFrom, DefaultBounceFrom(c.Hostname))
 	}
 	if q.MinFreeSpace == 0 && unset("queue.min_free_space") {
 		q.MinFreeSpace = DefaultMinFreeSpace
@@ -181,4 +196,47 @@ func (l *Loader) setDefaults(c *Config, present map[string]bool) error {
 	str(&c.Log.Format, "text")
 	str(&c.Log.Level, "info")
 	return err
+}
+
+// WithDefaults returns u with every absent setting filled, as the loader
+// fills it: for upstreams built in code (tests, tools), so that no other
+// package re-derives a default.
+func (u Upstream) WithDefaults() Upstream {
+	u.setDefaults(func(string) bool { return true })
+	return u
+}
+
+// setDefaults fills u's absent settings; unset says whether the file left a
+// key (relative to the upstream) out, so an explicit 0 stays for validation.
+func (u *Upstream) setDefaults(unset func(key string) bool) {
+	str := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	num := func(p *int, key string, v int) {
+		if *p == 0 && unset(key) {
+			*p = v
+		}
+	}
+	dur := func(p *time.Duration, key string, v time.Duration) {
+		if *p == 0 && unset(key) {
+			*p = v
+		}
+	}
+	str(&u.Type, UpstreamSMTP)
+	str(&u.TLS, TLSStartTLS)
+	str(&u.Profile, ProfileGeneric)
+	str(&u.AuthMechanism, AuthPlain)
+	num(&u.Priority, "priority", DefaultUpstreamPriority)
+	num(&u.Weight, "weight", DefaultUpstreamWeight)
+	num(&u.MaxConnections, "max_connections", DefaultUpstreamMaxConnections)
+	dur(&u.BreakerBackoff, "breaker_backoff", DefaultBreakerBackoff)
+	dur(&u.Timeout, "timeout", DefaultUpstreamTimeout)
+	dur(&u.ConnectTimeout, "connect_timeout", DefaultConnectTimeout)
+	if u.Type == UpstreamSMTP && len(u.Ports) == 0 && unset("ports") {
+		// When the provider lacks the mode, Ports stays empty and
+		// validation says why.
+		u.Ports, _ = DefaultPorts(u.TLS, u.Profile)
+	}
 }

@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/sluicemail/sluice/internal/passwd"
 )
 
 // validator checks a Config with defaults filled. lines gives each dotted
@@ -214,15 +216,6 @@ func (v *validator) validateListeners(c *Config) {
 	}
 }
 
-func validHash(h string) bool {
-	for _, p := range []string{"$2a$", "$2b$", "$2y$", "$argon2id$"} {
-		if strings.HasPrefix(h, p) && len(h) > len(p) {
-			return true
-		}
-	}
-	return false
-}
-
 func (v *validator) validateUsers(c *Config) {
 	type where struct {
 		file string
@@ -255,7 +248,7 @@ func (v *validator) validateUsers(c *Config) {
 		} else {
 			seen[u.Name] = where{file, line}
 		}
-		if !validHash(u.PasswordHash) {
+		if !passwd.Supported(u.PasswordHash) {
 			report("password_hash", "password hash of %q must be bcrypt ($2a$, $2b$, $2y$) or argon2id ($argon2id$); make one with `sluice passwd`", u.Name)
 		}
 		if c.Policy(u.Policy) == nil {
@@ -401,7 +394,7 @@ func (v *validator) validateUpstreams(c *Config) {
 				v.errorf(k+"."+d.key, "must be positive")
 			}
 		}
-		if !oneOf(u.Profile, ProfileGeneric, ProfileSES, ProfileSendGrid, ProfilePostmark, ProfileMailgun) {
+		if !ValidProfile(u.Profile) {
 			v.errorf(k+".profile", "%q is not one of generic, ses, sendgrid, postmark, mailgun", u.Profile)
 		}
 		switch u.Type {

@@ -89,12 +89,8 @@ func (e *Engine) Explain(user, from, to string, size int64) (text string, allowe
 		line("dkim:        no key for %s: sent unsigned", domain)
 	}
 
-	ups, source := e.route(p, user, domain)
-	names := "every upstream"
-	if ups != nil {
-		names = strings.Join(ups, ", ")
-	}
-	line("route:       %s (%s), signing profile %s", names, source, e.profileOf(ups))
+	r := e.Route(p, user, domain)
+	line("route:       %s (%s), signing profile %s", strings.Join(r.Upstreams, ", "), r.Source, r.Profile)
 	line("rate:        messages %s, recipients %s per user (not charged by explain)",
 		formatRate(p.RateMessages), formatRate(p.RateRecipients))
 

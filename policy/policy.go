@@ -174,7 +174,6 @@ type Engine struct {
 	policies map[string]*Policy
 	users    map[string]string // user name → policy name
 	routes   []route
-	profiles map[string]string // upstream name → profile
 	maxSize  int64
 
 	now     func() time.Time
@@ -192,7 +191,6 @@ func New(cfg *config.Config, opts Options) (*Engine, error) {
 		cfg:      cfg,
 		policies: map[string]*Policy{},
 		users:    map[string]string{},
-		profiles: map[string]string{},
 		now:      opts.Now,
 		log:      opts.Logger,
 	}
@@ -235,13 +233,10 @@ func New(cfg *config.Config, opts Options) (*Engine, error) {
 		}
 		e.users[u.Name] = pol
 	}
-	for _, u := range cfg.Upstreams {
-		e.profiles[u.Name] = u.Profile
-	}
 	for i, r := range cfg.Routes {
 		e.routes = append(e.routes, compileRoute(r))
 		for _, name := range r.Upstreams {
-			if _, ok := e.profiles[name]; !ok {
+			if !slices.ContainsFunc(cfg.Upstreams, func(u config.Upstream) bool { return u.Name == name }) {
 				errs = append(errs, fmt.Sprintf("routes[%d].upstreams: unknown upstream %q", i, name))
 			}
 		}

@@ -476,6 +476,7 @@ func TestRoute(t *testing.T) {
 	}
 	e := newEngine(t, cfg, newClock())
 	def, mkt := e.Lookup("default"), e.Lookup("marketing")
+	const all = "ses,sendgrid,mailgun,postmark,plain"
 	tests := []struct {
 		p            *Policy
 		user, domain string
@@ -485,29 +486,26 @@ func TestRoute(t *testing.T) {
 		{def, "app", "news.example.COM", "mailgun", "mailgun"},       // by domain, any case
 		{mkt, "marketing", "news.example.com", "mailgun", "mailgun"}, // first match wins
 		{def, "app", "billing.example.com", "postmark", "postmark"},  // user and domain
-		{def, "other", "billing.example.com", "", "ses"},             // domain alone is not enough
+		{def, "other", "billing.example.com", all, "ses"},            // domain alone is not enough
 		{mkt, "marketing", "example.com", "ses,sendgrid", "ses"},     // by user; strictest profile
-		{def, "app", "example.com", "", "ses"},                       // every upstream: strictest of all
+		{def, "app", "example.com", all, "ses"},                      // every upstream: strictest of all
 	}
 	for _, tt := range tests {
-		ups, prof := e.Route(tt.p, tt.user, tt.domain)
-		if strings.Join(ups, ",") != tt.want || prof != tt.profile {
-			t.Errorf("Route(%s, %s, %s) = %v %s, want [%s] %s", tt.p.Name, tt.user, tt.domain, ups, prof, tt.want, tt.profile)
-		}
-		if tt.want == "" && ups != nil {
-			t.Errorf("Route(%s, %s, %s) = %#v, want nil (every upstream)", tt.p.Name, tt.user, tt.domain, ups)
+		r := e.Route(tt.p, tt.user, tt.domain)
+		if strings.Join(r.Upstreams, ",") != tt.want || r.Profile != tt.profile {
+			t.Errorf("Route(%s, %s, %s) = %v %s, want [%s] %s", tt.p.Name, tt.user, tt.domain, r.Upstreams, r.Profile, tt.want, tt.profile)
 		}
 	}
 	// Without a matching route, the policy's own upstreams.
 	cfg.Routes = cfg.Routes[:1]
 	e = newEngine(t, cfg, newClock())
-	if ups, prof := e.Route(e.Lookup("marketing"), "marketing", "example.com"); strings.Join(ups, ",") != "sendgrid,mailgun" || prof != "mailgun" {
-		t.Errorf("policy route = %v %s, want [sendgrid mailgun] mailgun", ups, prof)
+	if r := e.Route(e.Lookup("marketing"), "marketing", "example.com"); strings.Join(r.Upstreams, ",") != "sendgrid,mailgun" || r.Profile != "mailgun" {
+		t.Errorf("policy route = %v %s, want [sendgrid mailgun] mailgun", r.Upstreams, r.Profile)
 	}
-	cfg.Upstreams = []config.Upstream{{Name: "plain"}, {Name: "mailgun"}}
+	cfg.Upstreams = []config.Upstream{{Name: "plain", TLS: config.TLSStartTLS}, {Name: "mailgun", TLS: config.TLSStartTLSOptional}}
 	e = newEngine(t, cfg, newClock())
-	if _, prof := e.Route(e.Lookup("default"), "app", "example.com"); prof != "generic" {
-		t.Errorf("profile of unprofiled upstreams = %s, want generic", prof)
+	if r := e.Route(e.Lookup("default"), "app", "example.com"); r.Profile != "generic" || strings.Join(r.TLSOnly, ",") != "plain" {
+		t.Errorf("route of unprofiled upstreams = %+v, want profile generic, TLS-only [plain]", r)
 	}
 	cfg.Routes = []config.Route{{Upstreams: []string{"nope"}}}
 	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), `"nope"`) {

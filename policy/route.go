@@ -36,55 +36,57 @@ func (r route) match(user, domain string) bool {
 	return true
 }
 
-// profileRank orders provider profiles from the least to the most
-// restrictive about what may be signed: a signature made for the strictest
-// survives every upstream of the route.
-var profileRank = map[string]int{"generic": 0, "sendgrid": 1, "mailgun": 2, "postmark": 3, "ses": 4}
-
-func strictest(profiles []string) string {
-	best, rank := "generic", 0
-	for _, p := range profiles {
-		if r, ok := profileRank[p]; ok && r > rank {
-			best, rank = p, r
-		}
-	}
-	return best
+// Route is where a message may go, resolved once at acceptance and handed
+// on as a value: the relay signs for Profile, refuses REQUIRETLS when
+// TLSOnly is empty, and spools Upstreams, which the dispatcher orders by
+// priority and weight. Nothing downstream re-derives it.
+type Route struct {
+	// Upstreams the message may take, as the route or policy lists them;
+	// never empty: a message nothing restricts may take every upstream
+	// (in config order).
+	Upstreams []string
+	// Profile is the strictest signing profile among Upstreams
+	// (config.StrictestProfile), so the signature survives each of them.
+	Profile string
+	// TLSOnly lists the Upstreams that never deliver in plaintext
+	// (config.Upstream.TLSOnly): the ones a REQUIRETLS message may take.
+	TLSOnly []string
+	// Source says where the route came from, for `policy explain`.
+	Source string
 }
 
-// Route returns the upstreams a message may take and the signing profile for
-// them: the first matching `routes` entry (by sender domain,
-// case-insensitive, and/or user), else the policy's upstreams, else nil,
-// meaning every upstream. The profile is the strictest among the chosen
-// upstreams (all of them for nil): ses > postmark > mailgun > sendgrid >
-// generic.
-func (e *Engine) Route(p *Policy, user, senderDomain string) (upstreams []string, profile string) {
-	ups, _ := e.route(p, user, senderDomain)
-	return ups, e.profileOf(ups)
-}
-
-// route also says where the answer came from, for Explain.
-func (e *Engine) route(p *Policy, user, senderDomain string) ([]string, string) {
-	for i, r := range e.routes {
-		if r.match(user, senderDomain) {
-			return slices.Clone(r.upstreams), "routes[" + strconv.Itoa(i) + "] matched"
+// Route resolves the route of a message: the first matching `routes` entry
+// (by sender domain, case-insensitive, and/or user), else the policy's
+// upstreams, else every upstream.
+func (e *Engine) Route(p *Policy, user, senderDomain string) Route {
+	var r Route
+	for i, rt := range e.routes {
+		if rt.match(user, senderDomain) {
+			r.Upstreams, r.Source = slices.Clone(rt.upstreams), "routes["+strconv.Itoa(i)+"] matched"
+			break
 		}
 	}
-	if p != nil && len(p.Upstreams) > 0 {
-		return slices.Clone(p.Upstreams), "policies." + p.Name + ".upstreams"
+	if r.Upstreams == nil && p != nil && len(p.Upstreams) > 0 {
+		r.Upstreams, r.Source = slices.Clone(p.Upstreams), "policies."+p.Name+".upstreams"
 	}
-	return nil, "no route matched and the policy names none"
-}
-
-func (e *Engine) profileOf(ups []string) string {
-	var profiles []string
-	if ups == nil {
-		for _, u := range e.cfg.Upstreams {
-			profiles = append(profiles, u.Profile)
+	all := r.Upstreams == nil
+	if all {
+		r.Source = "every upstream: no route matched and the policy names none"
+	}
+	var profiles, names []string
+	for _, u := range e.cfg.Upstreams {
+		if !all && !slices.Contains(r.Upstreams, u.Name) {
+			continue
 		}
-	} else {
-		for _, name := range ups {
-			profiles = append(profiles, e.profiles[name])
+		names = append(names, u.Name)
+		profiles = append(profiles, u.Profile)
+		if u.TLSOnly() {
+			r.TLSOnly = append(r.TLSOnly, u.Name)
 		}
 	}
-	return strictest(profiles)
+	if all {
+		r.Upstreams = names
+	}
+	r.Profile = config.StrictestProfile(profiles)
+	return r
 }

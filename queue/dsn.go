@@ -204,9 +204,6 @@ func (q *Queue) sendDSN(e *entry, rcpts []dsnRcpt) {
 		return
 	}
 	from := q.opts.Config.BounceFrom
-	if from == "" {
-		from = "MAILER-DAEMON@" + q.opts.Hostname
-	}
 	var rb [12]byte
 	rand.Read(rb[:])
 	now := q.now()

@@ -160,14 +160,18 @@ func newQueue(opts Options) (*Queue, error) {
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
 	}
+	// A queue built in code (tests, offline commands) gets config's defaults.
 	if opts.Config.Workers <= 0 {
-		opts.Config.Workers = 32
+		opts.Config.Workers = config.DefaultQueueWorkers
 	}
 	if len(opts.Config.Retry) == 0 {
-		opts.Config.Retry = []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+		opts.Config.Retry = config.DefaultRetry()
 	}
 	if opts.Config.MaxAge <= 0 {
-		opts.Config.MaxAge = 5 * 24 * time.Hour
+		opts.Config.MaxAge = config.DefaultQueueMaxAge
+	}
+	if opts.Config.BounceFrom == "" {
+		opts.Config.BounceFrom = config.DefaultBounceFrom(opts.Hostname)
 	}
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 10 * time.Second

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -94,15 +93,15 @@ func (s *session) Data(r io.Reader) error {
 	if len(from) > 0 {
 		domain = domainOf(from[0])
 	}
-	route, profile := s.st.policy.Route(pol, s.user, domainOf(tx.from))
+	route := s.st.policy.Route(pol, s.user, domainOf(tx.from))
 	requireTLS := tx.mailOpts != nil && tx.mailOpts.RequireTLS
-	if requireTLS && !s.tlsOnlyRoute(route) {
-		s.reject("requiretls", "data", strings.Join(route, ","))
+	if requireTLS && len(route.TLSOnly) == 0 {
+		s.reject("requiretls", "data", strings.Join(route.Upstreams, ","))
 		return ReplyRequireTLSRoute
 	}
 	var signer *signing.Signer
 	if s.st.keys != nil {
-		signer, err = s.st.keys.NewSigner(domain, profile)
+		signer, err = s.st.keys.NewSigner(domain, route.Profile)
 		if err != nil {
 			log.Error("rejected", "reason", "dkim", "err", err)
 			return ReplySpoolFailed
@@ -160,7 +159,7 @@ func (s *session) Data(r io.Reader) error {
 		To:         append([]string(nil), tx.rcpts...),
 		User:       s.user,
 		Client:     s.ip,
-		Route:      route,
+		Route:      route.Upstreams,
 		Received:   now,
 		RequireTLS: requireTLS,
 	}
@@ -172,7 +171,7 @@ func (s *session) Data(r io.Reader) error {
 	}
 	accepted = true // the message counts against the rate
 	mAccepted.Inc()
-	log.Info("accepted", "from", tx.from, "rcpts", len(tx.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route, ","))
+	log.Info("accepted", "from", tx.from, "rcpts", len(tx.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route.Upstreams, ","))
 	return replyQueued(draft.ID)
 }
 
@@ -193,17 +192,6 @@ var dataBufPool = sync.Pool{New: func() any {
 		copy: make([]byte, 32<<10),
 	}
 }}
-
-// tlsOnlyRoute reports whether some upstream of the route (every upstream
-// when it is empty) never delivers in plaintext, as REQUIRETLS demands.
-func (s *session) tlsOnlyRoute(route []string) bool {
-	for _, u := range s.st.cfg.Upstreams {
-		if (len(route) == 0 || slices.Contains(route, u.Name)) && u.TLSOnly() {
-			return true
-		}
-	}
-	return false
-}
 
 // writeError marks a failure of the spool side, as opposed to the client.
 type writeError struct{ err error }

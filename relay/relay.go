@@ -48,8 +48,6 @@ type state struct {
 	policy *policy.Engine
 	keys   *signing.Keyring
 	users  *users
-	// profiles maps upstream names to their signing profile.
-	profiles map[string]string
 }
 
 // Server runs every configured listener.
@@ -90,11 +88,7 @@ func New(opts Options) (*Server, error) {
 }
 
 func (s *Server) newState(cfg *config.Config, pol *policy.Engine, keys *signing.Keyring) *state {
-	st := &state{cfg: cfg, policy: pol, keys: keys, users: newUsers(cfg.Users, s.now), profiles: map[string]string{}}
-	for _, u := range cfg.Upstreams {
-		st.profiles[u.Name] = u.Profile
-	}
-	return st
+	return &state{cfg: cfg, policy: pol, keys: keys, users: newUsers(cfg.Users, s.now)}
 }
 
 // Reload swaps users, policies and keys; open sessions finish under the old

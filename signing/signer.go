@@ -19,48 +19,20 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sluicemail/sluice/config"
 )
 
 // Provider profiles: what an upstream is known to rewrite, which decides
 // what may be signed for messages routed to it (docs/dkim.md has the why).
+// They are config's names; policy picks the strictest for a route.
 const (
-	ProfileGeneric  = "generic"
-	ProfileSES      = "ses"
-	ProfileSendGrid = "sendgrid"
-	ProfilePostmark = "postmark"
-	ProfileMailgun  = "mailgun"
+	ProfileGeneric  = config.ProfileGeneric
+	ProfileSES      = config.ProfileSES
+	ProfileSendGrid = config.ProfileSendGrid
+	ProfilePostmark = config.ProfilePostmark
+	ProfileMailgun  = config.ProfileMailgun
 )
-
-// profileRank orders profiles from least to most restrictive. sendgrid,
-// postmark and mailgun sign like generic today; they still rank above it so
-// that Strictest names the provider, and a future restriction for one of
-// them applies to mixed routes without touching callers.
-var profileRank = map[string]int{
-	ProfileGeneric:  0,
-	ProfilePostmark: 1,
-	ProfileMailgun:  2,
-	ProfileSendGrid: 3,
-	ProfileSES:      4,
-}
-
-// ValidProfile reports whether p names a profile ("" is generic).
-func ValidProfile(p string) bool {
-	_, ok := profileRank[p]
-	return ok || p == ""
-}
-
-// Strictest returns the most restrictive of profiles: a message signed for
-// it survives every upstream of the route. ses is the strictest; no
-// profiles (or only unknown ones) give generic.
-func Strictest(profiles []string) string {
-	best := ProfileGeneric
-	for _, p := range profiles {
-		if r, ok := profileRank[p]; ok && r > profileRank[best] {
-			best = p
-		}
-	}
-	return best
-}
 
 // signedHeaders are the fields put in h= when present, in this order: the
 // ones a reader sees and the ones that change how the body is rendered or
@@ -117,7 +89,7 @@ type Signer struct {
 // first RSA key only (ses). It returns nil, nil when no key matches, so the
 // caller relays the message unsigned or refuses it (require_dkim).
 func (k *Keyring) NewSigner(domain, profile string) (*Signer, error) {
-	if !ValidProfile(profile) {
+	if !config.ValidProfile(profile) {
 		return nil, fmt.Errorf("signing: unknown profile %q", profile)
 	}
 	if profile == "" {

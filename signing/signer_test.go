@@ -308,26 +308,6 @@ func TestOtherProfilesSignLikeGeneric(t *testing.T) {
 	}
 }
 
-func TestStrictest(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		in   []string
-		want string
-	}{
-		{nil, ProfileGeneric},
-		{[]string{""}, ProfileGeneric},
-		{[]string{ProfileGeneric, ProfileSendGrid}, ProfileSendGrid},
-		{[]string{ProfileSendGrid, ProfileSES, ProfileGeneric}, ProfileSES},
-		{[]string{ProfileSES, ProfileMailgun}, ProfileSES},
-		{[]string{ProfilePostmark, ProfileMailgun}, ProfileMailgun},
-		{[]string{"bogus"}, ProfileGeneric},
-	} {
-		if got := Strictest(tc.in); got != tc.want {
-			t.Errorf("Strictest(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
-
 func TestNoKeyForDomain(t *testing.T) {
 	t.Parallel()
 	kr := NewKeyring([]Key{{Domain: "Example.com", Selector: "e", Signer: testEd25519()}})

@@ -17,11 +17,14 @@ import (
 
 // Message is one spooled message handed to Deliver.
 type Message struct {
-	ID    string   // queue ID (the maildir upstream names its file <ID>.eml)
-	From  string   // envelope sender, "" for the null sender
-	To    []string // recipients still to deliver
-	Size  int64    // bytes Open yields
-	Route []string // upstream names allowed, in config order; empty: every upstream
+	ID   string   // queue ID (the maildir upstream names its file <ID>.eml)
+	From string   // envelope sender, "" for the null sender
+	To   []string // recipients still to deliver
+	Size int64    // bytes Open yields
+	// Route: the upstream names allowed, as policy resolved them at
+	// acceptance (policy.Route). Empty only for envelopes spooled by a
+	// version that did not resolve routes: then every upstream.
+	Route []string
 	// RequireTLS (RFC 8689): only upstreams that never fall back to
 	// plaintext (tls: starttls or implicit, or a local maildir) may carry it.
 	RequireTLS bool

@@ -94,12 +94,15 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Classify says what a reply means: throttling and quota replies (421,
-// 451 4.7.x, 454, 554 with "quota"/"rate"/"throttl" in the text, and the
-// same words on any 4xx/5xx) open the breaker; other 5xx are permanent;
-// everything else is temporary. It also returns the enhanced code, derived
+// Classify says what a reply at stage means: throttling and quota replies
+// (421, 451 4.7.x, 454, and any 4xx/5xx whose text says quota, rate or
+// throttling) open the breaker; other 5xx are permanent; everything else is
+// temporary. At RCPT the text alone does not throttle: a reply there names
+// one recipient, so "quota" is that mailbox's (DESIGN §1: a 5xx on RCPT
+// fails that recipient only). It also returns the enhanced code, derived
 // from the basic code's class when the server sent none (RFC 3463: X.0.0).
-func Classify(code int, enhanced [3]int, text string) (Class, [3]int) {
+// This is the one place a reply is classified.
+func Classify(stage Stage, code int, enhanced [3]int, text string) (Class, [3]int) {
 	if enhanced == ([3]int{}) || enhanced[0] <= 0 {
 		switch {
 		case code >= 500 && code < 600:
@@ -112,30 +115,36 @@ func Classify(code int, enhanced [3]int, text string) (Class, [3]int) {
 			enhanced = [3]int{}
 		}
 	}
-	lower := strings.ToLower(text)
-	throttleText := strings.Contains(lower, "throttl") || strings.Contains(lower, "quota") ||
-		strings.Contains(lower, "rate limit") || strings.Contains(lower, "sending rate") ||
-		strings.Contains(lower, "too many messages") || strings.Contains(lower, "rate exceeded")
+	failed := code >= 400 && code < 600
 	switch {
 	case enhanced[1] == 2 && enhanced[2] == 2 && code != 421:
 		// X.2.2 is a recipient's mailbox over its quota: that recipient's
 		// problem (5xx bounces it, 4xx retries it), never the upstream's
 		// sending quota, even though the text says "quota".
-		if code >= 500 && code < 600 {
-			return Permanent, enhanced
-		}
-		return Temporary, enhanced
-	case code == 421, code == 454:
+	case code == 421, code == 454, code == 451 && enhanced[0] == 4 && enhanced[1] == 7:
 		return Throttled, enhanced
-	case code == 451 && enhanced[0] == 4 && enhanced[1] == 7:
+	case failed && stage != StageRcpt && throttleText(text):
 		return Throttled, enhanced
-	case code >= 400 && code < 600 && throttleText:
-		return Throttled, enhanced
-	case code >= 500 && code < 600:
+	}
+	if code >= 500 && code < 600 {
 		return Permanent, enhanced
 	}
 	return Temporary, enhanced
 }
+
+func throttleText(text string) bool {
+	lower := strings.ToLower(text)
+	for _, w := range []string{"throttl", "quota", "rate limit", "sending rate", "too many messages", "rate exceeded"} {
+		if strings.Contains(lower, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// connectionLost reports whether e leaves the connection unusable: no reply
+// at all (network error, timeout) or a 421, the server closing it.
+func (e *Error) connectionLost() bool { return e.Code == 0 || e.Code == 421 }
 
 // newError turns an error from go-smtp (or the network) at stage into an *Error.
 func newError(upstream string, stage Stage, err error) *Error {
@@ -149,15 +158,7 @@ func newError(upstream string, stage Stage, err error) *Error {
 		e.Code = se.Code
 		e.Message = se.Message
 		var class Class
-		class, e.Enhanced = Classify(se.Code, [3]int(se.EnhancedCode), se.Message)
-		if class == Throttled && stage == StageRcpt && se.Code != 421 && se.Code != 454 && !(se.Code == 451 && e.Enhanced[1] == 7) {
-			// At RCPT a reply names one recipient: "quota" there is that
-			// mailbox's (DESIGN §1: a 5xx on RCPT fails that recipient only).
-			class = Temporary
-			if se.Code >= 500 {
-				class = Permanent
-			}
-		}
+		class, e.Enhanced = Classify(stage, se.Code, [3]int(se.EnhancedCode), se.Message)
 		e.Throttled = class == Throttled
 	}
 	return e

@@ -36,9 +36,32 @@ func TestClassify(t *testing.T) {
 		{250, [3]int{}, "OK", Temporary, [3]int{2, 0, 0}},
 		{0, [3]int{}, "", Temporary, [3]int{}},
 	} {
-		class, enh := Classify(tc.code, tc.enh, tc.text)
+		class, enh := Classify(StageMail, tc.code, tc.enh, tc.text)
 		if class != tc.class || enh != tc.want {
 			t.Errorf("Classify(%d, %v, %q) = %v %v, want %v %v", tc.code, tc.enh, tc.text, class, enh, tc.class, tc.want)
+		}
+	}
+}
+
+// TestClassifyAtRcpt: at RCPT the reply names one recipient, so quota text
+// alone does not throttle the upstream; the throttling codes still do.
+func TestClassifyAtRcpt(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		code  int
+		enh   [3]int
+		text  string
+		class Class
+	}{
+		{552, [3]int{5, 2, 2}, "Mailbox over quota", Permanent},
+		{550, [3]int{5, 7, 1}, "Daily user sending quota exceeded.", Permanent},
+		{452, [3]int{4, 5, 3}, "rate limit for this recipient", Temporary},
+		{454, [3]int{}, "Throttling failure", Throttled},
+		{451, [3]int{4, 7, 1}, "Try again later", Throttled},
+		{421, [3]int{}, "closing", Throttled},
+	} {
+		if class, _ := Classify(StageRcpt, tc.code, tc.enh, tc.text); class != tc.class {
+			t.Errorf("Classify(rcpt, %d, %v, %q) = %v, want %v", tc.code, tc.enh, tc.text, class, tc.class)
 		}
 	}
 }

@@ -276,7 +276,7 @@ func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 	}
 	if err := c.Mail(m.From, mo); err != nil {
 		out.err = newError(name, StageMail, err)
-		out.reusable = out.err.Code != 0 && out.err.Code != 421
+		out.reusable = !out.err.connectionLost()
 		return out
 	}
 	out.mailOK = true
@@ -286,7 +286,7 @@ func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 		if err := c.Rcpt(r, nil); err != nil {
 			e := newError(name, StageRcpt, err)
 			out.rcptErrs[i] = e
-			if e.Code == 0 || e.Code == 421 {
+			if e.connectionLost() {
 				// The connection is gone: every recipient fails with it.
 				out.err = e
 				return out
@@ -308,7 +308,7 @@ func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 	w, err := c.Data()
 	if err != nil {
 		out.err = newError(name, StageData, err)
-		out.reusable = out.err.Code != 0 && out.err.Code != 421
+		out.reusable = !out.err.connectionLost()
 		return out
 	}
 	rc, err := m.Open()
@@ -342,7 +342,7 @@ func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 			e.PossibleDuplicate = true
 			cl.c.Close()
 		} else {
-			out.reusable = e.Code != 421
+			out.reusable = !e.connectionLost()
 		}
 		out.err = e
 		return out

@@ -110,12 +110,7 @@ func New(opts Options) (*Dispatcher, error) {
 	if len(opts.Upstreams) == 0 {
 		return nil, errors.New("upstream: no upstreams configured")
 	}
-	seen := map[string]bool{}
 	for _, c := range opts.Upstreams {
-		if seen[c.Name] {
-			return nil, fmt.Errorf("upstream: %s: duplicate name", c.Name)
-		}
-		seen[c.Name] = true
 		u, err := d.newUpstream(c)
 		if err != nil {
 			return nil, err
@@ -128,56 +123,19 @@ func New(opts Options) (*Dispatcher, error) {
 	return d, nil
 }
 
+// newUpstream prepares c's pool, limiter and TLS. c comes validated and
+// with its defaults filled by config (config.Upstream.WithDefaults for one
+// built in code): nothing is defaulted or checked again here.
 func (d *Dispatcher) newUpstream(c config.Upstream) (*upstream, error) {
-	u := &upstream{d: d, cfg: c}
-	if c.Weight <= 0 {
-		u.cfg.Weight = 1
-	}
-	if c.MaxConnections <= 0 {
-		u.cfg.MaxConnections = 10
-	}
-	if c.BreakerBackoff <= 0 {
-		u.cfg.BreakerBackoff = 30 * time.Second
-	}
-	if c.Timeout <= 0 {
-		u.cfg.Timeout = 60 * time.Second
-	}
-	if c.ConnectTimeout <= 0 {
-		u.cfg.ConnectTimeout = 15 * time.Second
-	}
-	u.slots = make(chan struct{}, u.cfg.MaxConnections)
+	u := &upstream{d: d, cfg: c, slots: make(chan struct{}, max(c.MaxConnections, 1))}
 	if !c.Rate.Unlimited() && c.Rate.Per > 0 {
 		// Providers state a ceiling per second; a bucket with burst N would
 		// let 2N through in one second, so messages are spaced evenly.
 		u.limiter = rate.NewLimiter(rate.Limit(float64(c.Rate.N)/c.Rate.Per.Seconds()), 1)
 	}
 	if c.Type == config.UpstreamMaildir {
-		if c.Path == "" {
-			return nil, fmt.Errorf("upstream: %s: maildir needs a path", c.Name)
-		}
 		u.maildir = true
 		return u, nil
-	}
-	if c.Host == "" {
-		return nil, fmt.Errorf("upstream: %s: no host", c.Name)
-	}
-	if u.cfg.TLS == "" {
-		u.cfg.TLS = config.TLSStartTLS
-	}
-	switch u.cfg.TLS {
-	case config.TLSStartTLS, config.TLSImplicit, config.TLSNone, config.TLSStartTLSOptional:
-	default:
-		return nil, fmt.Errorf("upstream: %s: unknown tls mode %q", c.Name, c.TLS)
-	}
-	if len(u.cfg.Ports) == 0 {
-		switch u.cfg.TLS {
-		case config.TLSImplicit:
-			u.cfg.Ports = []int{465}
-		case config.TLSNone:
-			u.cfg.Ports = []int{25}
-		default:
-			u.cfg.Ports = []int{587}
-		}
 	}
 	if d.opts.RootCAs != nil {
 		u.tls = d.opts.RootCAs.Clone()
@@ -203,15 +161,8 @@ func (d *Dispatcher) newUpstream(c config.Upstream) (*upstream, error) {
 		u.tls.InsecureSkipVerify = true
 		d.log.Warn("upstream TLS certificate is not verified (tls_insecure_skip_verify)", "upstream", c.Name)
 	}
-	switch u.cfg.AuthMechanism {
-	case "", "plain", "login":
-	case "xoauth2":
-		if c.OAuth2.TokenURL == "" || c.OAuth2.RefreshToken == "" {
-			return nil, fmt.Errorf("upstream: %s: xoauth2 needs oauth2.token_url and oauth2.refresh_token", c.Name)
-		}
-		u.tokens = &tokenSource{cfg: c.OAuth2, now: d.now, client: &http.Client{Timeout: u.cfg.ConnectTimeout + u.cfg.Timeout}}
-	default:
-		return nil, fmt.Errorf("upstream: %s: unknown auth_mechanism %q", c.Name, c.AuthMechanism)
+	if c.AuthMechanism == config.AuthXOAUTH2 {
+		u.tokens = &tokenSource{cfg: c.OAuth2, now: d.now, client: &http.Client{Timeout: c.ConnectTimeout + c.Timeout}}
 	}
 	return u, nil
 }
@@ -481,7 +432,7 @@ func (u *upstream) deliver(ctx context.Context, m *Message, rcpts []string) txOu
 	cl := u.takeIdle()
 	if cl != nil {
 		out := u.transactCtx(ctx, cl, m, rcpts)
-		if out.mailOK || (out.err != nil && out.err.Code != 0 && out.err.Code != 421) {
+		if out.mailOK || (out.err != nil && !out.err.connectionLost()) {
 			u.release(cl, out)
 			return out
 		}

@@ -52,6 +52,12 @@ func newDispatcher(t testing.TB, o Options) *Dispatcher {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	// The loader fills defaults; an upstream built here gets the same ones.
+	ups := make([]config.Upstream, len(o.Upstreams))
+	for i, u := range o.Upstreams {
+		ups[i] = u.WithDefaults()
+	}
+	o.Upstreams = ups
 	d, err := New(o)
 	if err != nil {
 		t.Fatal(err)

@@ -99,7 +99,7 @@ func stateConfig(path string, dev bool, stateDir string) (*config.Config, error)
 		return loadFor(path, dev)
 	}
 	host, _ := os.Hostname()
-	return &config.Config{StateDir: stateDir, Hostname: host, Queue: config.Queue{Retry: config.DefaultRetry(), BounceFrom: "MAILER-DAEMON@" + host}}, nil
+	return &config.Config{StateDir: stateDir, Hostname: host, Queue: config.Queue{Retry: config.DefaultRetry(), BounceFrom: config.DefaultBounceFrom(host)}}, nil
 }
 
 func loadFor(path string, dev bool) (*config.Config, error) {

@@ -50,10 +50,19 @@ func HashBcrypt(password string) (string, error) {
 	return string(h), nil
 }
 
-// Supported reports whether hash is a kind Verify understands.
+// prefixes are the hash kinds Verify understands: argon2id and bcrypt
+// (2y is the PHP/htpasswd spelling of 2b).
+var prefixes = []string{"$argon2id$", "$2a$", "$2b$", "$2y$"}
+
+// Supported reports whether hash is a kind Verify understands. The config
+// validates users' hashes with it, so the two never disagree.
 func Supported(hash string) bool {
-	return strings.HasPrefix(hash, "$argon2id$") || strings.HasPrefix(hash, "$2a$") ||
-		strings.HasPrefix(hash, "$2b$") || strings.HasPrefix(hash, "$2y$")
+	for _, p := range prefixes {
+		if strings.HasPrefix(hash, p) && len(hash) > len(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // Verify checks password against hash: nil on a match, ErrMismatch on a
