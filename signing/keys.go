@@ -23,6 +23,8 @@ import (
 type Key struct {
 	Domain, Selector string
 	Signer           crypto.Signer
+
+	native *nativeRSA // the key in libcrypto, if loaded there (rsa.go)
 }
 
 // Keyring holds every configured key, grouped by domain (case-insensitive),
@@ -47,6 +49,8 @@ const (
 // the ses profile signs with the domain's first RSA key.
 func NewKeyring(keys []Key) *Keyring {
 	k := &Keyring{byDomain: make(map[string][]Key)}
+	keys = append([]Key(nil), keys...)
+	loadNative(keys)
 	for _, key := range keys {
 		d := normDomain(key.Domain)
 		k.byDomain[d] = append(k.byDomain[d], key)

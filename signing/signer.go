@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
@@ -316,7 +315,7 @@ func signField(key Key, h []string, fields []string, bh []byte, t time.Time) (st
 	if algo == "rsa-sha256" {
 		opts = crypto.SHA256
 	}
-	sig, err := key.Signer.Sign(rand.Reader, digest, opts)
+	sig, err := key.sign(digest, opts)
 	if err != nil {
 		return "", err
 	}

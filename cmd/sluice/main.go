@@ -12,6 +12,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/sluicemail/sluice/signing"
 )
 
 // Set by the linker (-X main.version=…, -X main.commit=…).
@@ -138,5 +140,6 @@ func runVersion(args []string, _ io.Reader, stdout, _ io.Writer) error {
 		c = "unknown"
 	}
 	fmt.Fprintf(stdout, "sluice %s (commit %s, %s %s/%s)\n", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(stdout, "dkim rsa signer: %s\n", signing.RSAImplementation())
 	return nil
 }

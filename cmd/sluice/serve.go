@@ -105,6 +105,7 @@ func (d *daemon) run(cfg *config.Config) error {
 	if d.keys, err = signing.LoadKeys(cfg.DKIM); err != nil {
 		return err
 	}
+	d.log.Info("dkim", "keys", len(cfg.DKIM), "rsa_signer", signing.RSAImplementation())
 	if d.policy, err = policy.New(cfg, policy.Options{Logger: d.log}); err != nil {
 		return err
 	}
@@ -223,8 +224,12 @@ func (d *daemon) reload() {
 	time.AfterFunc(2*time.Minute, oldDisp.Close)
 	d.relay.Reload(cfg, pol, keys)
 	d.keysMu.Lock()
+	oldKeys := d.keys
 	d.keys, d.policy, d.cfg = keys, pol, cfg
 	d.keysMu.Unlock()
+	// The old keys' libcrypto copies are freed once sessions that began
+	// with them had time to finish (they would sign in Go after that).
+	time.AfterFunc(cfg.ShutdownTimeout+time.Minute, oldKeys.Close)
 	// Sessions opened before keep the old engine until they end; its
 	// resources are released after they had time to finish.
 	time.AfterFunc(cfg.ShutdownTimeout+time.Minute, old.Close)
