@@ -19,3 +19,5 @@ require (
 	go.uber.org/atomic v1.12.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 )
+
+replace github.com/emersion/go-smtp => ./third_party/go-smtp
