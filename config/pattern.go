@@ -31,6 +31,10 @@ func CheckAddressPattern(text string) error {
 		return fmt.Errorf("%q: want local@domain, *@domain, local@* or *", text)
 	}
 	local, domain := check[:at], check[at+1:]
+	quoted := len(local) >= 2 && local[0] == '"' && local[len(local)-1] == '"'
+	if !quoted && strings.ContainsAny(local, "@\"\\") {
+		return fmt.Errorf("%q: the local part %q holds an unquoted @, quote or backslash (a quoted local part is written \"a@b\"@domain)", text, local)
+	}
 	if local == "*" && domain == "*" {
 		return fmt.Errorf("%q: write * for any address", text)
 	}

@@ -61,6 +61,9 @@ type Listener struct {
 	TrustedProxies      []string `yaml:"trusted_proxies"`
 	MaxConnections      int      `yaml:"max_connections"`        // default 1000
 	MaxConnectionsPerIP int      `yaml:"max_connections_per_ip"` // default 50
+	// AllowInsecureAuth lets a tls: none listener offer AUTH (passwords in
+	// cleartext; warned at start). Without it AUTH is offered only over TLS.
+	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
 	Line                int      `yaml:"-"`                      // line in the file, for later errors
 }
 
@@ -85,6 +88,14 @@ type Policy struct {
 	Upstreams         []string   `yaml:"upstreams"` // empty: every upstream, by priority
 	RemoveHeaders     []string   `yaml:"remove_headers"`
 	RequireDKIM       bool       `yaml:"require_dkim"`
+	// KeepBcc keeps Bcc: and Resent-Bcc: header fields, which are
+	// otherwise removed before signing (they would show blind copies to
+	// every recipient).
+	KeepBcc bool `yaml:"keep_bcc"`
+	// AllowPercentHack accepts recipients whose local part holds % or !
+	// (source routing: user%host@relay, host!user@relay), refused
+	// otherwise with 553 5.1.3.
+	AllowPercentHack bool `yaml:"allow_percent_hack"`
 }
 
 // PolicyRate holds per-user rate limits; a zero Rate is unlimited.

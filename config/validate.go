@@ -94,9 +94,19 @@ func hostPort(s string) error {
 func (v *validator) normalizeNets(list []string, key string) {
 	for i, s := range list {
 		k := fmt.Sprintf("%s[%d]", key, i)
+		// An IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) means the IPv4
+		// network: clients are compared by their IPv4 address.
 		if p, err := netip.ParsePrefix(s); err == nil {
+			if p.Addr().Is4In6() {
+				if p.Bits() < 96 {
+					v.errorf(k, "%q mixes IPv4-mapped and other IPv6 addresses; write the IPv4 network", s)
+					continue
+				}
+				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+			}
 			list[i] = p.Masked().String()
 		} else if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+			a = a.Unmap()
 			list[i] = netip.PrefixFrom(a, a.BitLen()).String()
 		} else {
 			v.errorf(k, "%q is not an IP address or CIDR network", s)
@@ -198,6 +208,11 @@ func (v *validator) validateListeners(c *Config) {
 			v.errorf(k+".auth", "%q is not one of required, none", ls.Auth)
 		} else if ls.Auth == AuthNone && len(ls.TrustedNetworks) == 0 {
 			v.errorf(k+".auth", "auth: none needs trusted_networks (else this is an open relay)")
+		} else if ls.Auth == AuthRequired && ls.TLS == TLSNone && !ls.AllowInsecureAuth {
+			v.errorf(k+".auth", "auth: required on a tls: none listener takes passwords in cleartext; set allow_insecure_auth: true to allow it, or use tls: starttls")
+		}
+		if ls.AllowInsecureAuth && ls.TLS != TLSNone {
+			v.errorf(k+".allow_insecure_auth", "only for a tls: none listener (AUTH is offered over TLS anyway)")
 		}
 		v.normalizeNets(ls.TrustedNetworks, k+".trusted_networks")
 		v.normalizeNets(ls.TrustedProxies, k+".trusted_proxies")
@@ -218,6 +233,7 @@ func (v *validator) validateListeners(c *Config) {
 
 func (v *validator) validateUsers(c *Config) {
 	type where struct {
+		name string
 		file string
 		line int
 	}
@@ -243,10 +259,17 @@ func (v *validator) validateUsers(c *Config) {
 			report("name", "must not be empty")
 		} else if strings.ContainsAny(u.Name, ": \t") {
 			report("name", "user name %q must not contain ':' or spaces", u.Name)
-		} else if prev, dup := seen[u.Name]; dup {
-			report("name", "duplicate user %q (first at %s:%d)", u.Name, prev.file, prev.line)
+		} else if prev, dup := seen[strings.ToLower(u.Name)]; dup {
+			// Names differing only in case are refused too: clients and
+			// admins treat user names as case-insensitive, so one of the
+			// two would be reachable by a typo of the other.
+			if prev.name != u.Name {
+				report("name", "user %q differs from %q (%s:%d) only in case; user names must differ in more than case", u.Name, prev.name, prev.file, prev.line)
+			} else {
+				report("name", "duplicate user %q (first at %s:%d)", u.Name, prev.file, prev.line)
+			}
 		} else {
-			seen[u.Name] = where{file, line}
+			seen[strings.ToLower(u.Name)] = where{u.Name, file, line}
 		}
 		if !passwd.Supported(u.PasswordHash) {
 			report("password_hash", "password hash of %q must be bcrypt ($2a$, $2b$, $2y$) or argon2id ($argon2id$); make one with `sluice passwd`", u.Name)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"crypto/rand"
 	"net/netip"
 	"sync"
 	"time"
@@ -50,9 +51,19 @@ func authKey(ip string) string {
 // block), so the window slides: failures cannot hide on either side of a
 // fixed window's edge.
 type authEntry struct {
-	times        [authBlockAfter]int64 // unix ns, a ring; 0 = unused
-	next         uint8
+	times        [authBlockAfter]int64 // unix ns; 0 = unused
 	blockedUntil int64
+}
+
+// oldest is the index of the slot to reuse: unused, or the earliest time.
+func (e *authEntry) oldest() int {
+	i := 0
+	for j, t := range e.times {
+		if t < e.times[i] {
+			i = j
+		}
+	}
+	return i
 }
 
 // inWindow counts the failures after now-authWindow.
@@ -111,33 +122,95 @@ func (t *authTable) state(key string, now time.Time) (time.Duration, bool) {
 	return authDelayFor(e.inWindow(n)), false
 }
 
+// reserve counts one attempt as a failure before its password is checked,
+// so parallel connections cannot all pass the check before any failure is
+// counted: once authBlockAfter attempts are in the window (failed or still
+// being checked), the IP is blocked and no further password is checked. It
+// returns the delay for this attempt, whether the IP is blocked, and the
+// slot (a unique time) that released gives back on success.
+func (t *authTable) reserve(key string, now time.Time) (time.Duration, bool, int64) {
+	n := now.UnixNano()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.makeRoomLocked(key, n) {
+		return 0, false, 0 // table full of blocked IPs: this one is not counted
+	}
+	e := t.m[key]
+	if e.blockedUntil > n {
+		return 0, true, 0
+	}
+	before := e.inWindow(n)
+	if before >= authBlockAfter {
+		t.m[key] = authEntry{blockedUntil: n + int64(authBlockFor)}
+		return 0, true, 0
+	}
+	// The oldest slot goes (outside the window, as before < the ring size);
+	// the slot's time is unique so settle finds exactly it.
+	for _, x := range e.times {
+		if x >= n {
+			n = x + 1
+		}
+	}
+	e.times[e.oldest()] = n
+	t.m[key] = e
+	return authDelayFor(before), false, n
+}
+
+// settle ends a reserved attempt: a success gives its slot back, a failure
+// keeps it and blocks the IP when the window is full.
+func (t *authTable) settle(key string, slot int64, ok bool, now time.Time) {
+	n := now.UnixNano()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, found := t.m[key]
+	if !found || e.blockedUntil > n {
+		return
+	}
+	if ok {
+		for i, x := range e.times {
+			if x == slot {
+				e.times[i] = 0
+			}
+		}
+	} else if e.inWindow(n) >= authBlockAfter {
+		e = authEntry{blockedUntil: n + int64(authBlockFor)}
+	}
+	t.m[key] = e
+}
+
+// makeRoomLocked sweeps, and at the cap drops an entry that is not blocked
+// to make room for key; false when every entry is a blocked IP.
+func (t *authTable) makeRoomLocked(key string, n int64) bool {
+	if n >= t.nextSweep {
+		t.sweepLocked(n)
+	}
+	if _, ok := t.m[key]; ok || len(t.m) < t.cap {
+		return true
+	}
+	t.sweepLocked(n)
+	for k, old := range t.m {
+		if len(t.m) < t.cap {
+			break
+		}
+		if old.blockedUntil <= n {
+			delete(t.m, k)
+		}
+	}
+	return len(t.m) < t.cap
+}
+
 func (t *authTable) failed(key string, now time.Time) {
 	n := now.UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if n >= t.nextSweep {
-		t.sweepLocked(n)
+	if !t.makeRoomLocked(key, n) {
+		return // every entry is a blocked IP: keep those
 	}
-	e, ok := t.m[key]
-	if !ok && len(t.m) >= t.cap {
-		t.sweepLocked(n)
-		for k, old := range t.m {
-			if len(t.m) < t.cap {
-				break
-			}
-			if old.blockedUntil <= n {
-				delete(t.m, k)
-			}
-		}
-		if len(t.m) >= t.cap {
-			return // every entry is a blocked IP: keep those
-		}
-	}
+	e := t.m[key]
 	if e.blockedUntil > n {
 		return
 	}
-	e.times[e.next] = n
-	e.next = (e.next + 1) % authBlockAfter
+	e.times[e.oldest()] = n
 	if e.inWindow(n) >= authBlockAfter {
 		e = authEntry{blockedUntil: n + int64(authBlockFor)}
 	}
@@ -190,4 +263,62 @@ func (e *Engine) AuthFailed(ctx context.Context, ip string) {
 		e.redis.failed(now, err)
 	}
 	e.auth.failed(key, now)
+}
+
+// AuthAttempt is one AUTH whose password is about to be checked. It holds a
+// failure slot from BeginAuth on, so however many connections guess at
+// once, at most authBlockAfter passwords per IP are checked per cool-down;
+// Done gives the slot back when the password was right.
+type AuthAttempt struct {
+	e      *Engine
+	key    string
+	slot   int64  // local table slot, when counted locally
+	member string // Redis sorted-set member, when counted in Redis
+}
+
+// BeginAuth reserves a failure slot for an AUTH from ip before its
+// password is checked. It returns how long to wait before answering and
+// whether ip is blocked (then answer 421 4.7.0 and check nothing; the
+// attempt is nil).
+func (e *Engine) BeginAuth(ctx context.Context, ip string) (*AuthAttempt, time.Duration, bool) {
+	a := &AuthAttempt{e: e, key: authKey(ip)}
+	now := e.now()
+	if e.redis != nil && e.redis.usable(now) {
+		a.member = rand.Text()
+		n, err := e.redis.authReserve(ctx, a.key, a.member, now)
+		if err == nil {
+			if n < 0 {
+				return nil, 0, true
+			}
+			return a, authDelayFor(n), false
+		}
+		e.redis.failed(now, err)
+		a.member = ""
+	}
+	d, blocked, slot := e.auth.reserve(a.key, now)
+	if blocked {
+		return nil, 0, true
+	}
+	a.slot = slot
+	return a, d, false
+}
+
+// Done settles the attempt: ok gives the slot back; a failure keeps it
+// counted and blocks the IP once the window holds authBlockAfter failures.
+func (a *AuthAttempt) Done(ctx context.Context, ok bool) {
+	now := a.e.now()
+	if a.member != "" {
+		err := a.e.redis.authSettle(ctx, a.key, a.member, ok, now)
+		if err == nil {
+			return
+		}
+		a.e.redis.failed(now, err)
+		if !ok { // count it here at least
+			a.e.auth.failed(a.key, now)
+		}
+		return
+	}
+	if a.slot != 0 {
+		a.e.auth.settle(a.key, a.slot, ok, now)
+	}
 }

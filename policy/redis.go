@@ -62,6 +62,47 @@ end
 return n
 `)
 
+// authReserveScript counts one AUTH attempt as a failure before its
+// password is checked (the member is removed again on success), so parallel
+// connections cannot pass the check before any failure is counted.
+// KEYS: failures, block. ARGV: window ms, block-after, block ms, now ms, a
+// unique member. Returns the attempts in the window before this one, or -1
+// when the IP is blocked.
+var authReserveScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local w = tonumber(ARGV[1])
+local now = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+  return -1
+end
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], w)
+return n
+`)
+
+// authSettleScript ends a reserved attempt: ARGV[5] = "1" (success) removes
+// its member; a failure keeps it and sets the block when the window is full.
+// KEYS: failures, block. ARGV: window ms, block-after, block ms, now ms,
+// ok, member.
+var authSettleScript = redis.NewScript(`
+if ARGV[5] == '1' then
+  redis.call('ZREM', KEYS[1], ARGV[6])
+  return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local now = tonumber(ARGV[4])
+local n = redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]) + 1, '+inf')
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+end
+return n
+`)
+
 // authStateScript counts the failures in the window and reads the block.
 // KEYS: failures, block. ARGV: window ms, now ms.
 var authStateScript = redis.NewScript(`
@@ -186,6 +227,32 @@ func (s *redisStore) authFailed(ctx context.Context, key string, now time.Time) 
 		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), rand.Text()).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("policy: redis auth failed %s: %w", key, err)
+	}
+	return nil
+}
+
+func (s *redisStore) authReserve(ctx context.Context, key, member string, now time.Time) (int, error) {
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
+	n, err := authReserveScript.Run(ctx, s.rdb, authKeys(key),
+		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), member).Int()
+	if err != nil {
+		return 0, fmt.Errorf("policy: redis auth reserve %s: %w", key, err)
+	}
+	return n, nil
+}
+
+func (s *redisStore) authSettle(ctx context.Context, key, member string, ok bool, now time.Time) error {
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
+	flag := "0"
+	if ok {
+		flag = "1"
+	}
+	err := authSettleScript.Run(ctx, s.rdb, authKeys(key),
+		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), flag, member).Err()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("policy: redis auth settle %s: %w", key, err)
 	}
 	return nil
 }

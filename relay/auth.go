@@ -7,11 +7,14 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/config"
 )
 
 // AuthMechanisms offers PLAIN and LOGIN only where credentials are safe:
-// after STARTTLS, on implicit TLS, or on a listener the operator declared
-// plaintext (tls: none).
+// after STARTTLS, on implicit TLS, or on a tls: none listener whose
+// operator allowed cleartext passwords (allow_insecure_auth, warned at
+// start).
 func (s *session) AuthMechanisms() []string {
 	if !s.authOffered() {
 		return nil
@@ -20,14 +23,25 @@ func (s *session) AuthMechanisms() []string {
 }
 
 func (s *session) authOffered() bool {
-	return s.tls || s.l.cfg.TLS == "none"
+	return s.tls || (s.l.cfg.TLS == config.TLSNone && s.l.cfg.AllowInsecureAuth)
 }
 
 // Auth answers AUTH. go-smtp sends an *smtp.SMTPError from here or from the
 // SASL server as is; anything else would become a temporary 454 carrying
 // internal text, so only named replies are returned.
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	// RFC 4954 §4: no AUTH inside a mail transaction (it would change
+	// whose policy applies to a sender already accepted).
+	s.mu.Lock()
+	inTx := s.tx.pol != nil
+	s.mu.Unlock()
+	if inTx {
+		return nil, ReplyAuthInTransaction
+	}
 	if !s.authOffered() {
+		if s.l.cfg.TLS == config.TLSNone {
+			return nil, ReplyAuthNotOffered
+		}
 		return nil, ReplyStartTLSFirst
 	}
 	switch mech {
@@ -45,12 +59,13 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 }
 
 // authenticate checks one credential pair, slowing and then refusing an
-// address with many recent failures (DESIGN §7 "Auth failures").
+// address with many recent failures (DESIGN §7 "Auth failures"). The
+// attempt holds a failure slot while its password is checked, so parallel
+// connections get no more guesses than one.
 func (s *session) authenticate(username, password string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pol := s.st.policy
-	delay, blocked := pol.AuthDelay(ctx, s.ip)
+	attempt, delay, blocked := s.st.policy.BeginAuth(ctx, s.ip)
 	if blocked {
 		s.closeAfterReply()
 		return ReplyAuthBlocked
@@ -59,9 +74,9 @@ func (s *session) authenticate(username, password string) error {
 		time.Sleep(delay)
 	}
 	u, ok := s.st.users.check(username, password)
+	attempt.Done(ctx, ok)
 	if !ok {
 		mAuthFail.Inc()
-		pol.AuthFailed(ctx, s.ip)
 		// Never log the password; the name helps operators find a broken app.
 		s.log.Warn("auth_failed", "user", username)
 		return ReplyAuthFailed

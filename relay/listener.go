@@ -139,7 +139,11 @@ func (l *listener) admit(c net.Conn) {
 	switch {
 	case l.cfg.Auth == config.AuthNone && !contains(l.trusted, ip):
 		refuse = ReplyNotTrusted
-	case st.policy.Blocked(context.Background(), ip.String()):
+	// An IP blocked for failed AUTH is refused at connect only where AUTH
+	// is all it could do; a trusted network's listener still relays for it
+	// (anyone sharing its NAT address could otherwise cut off a printer),
+	// and AUTH there answers 421 (authenticate).
+	case l.cfg.Auth == config.AuthRequired && st.policy.Blocked(context.Background(), ip.String()):
 		refuse = ReplyAuthBlocked
 	case !l.acquire(ip):
 		refuse = ReplyTooManyConns

@@ -47,21 +47,77 @@ func newUsers(list []config.User, now func() time.Time) *users {
 	for _, x := range list {
 		u.byName[x.Name] = x
 	}
-	// Unknown names are checked against a hash of the kind the first user
-	// has, so the two cases take the same time.
-	u.dummy = dummyArgon2()
-	if len(list) > 0 && strings.HasPrefix(list[0].PasswordHash, "$2") {
-		u.dummy = dummyBcrypt()
-	}
+	u.dummy = slowestHash(list)
 	return u
 }
 
-// Dummy hashes of a random password nobody knows, one of each kind, made
-// once per process: a well-formed hash costs exactly what a real one costs.
+// slowestHash is the hash an unknown name is checked against: one of a
+// configured user's, of the kind and cost that takes longest to verify, so
+// an unknown name costs what the slowest real user costs and timing tells
+// no names apart (a wrong password never matches: the user is unknown).
+// With no users it is a dummy argon2id hash.
+func slowestHash(list []config.User) string {
+	byKind := map[string]string{} // kind and cost → one hash of it
+	for _, x := range list {
+		if k := hashKind(x.PasswordHash); k != "" {
+			if _, ok := byKind[k]; !ok {
+				byKind[k] = x.PasswordHash
+			}
+		}
+	}
+	best, bestCost := dummyArgon2(), time.Duration(-1)
+	for k, h := range byKind {
+		if c := verifyCost(k, h, len(byKind) > 1); c > bestCost {
+			best, bestCost = h, c
+		}
+	}
+	return best
+}
+
+// hashKind is the part of a hash that decides its cost: "$2a$10$" for
+// bcrypt, "$argon2id$v=19$m=19456,t=1,p=1$" for argon2id.
+func hashKind(h string) string {
+	n := 3 // bcrypt: $2a$10$
+	if strings.HasPrefix(h, "$argon2id$") {
+		n = 4
+	}
+	i := 0
+	for j := 0; j < n; j++ {
+		k := strings.IndexByte(h[i+1:], '$')
+		if k < 0 {
+			return ""
+		}
+		i += k + 1
+	}
+	return h[:i+1]
+}
+
+// verifyCost measures one verification of h (once per kind per process);
+// with a single kind configured there is nothing to compare.
+func verifyCost(kind, h string, measure bool) time.Duration {
+	if !measure {
+		return 0
+	}
+	costMu.Lock()
+	defer costMu.Unlock()
+	if c, ok := costs[kind]; ok {
+		return c
+	}
+	start := time.Now()
+	passwd.Verify(h, "sluice cost probe")
+	c := time.Since(start)
+	costs[kind] = c
+	return c
+}
+
 var (
-	dummyArgon2 = sync.OnceValue(func() string { h, _ := passwd.Hash(rand.Text()); return h })
-	dummyBcrypt = sync.OnceValue(func() string { h, _ := passwd.HashBcrypt(rand.Text()); return h })
+	costMu sync.Mutex
+	costs  = map[string]time.Duration{}
 )
+
+// A dummy hash of a random password nobody knows, made once per process,
+// for a configuration without users.
+var dummyArgon2 = sync.OnceValue(func() string { h, _ := passwd.Hash(rand.Text()); return h })
 
 // check returns the user when name and password match.
 func (u *users) check(name, password string) (config.User, bool) {

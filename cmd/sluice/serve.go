@@ -145,8 +145,8 @@ func (d *daemon) run(cfg *config.Config) error {
 	}
 	for _, l := range cfg.Listeners {
 		d.log.Info("listening", "listener", l.Name, "address", d.relay.Addr(l.Name).String(), "tls", l.TLS, "auth", l.Auth)
-		if l.TLS == config.TLSNone && l.Auth == config.AuthRequired {
-			d.log.Warn("listener takes passwords in cleartext (tls: none, auth: required); use it only on a trusted network", "listener", l.Name)
+		if l.TLS == config.TLSNone && l.AllowInsecureAuth {
+			d.log.Warn("listener takes passwords in cleartext (tls: none, allow_insecure_auth: true); use it only on a trusted network", "listener", l.Name)
 		}
 	}
 

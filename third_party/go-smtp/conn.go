@@ -143,6 +143,11 @@ func (c *Conn) handle(cmd string, arg string) {
 	case "AUTH":
 		c.handleAuth(arg)
 	case "STARTTLS":
+		if arg != "" {
+			// sluice: RFC 3207 §4 allows no parameters.
+			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Syntax error (no parameters allowed)")
+			return
+		}
 		c.handleStartTLS()
 	default:
 		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", cmd)
@@ -844,7 +849,7 @@ func (c *Conn) handleAuth(arg string) {
 		var err error
 		ir, err = decodeSASLResponse(parts[1])
 		if err != nil {
-			c.writeResponse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.writeResponse(501, EnhancedCode{5, 5, 2}, "Invalid base64 data") // sluice: a syntax error, not a temporary failure (RFC 4954 §4)
 			return
 		}
 	}
@@ -886,7 +891,7 @@ func (c *Conn) handleAuth(arg string) {
 
 		response, err = decodeSASLResponse(encoded)
 		if err != nil {
-			c.writeResponse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.writeResponse(501, EnhancedCode{5, 5, 2}, "Invalid base64 data") // sluice: a syntax error, not a temporary failure (RFC 4954 §4)
 			return
 		}
 	}
@@ -983,11 +988,29 @@ func (c *Conn) handleData(arg string) {
 		return
 	}
 
+	// sluice: no line limit inside DATA (as for BDAT); the session decides
+	// what an over-long line gets, and the limit must not stay tripped
+	// for the next command (an unsolicited 500 after the reply).
+	c.lineLimitReader.LineLimit = 0
+	defer func() {
+		c.lineLimitReader.LineLimit = c.server.MaxLineLength
+		c.lineLimitReader.curLineLength = 0
+	}()
+
 	r := newDataReader(c)
 	code, enhancedCode, msg := dataErrorToStatus(c.Session().Data(r))
 	r.limited = false
 	io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
 	c.writeResponse(code, enhancedCode, msg)
+}
+
+// discardChunk reads the chunk of a refused BDAT (sluice: with no line
+// limit, as an accepted chunk is read).
+func (c *Conn) discardChunk(size uint64) {
+	c.lineLimitReader.LineLimit = 0
+	io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+	c.lineLimitReader.LineLimit = c.server.MaxLineLength
+	c.lineLimitReader.curLineLength = 0
 }
 
 func (c *Conn) handleBdat(arg string) {
@@ -996,8 +1019,17 @@ func (c *Conn) handleBdat(arg string) {
 		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Missing chunk size argument")
 		return
 	}
+	// ParseUint instead of Atoi so we will not accept negative values.
+	size, err := strconv.ParseUint(args[0], 10, 32)
+	if err != nil {
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed size argument")
+		return
+	}
+	// sluice: the chunk follows a refused BDAT too; read it, or its bytes
+	// would be taken as commands.
 	if len(args) > 2 {
 		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
+		c.discardChunk(size)
 		return
 	}
 
@@ -1005,22 +1037,16 @@ func (c *Conn) handleBdat(arg string) {
 	if len(args) == 2 {
 		if !strings.EqualFold(args[1], "LAST") {
 			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
+			c.discardChunk(size)
 			return
 		}
 		last = true
 	}
 
-	// ParseUint instead of Atoi so we will not accept negative values.
-	size, err := strconv.ParseUint(args[0], 10, 32)
-	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed size argument")
-		return
-	}
-
 	if !c.fromReceived || len(c.recipients) == 0 {
 		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		// The chunk follows the command even when the command is rejected.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		c.discardChunk(size)
 		return
 	}
 
@@ -1028,7 +1054,7 @@ func (c *Conn) handleBdat(arg string) {
 		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
 
 		// Discard chunk itself without passing it to backend.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		c.discardChunk(size)
 
 		c.reset()
 		return

@@ -20,8 +20,11 @@ func parseCmd(line string) (cmd string, arg string, err error) {
 
 	l := len(line)
 	switch {
-	case strings.HasPrefix(strings.ToUpper(line), "STARTTLS"):
+	case strings.EqualFold(line, "STARTTLS"):
 		return "STARTTLS", "", nil
+	case len(line) >= 9 && strings.EqualFold(line[:9], "STARTTLS "):
+		// sluice: keep the argument, so STARTTLS with one is refused (RFC 3207: 501).
+		return "STARTTLS", strings.TrimSpace(line[9:]), nil
 	case l == 0:
 		return "", "", nil
 	case l < 4:
