@@ -64,7 +64,7 @@ type Listener struct {
 	// AllowInsecureAuth lets a tls: none listener offer AUTH (passwords in
 	// cleartext; warned at start). Without it AUTH is offered only over TLS.
 	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
-	Line                int      `yaml:"-"`                      // line in the file, for later errors
+	Line              int  `yaml:"-"` // line in the file, for later errors
 }
 
 // User is one SMTP AUTH identity. Users from users_file are appended to

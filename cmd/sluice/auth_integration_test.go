@@ -107,7 +107,7 @@ func TestAuthParallelBruteForce(t *testing.T) {
 	if checked != 10 || replies["535 5.7.8"] != 10 || replies["421 4.7.0"] != 40 {
 		t.Errorf("40 connections × 3 guesses: %d passwords checked, replies %v; want exactly 10 checked and answered 535 5.7.8, then 421 4.7.0 on every connection", checked, replies)
 	}
-	if g := polGreeting(t, addr, local); !strings.HasPrefix(g, "421 4.7.0") {
+	if g := greetingFrom(t, addr, local); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Errorf("connect after the brute force: %q, want 421 4.7.0", g)
 	}
 }
@@ -126,13 +126,13 @@ func TestAuthBlockSparesTrustedListener(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := polLogin(p.addrs["submission"], e.tlsConfig(), local, "app", "wrong"); polCode(err) != "535 5.7.8" {
-				t.Errorf("failure: %s, want 535 5.7.8", polCode(err))
+			if _, err := login(p.addrs["submission"], e.tlsConfig(), local, "app", "wrong"); replyCode(err) != "535 5.7.8" {
+				t.Errorf("failure: %s, want 535 5.7.8", replyCode(err))
 			}
 		}()
 	}
 	wg.Wait()
-	if g := polGreeting(t, p.addrs["submission"], local); !strings.HasPrefix(g, "421 4.7.0") {
+	if g := greetingFrom(t, p.addrs["submission"], local); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("AUTH listener after 10 failures: %q, want 421 4.7.0", g)
 	}
 	s := rawDial(t, p.addrs["trusted"], local)
@@ -165,7 +165,7 @@ func TestAuthCleartext(t *testing.T) {
 	t.Parallel()
 	up := testsmtp.Start(t, testsmtp.Options{})
 	e := newEnv(t)
-	p := start(t, 3, "serve", "-c", polConfig(e, up.Port(), regressLegacy+`  - name: insecure
+	p := start(t, 3, "serve", "-c", polConfig(e, up.Port(), legacyListener+`  - name: insecure
     address: 127.0.0.1:0
     tls: none
     auth: required
@@ -241,8 +241,8 @@ func TestAuthUnknownUserTiming(t *testing.T) {
 		}
 		defer c.Close()
 		t0 := time.Now()
-		if err := c.Auth(sasl.NewPlainClient("", user, "wrong password")); polCode(err) != "535 5.7.8" {
-			t.Fatalf("AUTH as %s: %s, want 535 5.7.8", user, polCode(err))
+		if err := c.Auth(sasl.NewPlainClient("", user, "wrong password")); replyCode(err) != "535 5.7.8" {
+			t.Fatalf("AUTH as %s: %s, want 535 5.7.8", user, replyCode(err))
 		}
 		return time.Since(t0)
 	}
@@ -255,4 +255,12 @@ func TestAuthUnknownUserTiming(t *testing.T) {
 	if unknown < known*7/10 {
 		t.Errorf("unknown user answered in %v, a bcrypt-12 user in %v: timing tells them apart", unknown, known)
 	}
+}
+
+// greetingFrom is what the server says first to a connection from local,
+// up to its close (or 3 s).
+func greetingFrom(t *testing.T, addr string, local net.IP) string {
+	t.Helper()
+	s, _ := dialRaw(t, addr, local, "").readToClose(3 * time.Second)
+	return s
 }

@@ -15,10 +15,9 @@ import (
 )
 
 // rawDial connects from local (nil: any), expects a 220 greeting and says EHLO.
-func rawDial(t *testing.T, addr string, local net.IP) *polRaw {
+func rawDial(t *testing.T, addr string, local net.IP) *rawClient {
 	t.Helper()
-	c := polProxyDial(t, addr, local, "")
-	s := &polRaw{t: t, c: c, r: bufio.NewReader(c)}
+	s := dialRaw(t, addr, local, "")
 	if g := s.reply(); !strings.HasPrefix(g, "220 ") {
 		t.Fatalf("greeting %q, want 220", g)
 	}
@@ -27,7 +26,7 @@ func rawDial(t *testing.T, addr string, local net.IP) *polRaw {
 }
 
 // ehlo says EHLO and returns every line of the reply.
-func (s *polRaw) ehlo() []string {
+func (s *rawClient) ehlo() []string {
 	s.t.Helper()
 	io.WriteString(s.c, "EHLO client.test\r\n")
 	var lines []string
@@ -45,7 +44,7 @@ func (s *polRaw) ehlo() []string {
 }
 
 // starttls upgrades the connection and says EHLO again.
-func (s *polRaw) starttls(cfg *tls.Config) {
+func (s *rawClient) starttls(cfg *tls.Config) {
 	s.t.Helper()
 	s.cmd("STARTTLS", "220")
 	tc := tls.Client(s.c, cfg)
@@ -54,22 +53,6 @@ func (s *polRaw) starttls(cfg *tls.Config) {
 	}
 	s.c, s.r = tc, bufio.NewReader(tc)
 	s.cmd("EHLO client.test", "250")
-}
-
-// write sends raw bytes.
-func (s *polRaw) write(b string) {
-	s.t.Helper()
-	if _, err := io.WriteString(s.c, b); err != nil {
-		s.t.Fatalf("write: %v", err)
-	}
-}
-
-// inStep asserts that the server sent nothing unasked since the last reply
-// read: the next reply must be the one to a NOOP sent now (an unsolicited
-// reply would come first, a closed connection gives none).
-func (s *polRaw) inStep() {
-	s.t.Helper()
-	s.cmd("NOOP", "250 2.0.0")
 }
 
 // plainAuth is the base64 AUTH PLAIN initial response for user and pw.
