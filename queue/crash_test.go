@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+
+	"github.com/sluicemail/sluice/spool"
 )
 
 // TestHelperProcess is the child of TestKill9LosesNothing: it commits
@@ -47,7 +49,7 @@ func TestKill9LosesNothing(t *testing.T) {
 	var acked []string
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
-		if validID(sc.Text()) {
+		if spool.ValidID(sc.Text()) {
 			acked = append(acked, sc.Text())
 		}
 		if len(acked) == 200 {
@@ -56,7 +58,7 @@ func TestKill9LosesNothing(t *testing.T) {
 		}
 	}
 	for sc.Scan() { // IDs printed before the kill landed were acknowledged too
-		if validID(sc.Text()) {
+		if spool.ValidID(sc.Text()) {
 			acked = append(acked, sc.Text())
 		}
 	}

@@ -192,7 +192,7 @@ func (q *Queue) sendDSN(e *entry, rcpts []dsnRcpt) {
 		q.log.Warn("queue: no report for a null-sender message; dropped", "queue_id", e.id, "bounce", env.Bounce, "rcpt", keep[0].Addr)
 		return
 	}
-	rc, size, err := openMessage(q.path(e.id))
+	rc, size, err := q.spool.Body(e.id)
 	if err != nil {
 		q.log.Error("queue: read original for report", "queue_id", e.id, "err", err)
 		return

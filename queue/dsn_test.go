@@ -2,7 +2,6 @@ package queue
 
 import (
 	"bytes"
-	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -79,35 +78,4 @@ func TestWantsDSN(t *testing.T) {
 			t.Errorf("wantsDSN(%v, %s) = %v", tc.notify, tc.action, got)
 		}
 	}
-}
-
-// FuzzStateLog: whatever bytes a state log holds (torn appends, garbage),
-// reading it never fails on content, and the records it yields survive
-// being written and read again unchanged.
-func FuzzStateLog(f *testing.F) {
-	f.Add([]byte(`{"t":"attempt","at":"2026-03-01T09:30:00Z","n":1,"next":"2026-03-01T09:31:00Z"}` + "\n" + `{"t":"rcpt","at":"2026-03-01T09:30:01Z","rcpt":"a@b","state":"bounced","status":"5.1.1","diag":"550"}` + "\n" + `{"t":"ho`))
-	f.Add([]byte("\n\n{}\nnot json\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		dir := t.TempDir()
-		path := filepath.Join(dir, "0123456789ABCDEF"+stateSuffix)
-		os.WriteFile(path, data, 0o600)
-		recs, err := readState(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.Remove(path)
-		if err := appendStateFile(dir, nil, "0123456789ABCDEF", false, recs...); err != nil {
-			t.Fatal(err)
-		}
-		again, err := readState(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, _ := json.Marshal(recs)
-		b, _ := json.Marshal(again)
-		if !bytes.Equal(a, b) {
-			t.Errorf("round trip changed records:\n%s\n%s", a, b)
-		}
-		_ = foldState(again)
-	})
 }

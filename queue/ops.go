@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/sluicemail/sluice/spool"
 )
 
 // Info is one message as `sluice queue list` shows it.
@@ -55,18 +57,15 @@ type Detail struct {
 // List reads every message in the spool directory dir (Options.Dir),
 // oldest first. It only reads files, so it is safe while serve runs.
 func List(dir string) ([]Info, error) {
-	mdir := dir + "/msg"
-	des, err := os.ReadDir(mdir)
+	sp := spool.View(dir, spool.Options{})
+	ids, err := sp.IDs()
 	if err != nil {
 		return nil, fmt.Errorf("queue: read spool %s: %w", dir, err)
 	}
 	now := time.Now()
 	var out []Info
-	for _, de := range des {
-		if !validID(de.Name()) {
-			continue
-		}
-		d, err := show(mdir, de.Name(), now, false)
+	for _, id := range ids {
+		d, err := show(sp, id, now, false)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // delivered while we looked
 		}
@@ -75,44 +74,38 @@ func List(dir string) ([]Info, error) {
 		}
 		out = append(out, d.Info)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
 
 // Show reads one message with its headers and history.
 func Show(dir, id string) (*Detail, error) {
-	if !validID(id) {
+	if !spool.ValidID(id) {
 		return nil, fmt.Errorf("queue: %q is not a queue ID", id)
 	}
-	d, err := show(dir+"/msg", id, time.Now(), true)
+	d, err := show(spool.View(dir, spool.Options{}), id, time.Now(), true)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("queue: no message %s in %s", id, dir)
 	}
 	return d, err
 }
 
-func show(mdir, id string, now time.Time, full bool) (*Detail, error) {
-	path := mdir + "/" + id
-	tr, msgLen, err := readTrailer(path)
+func show(sp *spool.Spool, id string, now time.Time, full bool) (*Detail, error) {
+	m, err := sp.Read(id)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("queue: read %s: %w", id, err)
 	}
-	recs, err := readState(path + stateSuffix)
-	if err != nil {
-		return nil, fmt.Errorf("queue: read state of %s: %w", id, err)
-	}
-	st := foldState(recs)
-	env := tr.Env
+	st := spool.Fold(m.Records) // attempts as recorded: 0 before a recorded one
+	env := m.Env
 	d := &Detail{
 		Info: Info{
 			ID: id, Sender: env.From, Received: env.Received, AgeSeconds: int64(now.Sub(env.Received).Seconds()),
-			Size: msgLen + int64(len(tr.Prefix)), Attempts: st.Attempts, LastError: st.LastErr, Held: st.Held,
+			Size: m.Size(), Attempts: st.Attempts, LastError: st.LastErr, Held: st.Held,
 			User: env.User, Route: env.Route,
 		},
-		Client: env.Client, EnvID: env.EnvID, Ret: env.Ret, Signed: len(tr.Prefix) > 0,
+		Client: env.Client, EnvID: env.EnvID, Ret: env.Ret, Signed: len(m.Prefix) > 0,
 	}
 	if !st.Next.IsZero() {
 		t := st.Next
@@ -120,15 +113,15 @@ func show(mdir, id string, now time.Time, full bool) (*Detail, error) {
 	}
 	for _, to := range env.To {
 		r := st.Rcpt[to]
-		ri := RcptInfo{Address: to, State: st.rcptState(to)}
+		ri := RcptInfo{Address: to, State: st.RcptState(to)}
 		if ri.State != StatePending && ri.State != StateDelivered {
 			ri.Status, ri.Diagnostic = r.Status, r.Diag
 		}
 		d.Recipients = append(d.Recipients, ri)
 	}
 	if full {
-		d.History = recs
-		rc, size, err := openMessage(path)
+		d.History = m.Records
+		rc, size, err := sp.Body(id)
 		if err != nil {
 			return nil, err
 		}
@@ -277,10 +270,10 @@ func (q *Queue) action(cmd string, args []string, offline bool) (string, error) 
 		return "", fmt.Errorf("queue: %s needs one queue ID", cmd)
 	}
 	id := ids[0]
-	if !validID(id) {
+	if !spool.ValidID(id) {
 		return "", fmt.Errorf("queue: %q is not a queue ID", id)
 	}
-	if _, err := os.Stat(q.path(id)); err != nil {
+	if _, err := q.spool.Read(id); err != nil {
 		return "", fmt.Errorf("queue: no message %s", id)
 	}
 	var err error
@@ -305,12 +298,7 @@ func (q *Queue) action(cmd string, args []string, offline bool) (string, error) 
 func (q *Queue) allIDs(offline bool) []string {
 	var ids []string
 	if offline {
-		des, _ := os.ReadDir(q.dir)
-		for _, de := range des {
-			if validID(de.Name()) {
-				ids = append(ids, de.Name())
-			}
-		}
+		ids, _ = q.spool.IDs()
 		return ids
 	}
 	q.mu.Lock()
@@ -332,7 +320,7 @@ func (q *Queue) retry(id string, offline bool) error {
 		q.mu.Unlock()
 		q.poke()
 	}
-	return q.appendState(id, false, Record{T: "retry", At: now})
+	return q.spool.Record(id, false, Record{T: "retry", At: now})
 }
 
 func (q *Queue) setHold(id string, hold bool, offline bool) error {
@@ -342,7 +330,7 @@ func (q *Queue) setHold(id string, hold bool, offline bool) error {
 		t = "hold"
 	}
 	// Recorded first: a hold must survive a restart.
-	if err := q.appendState(id, true, Record{T: t, At: now}); err != nil {
+	if err := q.spool.Record(id, true, Record{T: t, At: now}); err != nil {
 		return err
 	}
 	if offline {
@@ -383,23 +371,22 @@ func (q *Queue) remove(id string, silent, offline bool) error {
 		q.mu.Unlock()
 	}
 	if e == nil {
-		tr, _, err := readTrailer(q.path(id))
+		m, err := q.spool.Read(id)
 		if err != nil {
 			return fmt.Errorf("queue: read %s: %w", id, err)
 		}
-		recs, _ := readState(q.path(id + stateSuffix))
-		st := foldState(recs)
-		e = &entry{id: id, env: tr.Env, rcpt: make([]bool, len(tr.Env.To))}
-		for i, to := range tr.Env.To {
-			e.rcpt[i] = st.rcptState(to) != StatePending
+		st := m.State()
+		e = &entry{id: id, env: m.Env, rcpt: make([]bool, len(m.Env.To))}
+		for i, to := range m.Env.To {
+			e.rcpt[i] = st.RcptState(to) != StatePending
 		}
 	}
 	if !silent {
 		q.bounceDeleted(e)
 	}
 	q.log.Info("queue: message deleted", "queue_id", id, "silent", silent)
-	q.removeFilesFD(id, e.file) // a fresh message still holds its draft's descriptor
-	e.file = nil
+	q.removeFiles(id, e.fresh) // a fresh message still holds its draft's descriptor
+	e.fresh = nil
 	return nil
 }
 

@@ -8,8 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluicemail/sluice/upstream"
 	"time"
+
+	"github.com/sluicemail/sluice/upstream"
 )
 
 func tempFail(d delivery, rcpt string, n int) error {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/metrics"
+	"github.com/sluicemail/sluice/spool"
 	"github.com/sluicemail/sluice/upstream"
 )
 
@@ -52,40 +53,32 @@ type Options struct {
 	Rand func() float64
 }
 
-// Envelope is what the relay knows about a message besides its bytes.
-type Envelope struct {
-	ID       string    `json:"id"`
-	From     string    `json:"from"` // "" = null sender
-	To       []string  `json:"to"`
-	User     string    `json:"user,omitempty"`   // authenticated user, "" when accepted by network
-	Client   string    `json:"client,omitempty"` // client IP
-	Route    []string  `json:"route,omitempty"`  // upstream names (empty: all), fixed at acceptance
-	Received time.Time `json:"received"`
-
-	// DSN parameters (RFC 3461).
-	Ret      string             `json:"ret,omitempty"`   // "FULL" | "HDRS" | ""
-	EnvID    string             `json:"envid,omitempty"` // ENVID, echoed as Original-Envelope-Id
-	RcptOpts map[string]RcptDSN `json:"rcpt_opts,omitempty"`
-	// RequireTLS (RFC 8689): deliver only over TLS-only upstreams.
-	RequireTLS bool `json:"requiretls,omitempty"`
-	// Bounce marks a DSN made by this queue; its own failures are dropped.
-	Bounce bool `json:"bounce,omitempty"`
-}
+// Envelope is what the relay knows about a message besides its bytes (the
+// spool stores it with the message).
+type Envelope = spool.Envelope
 
 // RcptDSN holds one recipient's DSN parameters, keyed by the address in To.
-type RcptDSN struct {
-	Notify []string `json:"notify,omitempty"` // NEVER | SUCCESS, FAILURE, DELAY; empty: FAILURE,DELAY
-	ORCPT  string   `json:"orcpt,omitempty"`  // "rfc822;addr" as the client sent it
-}
+type RcptDSN = spool.RcptDSN
+
+// Record is one line of a message's state log (`sluice queue show`).
+type Record = spool.Record
+
+// Recipient states.
+const (
+	StatePending   = spool.StatePending
+	StateDelivered = spool.StateDelivered
+	StateBounced   = spool.StateBounced
+	StateExpired   = spool.StateExpired
+	stateDeferred  = spool.StateDeferred
+)
 
 // Queue is an open spool.
 type Queue struct {
 	opts   Options
-	dir    string // Dir/msg: messages, their state logs and drafts
+	spool  *spool.Spool // Dir/msg and Dir/corrupt: the messages, behind the file protocol
 	log    *slog.Logger
 	now    func() time.Time
 	rnd    func() float64
-	flush  *dirSyncer
 	minFre uint64
 
 	mu      sync.Mutex
@@ -94,8 +87,7 @@ type Queue struct {
 	wake    chan struct{} // cap 1: a worker should look at the heap
 	running bool
 
-	free freePool     // finished message files, reused as drafts
-	ctl  net.Listener // the control socket, bound by Open, served by Run
+	ctl net.Listener // the control socket, bound by Open, served by Run
 
 	hooks   *webhooks
 	closeMu sync.Mutex
@@ -107,9 +99,6 @@ var (
 	mDeferred    = metrics.Default.NewCounterVec("sluice_messages_deferred_total", "Recipients deferred for a retry, by upstream.", "upstream")
 	mBounced     = metrics.Default.NewCounter("sluice_messages_bounced_total", "Recipients bounced (permanent failure).")
 	mExpired     = metrics.Default.NewCounter("sluice_messages_expired_total", "Recipients expired at max_age and bounced.")
-	mCommits     = metrics.Default.NewCounter("sluice_spool_commits_total", "Messages made durable in the spool.")
-	mCommitSecs  = metrics.Default.NewCounter("sluice_spool_commit_seconds_total", "Time spent in spool commits (write tail, fsync, rename, dir fsync).")
-	mDirSyncs    = metrics.Default.NewCounter("sluice_spool_dir_syncs_total", "Directory fsyncs; commits/dir_syncs is the group-commit batch size.")
 	mWebhookSent = metrics.Default.NewCounter("sluice_webhook_events_sent_total", "Webhook events accepted by the receiver.")
 )
 
@@ -127,12 +116,12 @@ func Open(opts Options) (*Queue, error) {
 	// spool fails here.
 	if opts.ControlSocket != "" {
 		if q.ctl, err = q.listenControl(); err != nil {
-			q.flush.stop()
+			q.spool.Close()
 			return nil, fmt.Errorf("queue: control socket %s: %w", opts.ControlSocket, err)
 		}
 	}
 	if err := q.recover(); err != nil {
-		q.flush.stop()
+		q.spool.Close()
 		if q.ctl != nil {
 			q.ctl.Close()
 		}
@@ -176,14 +165,13 @@ func newQueue(opts Options) (*Queue, error) {
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 10 * time.Second
 	}
-	for _, d := range []string{opts.Dir, filepath.Join(opts.Dir, "msg"), filepath.Join(opts.Dir, "corrupt"), filepath.Join(opts.Dir, "webhook")} {
+	for _, d := range []string{opts.Dir, filepath.Join(opts.Dir, "corrupt"), filepath.Join(opts.Dir, "webhook")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("queue: create %s: %w", d, err)
 		}
 	}
 	q := &Queue{
 		opts:    opts,
-		dir:     filepath.Join(opts.Dir, "msg"),
 		log:     opts.Logger,
 		now:     opts.Now,
 		rnd:     opts.Rand,
@@ -194,11 +182,11 @@ func newQueue(opts Options) (*Queue, error) {
 	if q.minFre == 0 && opts.Config.MinFreeSpace > 0 {
 		q.minFre = uint64(opts.Config.MinFreeSpace)
 	}
-	fl, err := newDirSyncer(q.dir)
+	sp, err := spool.Open(opts.Dir, spool.Options{Logger: opts.Logger, Now: opts.Now})
 	if err != nil {
 		return nil, err
 	}
-	q.flush = fl
+	q.spool = sp
 	q.hooks = newWebhooks(q)
 	return q, nil
 }
@@ -214,13 +202,12 @@ func (q *Queue) Close() error {
 	defer q.closeMu.Unlock()
 	if !q.closed {
 		q.closed = true
-		q.flush.stop()
-		q.free.closeAll()
+		q.spool.Close()
 		q.mu.Lock()
 		for _, e := range q.entries { // fresh messages never attempted
-			if e.file != nil && !e.inflight {
-				e.file.Close()
-				e.file = nil
+			if !e.inflight {
+				e.fresh.Close()
+				e.fresh = nil
 			}
 		}
 		q.mu.Unlock()
@@ -261,8 +248,8 @@ func (q *Queue) Oldest() time.Duration {
 // FreeSpace returns the bytes available to this process on the spool's file system.
 func (q *Queue) FreeSpace() (uint64, error) {
 	var st syscall.Statfs_t
-	if err := syscall.Statfs(q.dir, &st); err != nil {
-		return 0, fmt.Errorf("queue: statfs %s: %w", q.dir, err)
+	if err := syscall.Statfs(q.spool.Dir(), &st); err != nil {
+		return 0, fmt.Errorf("queue: statfs %s: %w", q.spool.Dir(), err)
 	}
 	return st.Bavail * uint64(st.Bsize), nil
 }
@@ -273,21 +260,7 @@ func (q *Queue) Writable() error {
 	if err := q.checkSpace(); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(q.dir, ".probe-*")
-	if err != nil {
-		return fmt.Errorf("queue: spool not writable: %w", err)
-	}
-	name := f.Name()
-	_, err = f.Write([]byte("ok"))
-	if err == nil {
-		err = f.Sync()
-	}
-	f.Close()
-	os.Remove(name)
-	if err != nil {
-		return fmt.Errorf("queue: spool not writable: %w", err)
-	}
-	return nil
+	return q.spool.Probe()
 }
 
 func (q *Queue) checkSpace() error {
@@ -301,5 +274,41 @@ func (q *Queue) checkSpace() error {
 	if free < q.minFre {
 		return fmt.Errorf("%w (%d bytes free, %d required)", ErrDiskFull, free, q.minFre)
 	}
+	return nil
+}
+
+// Draft is a message being received into the spool (spool.Draft); its
+// Commit also schedules the message.
+type Draft struct {
+	*spool.Draft
+	q *Queue
+}
+
+// Begin allocates a queue ID and a draft in the spool, or returns
+// ErrDiskFull when free space is below the minimum.
+func (q *Queue) Begin() (*Draft, error) {
+	if err := q.checkSpace(); err != nil {
+		return nil, err
+	}
+	return q.beginUnchecked()
+}
+
+func (q *Queue) beginUnchecked() (*Draft, error) {
+	d, err := q.spool.Begin()
+	if err != nil {
+		return nil, err
+	}
+	return &Draft{Draft: d, q: q}, nil
+}
+
+// Commit stores env and prefix with the message and makes it durable (see
+// spool.Draft.Commit); when it returns nil the message survives kill -9 and
+// power loss, and Run delivers it at once. On error nothing was accepted.
+func (d *Draft) Commit(env *Envelope, prefix []byte) error {
+	fresh, err := d.Draft.Commit(env, prefix)
+	if err != nil {
+		return err
+	}
+	d.q.addEntry(&entry{id: d.ID, env: env, fresh: fresh})
 	return nil
 }

@@ -2,10 +2,9 @@ package queue
 
 import (
 	"container/heap"
-	"errors"
-	"os"
-	"strings"
 	"time"
+
+	"github.com/sluicemail/sluice/spool"
 )
 
 // jitter is the spread applied to every retry interval: ±10 %, so messages
@@ -40,14 +39,10 @@ type entry struct {
 	rcpt     []bool // per env.To: true once final
 	index    int    // in the heap; -1 when not in it
 
-	// A message committed by this process keeps its DKIM prefix and length
-	// in memory until its first attempt, and has no state log until one is
-	// needed (see attempt): the common case — delivered at once — then
-	// costs no state file, no extra fsync and no re-read of the trailer.
-	fresh  bool
-	prefix []byte
-	msgLen int64
-	file   *os.File // the committed file's descriptor, until the first attempt ends
+	// A message committed by this process keeps its descriptor, DKIM
+	// prefix and length until its first attempt (spool.Fresh), which is
+	// not recorded in advance (spool.Attempt).
+	fresh *spool.Fresh
 }
 
 type entryHeap []*entry
@@ -116,80 +111,29 @@ func (q *Queue) scheduleLocked(e *entry, t time.Time) {
 	}
 }
 
-// recover loads the spool: drafts are deleted (never acknowledged), orphan
-// state logs removed, corrupt files moved aside, messages whose recipients
-// are all final removed, and the rest scheduled. Messages already due are
-// spread over a window so a restart after an outage is not a burst.
+// recover loads the spool (spool.Recover: drafts deleted, corrupt files
+// moved aside, finished messages removed) and schedules every message.
+// Messages already due are spread over a window so a restart after an
+// outage is not a burst.
 func (q *Queue) recover() error {
-	des, err := os.ReadDir(q.dir)
-	if err != nil {
-		return err
-	}
-	names := map[string]bool{}
-	for _, de := range des {
-		names[de.Name()] = true
-	}
 	now := q.now()
 	var due []*entry
-	for _, de := range des {
-		name := de.Name()
-		switch {
-		case strings.HasPrefix(name, freePrefix):
-			if !q.free.put(freeFile{name: name}) {
-				os.Remove(q.path(name))
-			}
-		case strings.HasSuffix(name, tmpSuffix) || strings.HasPrefix(name, ".probe-"):
-			os.Remove(q.path(name))
-			q.log.Info("queue: removed unacknowledged draft", "file", name)
-		case strings.HasSuffix(name, stateSuffix):
-			if !names[strings.TrimSuffix(name, stateSuffix)] {
-				os.Remove(q.path(name))
-			}
-		case !validID(name):
-			q.moveCorrupt(name, errors.New("not a queue file name"))
-		default:
-			tr, _, err := readTrailer(q.path(name))
-			if err != nil {
-				q.moveCorrupt(name, err)
-				if names[name+stateSuffix] {
-					q.moveCorrupt(name+stateSuffix, errors.New("state of a corrupt message"))
-				}
-				continue
-			}
-			recs, err := readState(q.path(name + stateSuffix))
-			if err != nil {
-				return err
-			}
-			st := foldState(recs)
-			// Without a state log the first attempt (which is not recorded
-			// in advance, see attempt) may have been in flight at the crash:
-			// count it, so the next attempt is recorded before it is made and
-			// a message that crashes the process cannot loop unrecorded.
-			attempts := st.Attempts
-			if !names[name+stateSuffix] {
-				attempts = 1
-			}
-			e := &entry{id: name, env: tr.Env, attempts: attempts, next: st.Next, held: st.Held, warned: st.Warned, rcpt: make([]bool, len(tr.Env.To)), index: -1}
-			pending := 0
-			for i, to := range tr.Env.To {
-				if st.rcptState(to) != StatePending {
-					e.rcpt[i] = true
-				} else {
-					pending++
-				}
-			}
-			if pending == 0 {
-				q.removeFiles(name)
-				continue
-			}
-			if e.next.IsZero() || !e.next.After(now) {
-				due = append(due, e)
-			}
-			q.entries[name] = e
-			if !e.held {
-				heap.Push(&q.due, e)
-			}
+	err := q.spool.Recover(func(m *spool.Message) {
+		st := m.State()
+		e := &entry{id: m.ID, env: m.Env, attempts: st.Attempts, next: st.Next, held: st.Held, warned: st.Warned, rcpt: make([]bool, len(m.Env.To)), index: -1}
+		for i, to := range m.Env.To {
+			e.rcpt[i] = st.RcptState(to) != StatePending
 		}
+		if e.next.IsZero() || !e.next.After(now) {
+			due = append(due, e)
+		}
+		q.entries[m.ID] = e
+		if !e.held {
+			heap.Push(&q.due, e)
+		}
+	})
+	if err != nil {
+		return err
 	}
 	// Spread due messages over up to a minute (5 ms each): workers still
 	// bound concurrency; the spread keeps a backlog from hitting an upstream
@@ -207,18 +151,10 @@ func (q *Queue) recover() error {
 	return nil
 }
 
-func (q *Queue) path(name string) string { return q.dir + string(os.PathSeparator) + name }
-
-// removeFiles deletes a finished message: the message first, so a crash in
-// between leaves an orphan state log (removed at recovery), never a message
-// without its record of final outcomes.
-func (q *Queue) removeFiles(id string) { q.removeFilesFD(id, nil) }
-
-// removeFilesFD is removeFiles for a message whose file is open as f.
-func (q *Queue) removeFilesFD(id string, f *os.File) {
-	if err := q.recycle(id, f); err != nil && !errors.Is(err, os.ErrNotExist) {
+// removeFiles removes a finished message from the spool for good
+// (spool.Finish); fresh is its Commit result if it was never attempted.
+func (q *Queue) removeFiles(id string, fresh *spool.Fresh) {
+	if err := q.spool.Finish(id, fresh); err != nil {
 		q.log.Error("queue: remove finished message", "queue_id", id, "err", err)
-		return
 	}
-	os.Remove(q.path(id + stateSuffix)) // most messages never had one: ENOENT, no unlink
 }

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sluicemail/sluice/spool"
 )
 
 // webhookMaxAge is how long an event is retried before it is dropped.
@@ -78,7 +80,7 @@ func (w *webhooks) add(kind string, e *entry, r dsnRcpt) {
 	if err != nil {
 		return
 	}
-	name := newID(w.q.now()) + ".json"
+	name := spool.NewID(w.q.now()) + ".json"
 	if err := writeFileDurable(w.dir, name, body); err != nil {
 		w.q.log.Error("queue: spool webhook event", "queue_id", e.id, "err", err)
 		return
@@ -95,7 +97,7 @@ func (w *webhooks) add(kind string, e *entry, r dsnRcpt) {
 // writeFileDurable writes dir/name via a temp file, fsync, rename and a
 // directory fsync.
 func writeFileDurable(dir, name string, data []byte) error {
-	tmp := filepath.Join(dir, name+tmpSuffix)
+	tmp := filepath.Join(dir, name+".tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
@@ -114,7 +116,15 @@ func writeFileDurable(dir, name string, data []byte) error {
 		os.Remove(tmp)
 		return err
 	}
-	return syncDir(dir)
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // load adds spooled events not yet known (after a restart).
@@ -128,7 +138,7 @@ func (w *webhooks) load() {
 	defer w.mu.Unlock()
 	for _, de := range des {
 		name := de.Name()
-		if strings.HasSuffix(name, tmpSuffix) {
+		if strings.HasSuffix(name, ".tmp") {
 			os.Remove(filepath.Join(w.dir, name))
 			continue
 		}

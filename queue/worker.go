@@ -1,16 +1,14 @@
 package queue
 
 import (
-	"bytes"
 	"container/heap"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"sync"
 	"time"
 
+	"github.com/sluicemail/sluice/spool"
 	"github.com/sluicemail/sluice/upstream"
 )
 
@@ -118,48 +116,19 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	if next.After(expiry) && now.Before(expiry) {
 		next = expiry // one last attempt exactly at max_age, then expiry
 	}
-	path := q.path(e.id)
-	var size int64
-	started, unrecorded := now, false
-	if e.fresh {
-		// The first attempt of a message committed by this process is not
-		// recorded in advance: the committed file is its record. Were it in
-		// flight at a crash, recovery counts it as made (see recover), so
-		// every later attempt is recorded before it is made (STYLE 6).
-		e.fresh, unrecorded = false, true
-		size = int64(len(e.prefix)) + e.msgLen
-	} else {
-		if err := q.appendState(e.id, true, Record{T: "attempt", At: now, N: n, Next: next}); err != nil {
-			// Not recorded, so not attempted (STYLE 6): try again later.
-			q.log.Error("queue: cannot record attempt; delivery postponed", "queue_id", e.id, "err", err)
-			q.finish(e, nil, next)
-			return
-		}
-		tr, msgLen, err := readTrailer(path)
-		if err != nil {
-			q.log.Error("queue: read spooled message", "queue_id", e.id, "err", err)
-			q.finish(e, nil, next)
-			return
-		}
-		e.prefix, e.msgLen, size = tr.Prefix, msgLen, int64(len(tr.Prefix))+msgLen
+	// Recorded before it is made, except a fresh message's first attempt:
+	// spool.Attempt holds the rule and its exception.
+	a, err := q.spool.Attempt(e.id, e.fresh, Record{At: now, N: n, Next: next})
+	e.fresh = nil
+	if err != nil {
+		// Not recorded, so not attempted: try again later.
+		q.log.Error("queue: cannot record attempt; delivery postponed", "queue_id", e.id, "err", err)
+		q.finish(e, nil, next, nil)
+		return
 	}
-	prefix, msgLen, file := e.prefix, e.msgLen, e.file
-	e.prefix = nil // held only for the attempt, so a long queue costs no memory
 	msg := &upstream.Message{
-		ID: e.id, From: e.env.From, To: pending, Size: size, Route: e.env.Route, RequireTLS: e.env.RequireTLS,
-		Open: func() (io.ReadCloser, error) {
-			if file != nil { // the draft's own descriptor: no open
-				return io.NopCloser(io.MultiReader(bytes.NewReader(prefix), io.NewSectionReader(file, 0, msgLen))), nil
-			}
-			f, err := os.Open(path)
-			if err != nil {
-				return nil, err
-			}
-			return struct {
-				io.Reader
-				io.Closer
-			}{io.MultiReader(bytes.NewReader(prefix), io.NewSectionReader(f, 0, msgLen)), f}, nil
-		},
+		ID: e.id, From: e.env.From, To: pending, Size: a.Size(), Route: e.env.Route, RequireTLS: e.env.RequireTLS,
+		Open: a.Open,
 	}
 	res := q.opts.Deliverer.Deliver(ctx, msg)
 
@@ -242,23 +211,20 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 		recs = append(recs, Record{T: "warned", At: now})
 	}
 	// A message with every recipient final is removed next; its removal is
-	// the record of the outcome. Otherwise the outcomes are logged, which
-	// also records the first attempt of a fresh message.
+	// the record of the outcome. Otherwise the outcomes are logged (with
+	// the first attempt of a fresh message).
 	if deferred > 0 || len(recs) > len(final) {
-		if unrecorded {
-			recs = append([]Record{{T: "attempt", At: started, N: n, Next: next}}, recs...)
-		}
-		if err := q.appendState(e.id, true, recs...); err != nil {
+		if err := a.Record(recs...); err != nil {
 			q.log.Error("queue: cannot record delivery outcome", "queue_id", e.id, "err", err)
 		}
 	}
 
-	q.finish(e, final, next)
+	q.finish(e, final, next, a)
 }
 
-// finish marks final recipients, and removes the message when none is
-// pending or reschedules it at next.
-func (q *Queue) finish(e *entry, final map[string]bool, next time.Time) {
+// finish ends attempt a (nil: none was made): it marks final recipients, and
+// removes the message when none is pending or reschedules it at next.
+func (q *Queue) finish(e *entry, final map[string]bool, next time.Time, a *spool.Attempt) {
 	q.mu.Lock()
 	e.inflight = false
 	pending := 0
@@ -278,16 +244,20 @@ func (q *Queue) finish(e *entry, final map[string]bool, next time.Time) {
 		if removed && !silent && pending > 0 {
 			q.bounceDeleted(e)
 		}
-		q.removeFilesFD(e.id, e.file)
-		e.file = nil
+		if a != nil {
+			if err := a.Finish(); err != nil {
+				q.log.Error("queue: remove finished message", "queue_id", e.id, "err", err)
+			}
+		} else {
+			q.removeFiles(e.id, nil)
+		}
 		q.mu.Lock()
 		delete(q.entries, e.id)
 		q.mu.Unlock()
 		return
 	}
-	if e.file != nil { // a queued message holds no descriptor
-		e.file.Close()
-		e.file = nil
+	if a != nil { // a queued message holds no descriptor
+		a.Close()
 	}
 	if e.retryNow { // retry or release arrived during the attempt
 		e.retryNow = false

@@ -1,6 +1,7 @@
 // Package archtest keeps the tree reading as the journey: imports point one
-// way (cmd → relay → policy | signing | queue → upstream → config; journal
-// is below relay and queue, beside config), and
+// way (cmd → relay → policy | signing | queue → upstream | spool → config;
+// spool is the file protocol under queue; journal is below relay and queue,
+// beside config), and
 // relay never reaches upstream, so the only way to the network is through
 // the spool (STYLE.md convention 1).
 package archtest
@@ -23,7 +24,8 @@ var allowed = map[string][]string{
 	"signing":  {"config"},
 	"policy":   {"config"},
 	"journal":  {"config"},
-	"queue":    {"config", "upstream", "journal"},
+	"spool":    {"config"},
+	"queue":    {"config", "upstream", "journal", "spool"},
 	"relay":    {"config", "policy", "signing", "queue", "journal"},
 }
 

@@ -1,0 +1,178 @@
+package spool
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+)
+
+// Draft is a message being received into the spool.
+type Draft struct {
+	ID   string
+	s    *Spool
+	f    File
+	w    *bufio.Writer
+	n    int64
+	err  error
+	done bool
+	path string // the draft's file: ID.tmp, or the free file it reuses
+}
+
+// Begin allocates a queue ID and a file for the draft: an empty free file
+// when the pool has one (its inode and directory entry are reused, and one
+// with its descriptor costs no open either), else a new ID.tmp.
+func (s *Spool) Begin() (*Draft, error) {
+	if ff := s.free.take(); ff.name != "" {
+		f := ff.f
+		var err error
+		if f == nil {
+			f, err = s.fs.OpenFile(s.path(ff.name), os.O_RDWR, 0o600)
+		} else {
+			_, err = f.Seek(0, io.SeekStart)
+		}
+		if err == nil {
+			return &Draft{ID: NewID(s.now()), s: s, f: f, path: s.path(ff.name), w: getWriter(f)}, nil
+		}
+		if f != nil {
+			f.Close()
+		}
+		s.fs.Remove(s.path(ff.name))
+	}
+	for range 5 {
+		id := NewID(s.now())
+		path := s.path(id + tmpSuffix)
+		f, err := s.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("spool: create draft: %w", err)
+		}
+		return &Draft{ID: id, s: s, f: f, path: path, w: getWriter(f)}, nil
+	}
+	return nil, errors.New("spool: create draft: no unique id")
+}
+
+// Write streams message bytes (headers and body, CRLF) to the draft.
+func (d *Draft) Write(p []byte) (int, error) {
+	if d.err != nil {
+		return 0, d.err
+	}
+	if d.done {
+		return 0, fmt.Errorf("spool: write %s: draft already committed", d.ID)
+	}
+	n, err := d.w.Write(p)
+	d.n += int64(n)
+	if err != nil {
+		d.err = fmt.Errorf("spool: write %s: %w", d.ID, err)
+		return n, d.err
+	}
+	return n, nil
+}
+
+// Fresh is a message committed by this process and not yet attempted: its
+// descriptor, DKIM prefix and length stay in memory until its first attempt,
+// which then reads no trailer and opens no file, and is not recorded in
+// advance (see Attempt).
+type Fresh struct {
+	f      File
+	prefix []byte
+	msgLen int64
+}
+
+// Close drops the descriptor of a message that will not be attempted by
+// this process (it is closing).
+func (fr *Fresh) Close() {
+	if fr != nil && fr.f != nil {
+		fr.f.Close()
+		fr.f = nil
+	}
+}
+
+// Commit stores env and prefix after the message and makes it durable: write
+// the trailer, fsync the file, rename it to its ID, fsync the directory
+// (grouped with other commits). When Commit returns nil the message survives
+// kill -9 and power loss. On error nothing was accepted.
+func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
+	if d.err != nil {
+		d.Abort()
+		return nil, d.err
+	}
+	if d.done {
+		return nil, fmt.Errorf("spool: commit %s: already committed", d.ID)
+	}
+	start := time.Now()
+	s := d.s
+	env.ID = d.ID
+	if env.Received.IsZero() {
+		env.Received = s.now()
+	}
+	tail, err := encodeTail(env, prefix, d.n)
+	if err != nil {
+		d.Abort()
+		return nil, fmt.Errorf("spool: encode %s: %w", d.ID, err)
+	}
+	d.w.Write(tail)
+	if err := d.w.Flush(); err != nil {
+		d.Abort()
+		return nil, fmt.Errorf("spool: write %s: %w", d.ID, err)
+	}
+	if err := d.f.Sync(); err != nil {
+		d.Abort()
+		return nil, fmt.Errorf("spool: fsync %s: %w", d.ID, err)
+	}
+	putWriter(d.w)
+	d.w = nil
+	// No state log yet: most messages are delivered at the first attempt
+	// and never need one.
+	final := s.path(d.ID)
+	if err := s.fs.Rename(d.path, final); err != nil {
+		d.Abort()
+		return nil, fmt.Errorf("spool: rename %s: %w", d.ID, err)
+	}
+	d.done = true
+	if err := s.syncDir(); err != nil {
+		// The rename may or may not survive a crash; the client is told 451
+		// and retries, so a duplicate is possible but nothing is lost.
+		// Remove the file so this process does not deliver it too.
+		s.fs.Remove(final)
+		d.f.Close()
+		return nil, fmt.Errorf("spool: fsync spool directory for %s: %w", d.ID, err)
+	}
+	mCommits.Inc()
+	mCommitSecs.Add(time.Since(start).Seconds())
+	return &Fresh{f: d.f, prefix: prefix, msgLen: d.n}, nil
+}
+
+// Abort removes the draft's file; after Commit it does nothing.
+func (d *Draft) Abort() {
+	if d.done {
+		return
+	}
+	d.done = true
+	d.f.Close()
+	d.s.fs.Remove(d.path)
+	if d.w != nil {
+		putWriter(d.w)
+		d.w = nil
+	}
+}
+
+// Draft writers are pooled: a 32 KiB buffer per message is garbage the
+// collector would otherwise clear and collect at every accept.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+
+func getWriter(f File) *bufio.Writer {
+	w := writerPool.Get().(*bufio.Writer)
+	w.Reset(f)
+	return w
+}
+
+func putWriter(w *bufio.Writer) {
+	w.Reset(nil)
+	writerPool.Put(w)
+}

@@ -1,0 +1,275 @@
+package spool
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// On-disk layout (docs/queue.md): Dir/msg/<ID>.tmp is a draft; Dir/msg/<ID>
+// is a committed message, immutable: the message bytes, then a JSON trailer
+// (envelope and DKIM prefix), then a fixed footer. Dir/msg/<ID>.st is the
+// message's append-only state log (one JSON record per line).
+// Dir/msg/.free-<ID> is an empty file kept to be reused by a draft.
+
+const (
+	footerMagic = "SLUICEQ1"
+	footerSize  = 8 + 8 + 4 + 4 // magic, message length, trailer length, trailer CRC-32C
+	tmpSuffix   = ".tmp"
+	stateSuffix = ".st"
+	freePrefix  = ".free-"
+	probePrefix = ".probe-"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Envelope is what the relay knows about a message besides its bytes; it is
+// stored in the message file's trailer.
+type Envelope struct {
+	ID       string    `json:"id"`
+	From     string    `json:"from"` // "" = null sender
+	To       []string  `json:"to"`
+	User     string    `json:"user,omitempty"`   // authenticated user, "" when accepted by network
+	Client   string    `json:"client,omitempty"` // client IP
+	Route    []string  `json:"route,omitempty"`  // upstream names (empty: all), fixed at acceptance
+	Received time.Time `json:"received"`
+
+	// DSN parameters (RFC 3461).
+	Ret      string             `json:"ret,omitempty"`   // "FULL" | "HDRS" | ""
+	EnvID    string             `json:"envid,omitempty"` // ENVID, echoed as Original-Envelope-Id
+	RcptOpts map[string]RcptDSN `json:"rcpt_opts,omitempty"`
+	// RequireTLS (RFC 8689): deliver only over TLS-only upstreams.
+	RequireTLS bool `json:"requiretls,omitempty"`
+	// Bounce marks a DSN made by the queue; its own failures are dropped.
+	Bounce bool `json:"bounce,omitempty"`
+}
+
+// RcptDSN holds one recipient's DSN parameters, keyed by the address in To.
+type RcptDSN struct {
+	Notify []string `json:"notify,omitempty"` // NEVER | SUCCESS, FAILURE, DELAY; empty: FAILURE,DELAY
+	ORCPT  string   `json:"orcpt,omitempty"`  // "rfc822;addr" as the client sent it
+}
+
+// trailer is the JSON part of a committed message file.
+type trailer struct {
+	V      int       `json:"v"`
+	Env    *Envelope `json:"env"`
+	Prefix []byte    `json:"prefix,omitempty"` // DKIM-Signature fields, prepended on delivery
+}
+
+// crockford is a sortable, case-free alphabet safe in file names.
+const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+// NewID returns 16 characters: 10 for the microseconds since the epoch (sorts
+// by time until the year 2514) and 6 random (30 bits), so IDs made in the
+// same microsecond differ; Begin's O_EXCL catches the rest.
+func NewID(now time.Time) string {
+	var b [16]byte
+	us := uint64(now.UnixMicro())
+	for i := 9; i >= 0; i-- {
+		b[i] = crockford[us&31]
+		us >>= 5
+	}
+	var r [4]byte
+	rand.Read(r[:])
+	x := binary.BigEndian.Uint32(r[:])
+	for i := 15; i >= 10; i-- {
+		b[i] = crockford[x&31]
+		x >>= 5
+	}
+	return string(b[:])
+}
+
+// ValidID reports whether s could be a queue ID (and so is safe in a path).
+func ValidID(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !strings.ContainsRune(crockford, rune(s[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// encodeTail returns the trailer and footer that follow msgLen message bytes.
+func encodeTail(env *Envelope, prefix []byte, msgLen int64) ([]byte, error) {
+	tr, err := json.Marshal(trailer{V: 1, Env: env, Prefix: prefix})
+	if err != nil {
+		return nil, err
+	}
+	var foot [footerSize]byte
+	copy(foot[:8], footerMagic)
+	binary.BigEndian.PutUint64(foot[8:], uint64(msgLen))
+	binary.BigEndian.PutUint32(foot[16:], uint32(len(tr)))
+	binary.BigEndian.PutUint32(foot[20:], crc32.Checksum(tr, castagnoli))
+	return append(tr, foot[:]...), nil
+}
+
+// ErrCorrupt marks a file that cannot be a committed message.
+var ErrCorrupt = errors.New("corrupt spool file")
+
+// readTrailer reads the envelope and prefix of a committed message file and
+// returns the length of the message bytes before them.
+func readTrailer(f File) (*trailer, int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	size := st.Size()
+	if size < footerSize {
+		return nil, 0, fmt.Errorf("%w: %d bytes, shorter than the footer", ErrCorrupt, size)
+	}
+	var foot [footerSize]byte
+	if _, err := f.ReadAt(foot[:], size-footerSize); err != nil {
+		return nil, 0, err
+	}
+	if string(foot[:8]) != footerMagic {
+		return nil, 0, fmt.Errorf("%w: bad footer magic", ErrCorrupt)
+	}
+	msgLen := int64(binary.BigEndian.Uint64(foot[8:]))
+	trLen := int64(binary.BigEndian.Uint32(foot[16:]))
+	if msgLen < 0 || msgLen+trLen+footerSize != size {
+		return nil, 0, fmt.Errorf("%w: lengths %d+%d+%d do not add up to %d", ErrCorrupt, msgLen, trLen, footerSize, size)
+	}
+	buf := make([]byte, trLen)
+	if _, err := f.ReadAt(buf, msgLen); err != nil {
+		return nil, 0, err
+	}
+	if crc32.Checksum(buf, castagnoli) != binary.BigEndian.Uint32(foot[20:]) {
+		return nil, 0, fmt.Errorf("%w: trailer checksum mismatch", ErrCorrupt)
+	}
+	var tr trailer
+	if err := json.Unmarshal(buf, &tr); err != nil || tr.Env == nil {
+		return nil, 0, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
+	}
+	return &tr, msgLen, nil
+}
+
+// body returns prefix + the first msgLen bytes of f as one reader.
+func body(prefix []byte, f io.ReaderAt, msgLen int64) io.Reader {
+	return io.MultiReader(bytes.NewReader(prefix), io.NewSectionReader(f, 0, msgLen))
+}
+
+// Record is one line of a message's state log.
+type Record struct {
+	T        string    `json:"t"` // attempt | rcpt | hold | release | retry | warned
+	At       time.Time `json:"at"`
+	N        int       `json:"n,omitempty"`    // attempt: its number
+	Next     time.Time `json:"next,omitzero"`  // attempt: when the next one is due
+	Rcpt     string    `json:"rcpt,omitempty"` // rcpt: address
+	State    string    `json:"state,omitempty"`
+	Upstream string    `json:"upstream,omitempty"`
+	Status   string    `json:"status,omitempty"` // enhanced status, e.g. 5.1.1
+	Diag     string    `json:"diag,omitempty"`   // diagnostic text (the upstream's reply)
+}
+
+// Recipient states.
+const (
+	StatePending   = "pending"
+	StateDelivered = "delivered"
+	StateBounced   = "bounced"
+	StateExpired   = "expired"
+	StateDeferred  = "deferred" // in the log: still pending, with a last error
+)
+
+func encodeRecords(recs []Record) ([]byte, error) {
+	var buf bytes.Buffer
+	for _, r := range recs {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return nil, err
+		}
+		buf.Write(b)
+		buf.WriteByte('\n')
+	}
+	return buf.Bytes(), nil
+}
+
+// parseRecords reads a state log. A torn last line (crash mid-append) is
+// ignored: it was never synced, so nothing relied on it.
+func parseRecords(b []byte) []Record {
+	var recs []Record
+	for line := range bytes.SplitSeq(b, []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var r Record
+		if json.Unmarshal(line, &r) != nil {
+			continue
+		}
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+// State is a message's state folded from its log.
+type State struct {
+	Attempts int
+	Next     time.Time
+	Held     bool
+	Warned   bool
+	LastErr  string
+	Rcpt     map[string]Record // final or deferred outcome per recipient
+}
+
+// Fold folds a state log into a State.
+func Fold(recs []Record) State {
+	s := State{Rcpt: map[string]Record{}}
+	for _, r := range recs {
+		switch r.T {
+		case "attempt":
+			s.Attempts = max(s.Attempts, r.N)
+			s.Next = r.Next
+		case "rcpt":
+			if r.State == StateDeferred {
+				s.LastErr = r.Diag
+			}
+			if old, ok := s.Rcpt[r.Rcpt]; ok && old.State != StateDeferred {
+				continue // a final outcome stays final
+			}
+			s.Rcpt[r.Rcpt] = r
+		case "hold":
+			s.Held = true
+		case "release":
+			s.Held = false
+			s.Next = r.At
+		case "retry":
+			s.Next = r.At
+		case "warned":
+			s.Warned = true
+		}
+	}
+	return s
+}
+
+// RcptState returns the recipient's state name for listings.
+func (s State) RcptState(addr string) string {
+	r, ok := s.Rcpt[addr]
+	if !ok || r.State == StateDeferred {
+		return StatePending
+	}
+	return r.State
+}
+
+// readAll reads a whole file through fsys (nil, nil when it does not exist).
+func readAll(fsys FS, path string) ([]byte, error) {
+	f, err := fsys.OpenFile(path, os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}

@@ -1,0 +1,81 @@
+package spool
+
+import (
+	"io"
+	"io/fs"
+	"os"
+	"syscall"
+)
+
+// FS is the file-system seam: every byte and name the spool writes goes
+// through it, so tests can stand a simulated disk in its place that forgets,
+// at a power cut, whatever an fsync did not cover (powerloss_test.go).
+// Names are full paths. A directory is synced by opening it and calling Sync.
+type FS interface {
+	OpenFile(name string, flag int, perm fs.FileMode) (File, error)
+	Rename(oldpath, newpath string) error
+	Remove(name string) error
+	// ReadDir returns the names in a directory, in any order.
+	ReadDir(name string) ([]string, error)
+	MkdirAll(path string, perm fs.FileMode) error
+}
+
+// File is an open file (or, for Sync, a directory); *os.File is one.
+type File interface {
+	io.Reader
+	io.ReaderAt
+	io.Writer
+	io.Seeker
+	Truncate(size int64) error
+	Sync() error
+	Stat() (fs.FileInfo, error)
+	Close() error
+}
+
+// OS is the real file system.
+var OS FS = osFS{}
+
+type osFS struct{}
+
+func (osFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	f, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return f, nil
+}
+
+// Rename is rename(2) itself: os.Rename first stats the target, a system
+// call per commit the spool does not need.
+func (osFS) Rename(oldpath, newpath string) error {
+	if err := syscall.Rename(oldpath, newpath); err != nil {
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
+	}
+	return nil
+}
+
+func (osFS) Remove(name string) error { return os.Remove(name) }
+
+func (osFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(path, perm) }
+
+func (osFS) ReadDir(name string) ([]string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// syncDir fsyncs a directory with a descriptor of its own.
+func syncDir(fsys FS, dir string) error {
+	f, err := fsys.OpenFile(dir, os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

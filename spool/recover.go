@@ -1,0 +1,83 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Recover reads the spool back after a start, a crash or a power cut, and
+// calls fn for every message still to deliver (its State counts the
+// unrecorded first attempt). On the way it removes drafts and probes (never
+// acknowledged), orphan state logs, and messages whose recipients all have
+// a final outcome; moves unreadable files to Dir/corrupt/; and takes free
+// files back into the pool, emptied. Everything it changed is made durable
+// before it returns and before a free file is written over.
+func (s *Spool) Recover(fn func(*Message)) error {
+	names, err := s.fs.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("spool: read %s: %w", s.dir, err)
+	}
+	have := make(map[string]bool, len(names))
+	for _, n := range names {
+		have[n] = true
+	}
+	var free []string
+	for _, name := range names {
+		switch {
+		case strings.HasPrefix(name, freePrefix):
+			free = append(free, name)
+		case isTemp(name):
+			s.fs.Remove(s.path(name))
+			s.log.Info("spool: removed unacknowledged draft", "file", name)
+		case strings.HasSuffix(name, stateSuffix):
+			if !have[strings.TrimSuffix(name, stateSuffix)] {
+				s.fs.Remove(s.path(name))
+			}
+		case !ValidID(name):
+			s.moveCorrupt(name, errNotID)
+		default:
+			m, err := s.Read(name)
+			if errors.Is(err, ErrCorrupt) {
+				s.moveCorrupt(name, err)
+				if have[name+stateSuffix] {
+					s.moveCorrupt(name+stateSuffix, errors.New("state of a corrupt message"))
+				}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			st := m.State()
+			pending := 0
+			for _, to := range m.Env.To {
+				if st.RcptState(to) == StatePending {
+					pending++
+				}
+			}
+			if pending == 0 { // finished before the crash; its removal was not yet durable
+				fname, err := s.unlink(name)
+				if err != nil {
+					return err
+				}
+				s.fs.Remove(s.path(name + stateSuffix))
+				if fname != "" {
+					free = append(free, fname)
+				}
+				continue
+			}
+			fn(m)
+		}
+	}
+	// One directory fsync covers every removal and rename above, and the
+	// free names found: after a kill -9 a free name may still be only in
+	// the page cache, and writing over the file before it is durable could
+	// bring the finished message's name back over new bytes.
+	if err := s.syncDir(); err != nil {
+		return fmt.Errorf("spool: fsync spool directory: %w", err)
+	}
+	for _, name := range free {
+		s.recycle(name, nil)
+	}
+	return nil
+}
