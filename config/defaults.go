@@ -31,7 +31,15 @@ const (
 	DefaultQueueWorkers  = 32
 	DefaultMinFreeSpace  = 100 * Size(1e6)
 	DefaultTLSMinVersion = "1.2"
+
+	DefaultDKIMCheckInterval = 5 * time.Minute
+	DefaultDKIMRetireAfter   = 7 * 24 * time.Hour
+	DefaultDNSTimeout        = 5 * time.Second
 )
+
+// DefaultDKIMAlgorithms are a managed domain's key algorithms when none are
+// given: RSA for every verifier, Ed25519 beside it (RFC 8463).
+func DefaultDKIMAlgorithms() []string { return []string{AlgoRSA, AlgoEd25519} }
 
 // Upstream profiles.
 const (
@@ -156,6 +164,14 @@ func (l *Loader) setDefaults(c *Config, present map[string]bool) error {
 	for i := range c.Users {
 		str(&c.Users[i].Policy, DefaultPolicy)
 	}
+	for i := range c.DKIM {
+		if c.DKIM[i].Managed && len(c.DKIM[i].Algorithms) == 0 && unset(fmt.Sprintf("dkim[%d].algorithms", i)) {
+			c.DKIM[i].Algorithms = DefaultDKIMAlgorithms()
+		}
+	}
+	dur(&c.DKIMCheckInterval, "dkim_check_interval", DefaultDKIMCheckInterval)
+	dur(&c.DKIMRetireAfter, "dkim_retire_after", DefaultDKIMRetireAfter)
+	dur(&c.DNS.Timeout, "dns.timeout", DefaultDNSTimeout)
 	if c.Policies == nil {
 		c.Policies = map[string]*Policy{}
 	}

@@ -92,7 +92,14 @@ func Summary(c *Config) string {
 
 	fmt.Fprintf(&b, "dkim keys: %d\n", len(c.DKIM))
 	for _, d := range c.DKIM {
+		if d.Managed {
+			fmt.Fprintf(&b, "  %s managed (%s)\n", d.Domain, strings.Join(d.Algorithms, ", "))
+			continue
+		}
 		fmt.Fprintf(&b, "  %s/%s\n", d.Domain, d.Selector)
+	}
+	if c.DNS.Resolver != "" {
+		fmt.Fprintf(&b, "dns resolver: %s\n", c.DNS.Resolver)
 	}
 
 	fmt.Fprintf(&b, "upstreams: %d\n", len(c.Upstreams))

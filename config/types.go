@@ -27,6 +27,14 @@ type Config struct {
 	HTTP      HTTP               `yaml:"http"`
 	RateLimit RateLimit          `yaml:"ratelimit"`
 	Log       Log                `yaml:"log"`
+
+	// DKIMCheckInterval is how often serve looks up the DKIM records
+	// (pending managed keys become active; metrics); default 5m.
+	DKIMCheckInterval time.Duration `yaml:"dkim_check_interval"`
+	// DKIMRetireAfter is how long a replaced managed key stays retiring
+	// (its record must stay published) before it is retired; default 7d.
+	DKIMRetireAfter time.Duration `yaml:"dkim_retire_after"`
+	DNS             DNS           `yaml:"dns"`
 }
 
 // TLS is the certificate the relay presents on STARTTLS and implicit-TLS listeners.
@@ -111,11 +119,29 @@ type Route struct {
 	Upstreams     []string `yaml:"upstreams"`
 }
 
-// DKIMKey is one signing key for one domain and selector.
+// DKIMKey is one signing key for one domain and selector (key_file), or,
+// with Managed, every key Sluice keeps for the domain under
+// state_dir/dkim/DOMAIN/ (`sluice dkim rotate`; DESIGN §8.4).
 type DKIMKey struct {
-	Domain   string `yaml:"domain"`
-	Selector string `yaml:"selector"`
-	KeyFile  string `yaml:"key_file"`
+	Domain     string   `yaml:"domain"`
+	Selector   string   `yaml:"selector"`
+	KeyFile    string   `yaml:"key_file"`
+	Managed    bool     `yaml:"managed"`
+	Algorithms []string `yaml:"algorithms"` // managed only: rsa, ed25519 (default both)
+}
+
+// DKIM key algorithms of managed keys.
+const (
+	AlgoRSA     = "rsa"
+	AlgoEd25519 = "ed25519"
+)
+
+// DNS is how Sluice asks DNS (DKIM records of managed keys, sluice doctor).
+type DNS struct {
+	// Resolver is host:port of a recursive (or the zone's authoritative)
+	// name server; "" means the name servers of /etc/resolv.conf.
+	Resolver string        `yaml:"resolver"`
+	Timeout  time.Duration `yaml:"timeout"` // per query; default 5s
 }
 
 // Upstream types.

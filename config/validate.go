@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sluicemail/sluice/internal/passwd"
 )
@@ -327,10 +328,43 @@ func (v *validator) validatePolicies(c *Config) {
 
 func (v *validator) validateDKIM(c *Config) {
 	seen := map[string]string{}
+	managed := map[string]string{}
 	for i, d := range c.DKIM {
 		k := fmt.Sprintf("dkim[%d]", i)
 		if d.Domain == "" {
 			v.errorf(k+".domain", "is required")
+		} else if !ValidDomainName(d.Domain) {
+			v.errorf(k+".domain", "%q is not a domain name", d.Domain)
+		}
+		if d.Managed {
+			if d.Selector != "" {
+				v.errorf(k+".selector", "a managed domain's selectors are chosen by `sluice dkim rotate`; remove selector")
+			}
+			if d.KeyFile != "" {
+				v.errorf(k+".key_file", "a managed domain's keys live in state_dir/dkim/%s/; remove key_file", d.Domain)
+			}
+			if len(d.Algorithms) == 0 && v.lines[k+".algorithms"] != 0 {
+				v.errorf(k+".algorithms", "must name at least one of rsa, ed25519")
+			}
+			algos := map[string]bool{}
+			for j, a := range d.Algorithms {
+				switch {
+				case a != AlgoRSA && a != AlgoEd25519:
+					v.errorf(fmt.Sprintf("%s.algorithms[%d]", k, j), "%q is not rsa or ed25519", a)
+				case algos[a]:
+					v.errorf(fmt.Sprintf("%s.algorithms[%d]", k, j), "%s is listed twice", a)
+				}
+				algos[a] = true
+			}
+			id := strings.ToLower(strings.TrimSuffix(d.Domain, "."))
+			if prev, dup := managed[id]; dup && d.Domain != "" {
+				v.errorf(k+".domain", "%s is already managed by %s", d.Domain, prev)
+			}
+			managed[id] = k
+			continue
+		}
+		if len(d.Algorithms) > 0 {
+			v.errorf(k+".algorithms", "only a managed domain takes algorithms (the key_file decides)")
 		}
 		if d.Selector == "" {
 			v.errorf(k+".selector", "is required")
@@ -355,6 +389,40 @@ func (v *validator) validateDKIM(c *Config) {
 			v.errorf(k+".key_file", "%s: %v", d.KeyFile, err)
 		}
 	}
+	if c.DKIMCheckInterval < time.Second {
+		v.errorf("dkim_check_interval", "must be at least 1s")
+	}
+	if c.DNS.Resolver != "" {
+		if err := hostPort(c.DNS.Resolver); err != nil {
+			v.errorf("dns.resolver", "%v", err)
+		} else if h, _, _ := net.SplitHostPort(c.DNS.Resolver); h == "" {
+			v.errorf("dns.resolver", "address %q: a host is required (e.g. 127.0.0.1:53)", c.DNS.Resolver)
+		}
+	}
+	if c.DNS.Timeout <= 0 {
+		v.errorf("dns.timeout", "must be positive")
+	}
+}
+
+// ValidDomainName reports whether d can name a DNS domain and a directory
+// (state_dir/dkim/DOMAIN): letters, digits, hyphens, underscores and dots,
+// no empty label, at most 253 bytes; one trailing dot is allowed.
+func ValidDomainName(d string) bool {
+	d = strings.TrimSuffix(d, ".")
+	if d == "" || len(d) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // checkPrivateKey accepts what the signing package loads: PEM, PKCS#1 or

@@ -60,11 +60,15 @@ func NewKeyring(keys []Key) *Keyring {
 
 // LoadKeys reads every key file named in the configuration. Errors name the
 // file; a duplicate domain+selector pair or a weak RSA key is an error too.
+// Managed entries are skipped: LoadKeyring adds their active keys.
 func LoadKeys(keys []config.DKIMKey) (*Keyring, error) {
 	var errs []error
 	seen := make(map[string]bool)
 	loaded := make([]Key, 0, len(keys))
 	for _, ck := range keys {
+		if ck.Managed {
+			continue
+		}
 		if ck.Domain == "" || ck.Selector == "" {
 			errs = append(errs, fmt.Errorf("signing: key %s: domain and selector are required", ck.KeyFile))
 			continue

@@ -45,7 +45,7 @@ func commands() []command {
 		{"serve", "[-c FILE] [--dev]", "run the relay", runServe},
 		{"check-config", "[-c FILE]", "validate the configuration and print a summary", runCheckConfig},
 		{"passwd", "[--bcrypt]", "read a password, print its hash for the config", runPasswd},
-		{"dkim", "keygen|dns ...", "make DKIM keys, print their DNS records", runDKIM},
+		{"dkim", "keygen|dns|rotate|activate|status ...", "make, rotate and check DKIM keys, print their DNS records", runDKIM},
 		{"queue", "list|show|retry|hold|release|delete|flush ...", "inspect and act on the queue", runQueue},
 		{"policy", "explain --user U --from A --to B [--size N]", "show what the policy decides", runPolicy},
 		{"upstreams", "[-c FILE]", "show each upstream's state", runUpstreams},

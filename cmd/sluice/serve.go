@@ -85,6 +85,7 @@ type daemon struct {
 	keys   *signing.Keyring
 	policy *policy.Engine
 	cfg    *config.Config
+	dkim   *dkimWatch
 }
 
 func (d *daemon) run(cfg *config.Config) error {
@@ -102,10 +103,13 @@ func (d *daemon) run(cfg *config.Config) error {
 	if d.certs, err = newCertStore(cfg); err != nil {
 		return err
 	}
-	if d.keys, err = signing.LoadKeys(cfg.DKIM); err != nil {
+	d.dkim = newDKIMWatch(d)
+	d.dkim.markLoaded(cfg)
+	if d.keys, err = signing.LoadKeyring(cfg.DKIM, cfg.StateDir); err != nil {
 		return err
 	}
 	d.log.Info("dkim", "keys", len(cfg.DKIM), "rsa_signer", signing.RSAImplementation())
+	d.warnUnsigned(cfg, d.keys)
 	if d.policy, err = policy.New(cfg, policy.Options{Logger: d.log}); err != nil {
 		return err
 	}
@@ -138,6 +142,7 @@ func (d *daemon) run(cfg *config.Config) error {
 	defer stop()
 	qdone := make(chan struct{})
 	go func() { defer close(qdone); d.queue.Run(ctx) }()
+	go d.dkim.run(ctx)
 	d.relay.Serve()
 	httpSrv, err := d.serveHTTP(cfg.HTTP.Address)
 	if err != nil {
@@ -156,6 +161,9 @@ func (d *daemon) run(cfg *config.Config) error {
 		select {
 		case <-tick.C:
 			d.certs.reloadIfChanged(d.log)
+			continue
+		case <-d.dkim.changed:
+			d.reloadKeys()
 			continue
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
@@ -195,7 +203,8 @@ func (d *daemon) reload() {
 		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
 		return
 	}
-	keys, err := signing.LoadKeys(cfg.DKIM)
+	d.dkim.markLoaded(cfg)
+	keys, err := signing.LoadKeyring(cfg.DKIM, cfg.StateDir)
 	if err != nil {
 		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
 		return

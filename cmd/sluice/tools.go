@@ -26,7 +26,7 @@ func runCheckConfig(args []string, _ io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return &exitError{code: 1, msg: err.Error()}
 	}
-	if _, err := signing.LoadKeys(cfg.DKIM); err != nil {
+	if _, err := signing.LoadKeyring(cfg.DKIM, cfg.StateDir); err != nil {
 		return &exitError{code: 1, msg: err.Error()}
 	}
 	fmt.Fprint(stdout, config.Summary(cfg))
@@ -96,9 +96,15 @@ func readPassword(stdin io.Reader, stderr io.Writer, confirm bool) (string, erro
 
 func runDKIM(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageErr(stderr, "usage: sluice dkim keygen --domain D --selector S [--algo rsa|ed25519] [--bits 2048] --out FILE\n       sluice dkim dns [-c FILE | --dev]")
+		return usageErr(stderr, dkimUsage)
 	}
 	switch args[0] {
+	case "rotate":
+		return runDKIMRotate(args[1:], stdout, stderr)
+	case "activate":
+		return runDKIMActivate(args[1:], stdout, stderr)
+	case "status":
+		return runDKIMStatus(args[1:], stdout, stderr)
 	case "keygen":
 		fs := flag.NewFlagSet("dkim keygen", flag.ContinueOnError)
 		domain := fs.String("domain", "", "signing domain")
@@ -138,6 +144,12 @@ func runDKIM(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		for _, k := range cfg.DKIM {
+			if k.Managed {
+				if err := printManagedRecords(stdout, cfg, k); err != nil {
+					return err
+				}
+				continue
+			}
 			b, err := os.ReadFile(k.KeyFile)
 			if err != nil {
 				return err
@@ -150,5 +162,5 @@ func runDKIM(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		}
 		return nil
 	}
-	return usageErr(stderr, "sluice dkim: unknown subcommand %q (keygen, dns)", args[0])
+	return usageErr(stderr, "sluice dkim: unknown subcommand %q (keygen, dns, rotate, activate, status)", args[0])
 }

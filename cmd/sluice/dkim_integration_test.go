@@ -1,0 +1,351 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/sluicemail/sluice/internal/dnsclient"
+	"github.com/sluicemail/sluice/internal/testdns"
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+const managedYAML = `hostname: relay.test
+state_dir: {{DIR}}/state
+shutdown_timeout: 5s
+tls:
+  cert_file: {{CERT}}
+  key_file: {{KEY}}
+listeners:
+  - name: submission
+    address: 127.0.0.1:0
+    tls: starttls
+    auth: required
+users:
+  - name: app
+    password_hash: "{{HASH}}"
+policies:
+  default:
+    allowed_senders: ["*@example.com"]
+dkim:
+  - {domain: example.com, managed: true, algorithms: [rsa, ed25519]}
+dkim_check_interval: 1s
+dkim_retire_after: {{RETIRE}}
+dns:
+  resolver: {{DNS}}
+  timeout: 2s
+http:
+  address: 127.0.0.1:0
+queue:
+  retry: [300ms]
+{{UP}}`
+
+// recordLine splits one `sluice dkim dns` line into its name and value.
+var recordLineRE = regexp.MustCompile(`^(\S+)\. IN TXT \((( "[^"]*")+) \)$`)
+
+func parseRecords(t *testing.T, out string) map[string]string {
+	t.Helper()
+	recs := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		m := recordLineRE.FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("not a record line: %q", line)
+		}
+		recs[m[1]] = strings.ReplaceAll(strings.ReplaceAll(m[2], `" "`, ""), `"`, "")[1:]
+	}
+	return recs
+}
+
+// verifyWith verifies every signature of data against the test DNS and
+// returns the selectors that signed.
+func verifyWith(t *testing.T, dnsAddr string, data []byte) []string {
+	t.Helper()
+	c, err := dnsclient.New(dnsAddr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := dkim.VerifyWithOptions(bytes.NewReader(data), &dkim.VerifyOptions{LookupTXT: func(name string) ([]string, error) {
+		return c.LookupTXT(context.Background(), name)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sels []string
+	for _, v := range vs {
+		if v.Err != nil {
+			t.Fatalf("signature d=%s does not verify: %v\n%s", v.Domain, v.Err, data)
+		}
+	}
+	for _, m := range regexp.MustCompile(`(?m)\bs=([a-z0-9-]+);`).FindAllSubmatch(data, -1) {
+		sels = append(sels, string(m[1]))
+	}
+	return sels
+}
+
+type keyLine struct {
+	Domain, Selector, Algorithm, State, DNS string
+	Created                                 time.Time
+}
+
+func dkimStatus(t *testing.T, cfg string) map[string]keyLine {
+	t.Helper()
+	out, stderr, code := runCmd(t, "", "dkim", "status", "--json", "-c", cfg)
+	if code != 0 {
+		t.Fatalf("dkim status: %d %s", code, stderr)
+	}
+	keys := map[string]keyLine{}
+	dec := json.NewDecoder(strings.NewReader(out))
+	for dec.More() {
+		var k keyLine
+		if err := dec.Decode(&k); err != nil {
+			t.Fatal(err)
+		}
+		keys[k.Selector] = k
+	}
+	return keys
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+var httpAddrRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
+
+// TestDKIMRotation walks a managed domain through two generations of keys
+// while serve runs, against a DNS server the test changes.
+func TestDKIMRotation(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dnsSrv := testdns.Start(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	y := strings.NewReplacer("{{UP}}", upstreamYAML(up.Port()), "{{DNS}}", dnsSrv.Addr, "{{RETIRE}}", "2s").Replace(managedYAML)
+	cfg := e.config(y)
+	today := "s" + time.Now().UTC().Format("20060102")
+
+	// First rotate: pending, and activate refuses while DNS has nothing.
+	out, stderr, code := runCmd(t, "", "dkim", "rotate", "--domain", "example.com", "-c", cfg)
+	if code != 0 {
+		t.Fatalf("rotate: %d %s", code, stderr)
+	}
+	gen1 := parseRecords(t, out)
+	r1, e1 := today+"r._domainkey.example.com", today+"e._domainkey.example.com"
+	if len(gen1) != 2 || !strings.HasPrefix(gen1[r1], "v=DKIM1; k=rsa; p=") || !strings.HasPrefix(gen1[e1], "v=DKIM1; k=ed25519; p=") {
+		t.Fatalf("rotate printed:\n%s", out)
+	}
+	_, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", cfg)
+	if code != 1 || !strings.Contains(stderr, r1+": no TXT record (missing)") || !strings.Contains(stderr, e1+": no TXT record (missing)") {
+		t.Fatalf("activate without records: %d %q", code, stderr)
+	}
+	for name, v := range gen1 {
+		dnsSrv.SetValue(name, v)
+	}
+	out, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", cfg)
+	if code != 0 || out != "example.com: activated "+today+"r, "+today+"e\n" {
+		t.Fatalf("activate: %d %q %q", code, out, stderr)
+	}
+
+	p := start(t, 1, "serve", "-c", cfg)
+	send := func(id string) {
+		t.Helper()
+		if _, err := goSend(t, p.addrs["submission"], e.tlsConfig(), "app@example.com", "r@example.org", message("app@example.com", "r@example.org", id, "rotation")); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	send("m1")
+	msgs := up.WaitMessages(t, 1, 10*time.Second)
+	if sels := verifyWith(t, dnsSrv.Addr, msgs[0].Data); strings.Join(sels, ",") != today+"r,"+today+"e" {
+		t.Fatalf("m1 signed by %v", sels)
+	}
+
+	// m2 waits in the queue (the upstream defers it) across the rotation.
+	up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "try later")
+	send("m2")
+	waitFor(t, "m2 deferred", 10*time.Second, func() bool { return strings.Contains(p.stderr.String(), "msg=deferred") })
+
+	// Second rotate while serve runs: pending; mail keeps the old selectors.
+	out, stderr, code = runCmd(t, "", "dkim", "rotate", "--domain", "example.com", "-c", cfg)
+	if code != 0 {
+		t.Fatalf("rotate 2: %d %s", code, stderr)
+	}
+	gen2 := parseRecords(t, out)
+	r2, e2 := today+"r2._domainkey.example.com", today+"e2._domainkey.example.com"
+	if gen2[r2] == "" || gen2[e2] == "" {
+		t.Fatalf("rotate 2 printed:\n%s", out)
+	}
+	st := dkimStatus(t, cfg)
+	if k := st[today+"r2"]; k.State != "pending" || k.DNS != "missing" || k.Algorithm != "rsa" || k.Domain != "example.com" || time.Since(k.Created) > time.Minute {
+		t.Fatalf("status of the new key: %+v", k)
+	}
+	if k := st[today+"r"]; k.State != "active" || k.DNS != "ok" {
+		t.Fatalf("status of the old key: %+v", k)
+	}
+	// Wrong key at the RSA name: mismatch, named.
+	dnsSrv.SetValue(r2, gen1[r1])
+	dnsSrv.SetValue(e2, gen2[e2])
+	_, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", cfg)
+	if code != 1 || !strings.Contains(stderr, r2+": p= publishes a different RSA key (mismatch)") || strings.Contains(stderr, e2) {
+		t.Fatalf("activate with a wrong key: %d %q", code, stderr)
+	}
+	if st := dkimStatus(t, cfg); st[today+"r2"].DNS != "mismatch" || st[today+"r2"].State != "pending" {
+		t.Fatalf("status after a wrong key: %+v", st[today+"r2"])
+	}
+	send("m3")
+	msgs = up.Messages()
+	// Right key: the daemon activates the generation by itself.
+	dnsSrv.SetValue(r2, gen2[r2])
+	if !p.waitLog("msg=dkim_key_active", 15*time.Second) || !p.waitLog("msg=\"dkim keys reloaded\"", 15*time.Second) {
+		t.Fatalf("the daemon did not activate the new keys:\n%s", p.stderr.String())
+	}
+	send("m4")
+	up.ClearFailures()
+	all := up.WaitMessages(t, len(msgs)+3, 20*time.Second)
+	byID := map[string][]byte{}
+	for _, m := range all {
+		for id := range messageIDs([][]byte{m.Data}) {
+			byID[id] = m.Data
+		}
+	}
+	old, cur := today+"r,"+today+"e", today+"r2,"+today+"e2"
+	for id, want := range map[string]string{"m2@example.com": old, "m3@example.com": old, "m4@example.com": cur} {
+		if sels := verifyWith(t, dnsSrv.Addr, byID[id]); strings.Join(sels, ",") != want {
+			t.Errorf("%s signed by %v, want %s", id, sels, want)
+		}
+	}
+
+	// The old generation retires after dkim_retire_after (2s).
+	waitFor(t, "old keys retired", 20*time.Second, func() bool {
+		st := dkimStatus(t, cfg)
+		return st[today+"r"].State == "retired" && st[today+"e"].State == "retired" && st[today+"r2"].State == "active"
+	})
+
+	// Metrics: the active keys' age and DNS state.
+	m := httpAddrRE.FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		t.Fatal("no http address logged")
+	}
+	waitFor(t, "dkim metrics", 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + m[1] + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return bytes.Contains(b, []byte(fmt.Sprintf(`sluice_dkim_dns_ok{domain="example.com",selector="%sr2"} 1`, today))) &&
+			bytes.Contains(b, []byte(fmt.Sprintf(`sluice_dkim_key_age_seconds{domain="example.com",selector="%se2"} `, today))) &&
+			!bytes.Contains(b, []byte(fmt.Sprintf(`selector="%sr"}`, today)))
+	})
+	// A record that goes missing shows as 0.
+	dnsSrv.SetTXT(r2)
+	waitFor(t, "dns_ok 0", 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + m[1] + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return bytes.Contains(b, []byte(fmt.Sprintf(`sluice_dkim_dns_ok{domain="example.com",selector="%sr2"} 0`, today)))
+	})
+}
+
+// TestDKIMRotateKill9 kills `sluice dkim rotate` and `serve` at random
+// points of rotations and activations: the state always parses, every key
+// it names has its file, and only keys whose records were verified are
+// ever active.
+func TestDKIMRotateKill9(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dnsSrv := testdns.Start(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	y := strings.NewReplacer("{{UP}}", upstreamYAML(up.Port()), "{{DNS}}", dnsSrv.Addr, "{{RETIRE}}", "1h").Replace(managedYAML)
+	cfg := e.config(y)
+	stateFile := filepath.Join(e.dir, "state", "dkim", "example.com", "state.json")
+	verified := map[string]bool{} // selectors whose exact record the test published
+	check := func(round int) {
+		t.Helper()
+		b, err := os.ReadFile(stateFile)
+		if os.IsNotExist(err) {
+			return
+		}
+		var st struct {
+			Keys []struct{ Selector, State string }
+		}
+		if err != nil || json.Unmarshal(b, &st) != nil {
+			t.Fatalf("round %d: state.json unreadable: %v\n%s", round, err, b)
+		}
+		for _, k := range st.Keys {
+			if _, err := os.Stat(filepath.Join(filepath.Dir(stateFile), k.Selector+".pem")); err != nil {
+				t.Fatalf("round %d: key %s without its file", round, k.Selector)
+			}
+			if k.State == "active" && !verified[k.Selector] {
+				t.Fatalf("round %d: key %s is active but its record was never published", round, k.Selector)
+			}
+		}
+	}
+	p := start(t, 1, "serve", "-c", cfg)
+	rotate := func(killAfter time.Duration) string {
+		cmd := exec.Command(sluiceBin, "dkim", "rotate", "--force", "--domain", "example.com", "-c", cfg)
+		var out bytes.Buffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if killAfter > 0 {
+			timer := time.AfterFunc(killAfter, func() { cmd.Process.Signal(syscall.SIGKILL) })
+			defer timer.Stop()
+		}
+		cmd.Wait()
+		return out.String()
+	}
+	// How long a whole rotate takes here, to kill inside it.
+	begin := time.Now()
+	rotate(0)
+	whole := time.Since(begin)
+	for round := range 12 {
+		if round%3 == 2 {
+			// A whole rotate whose records are published: the daemon
+			// activates it; kill it too, at some point of its checks.
+			out := rotate(0)
+			check(round)
+			for name, v := range parseRecords(t, out) {
+				dnsSrv.SetValue(name, v)
+				verified[strings.SplitN(name, ".", 2)[0]] = true
+			}
+			time.Sleep(time.Duration(round) * 100 * time.Millisecond)
+			p.cmd.Process.Signal(syscall.SIGKILL)
+			p.wait(10 * time.Second)
+			check(round)
+			p = start(t, 1, "serve", "-c", cfg)
+			continue
+		}
+		// Killed at a different point each round, from the start of the
+		// process to the end of its writes.
+		rotate(whole * time.Duration(round+1) / 12)
+		check(round)
+	}
+	waitFor(t, "an activation", 15*time.Second, func() bool {
+		check(99)
+		b, _ := os.ReadFile(stateFile)
+		return bytes.Contains(b, []byte(`"state": "active"`))
+	})
+	_ = p
+}
