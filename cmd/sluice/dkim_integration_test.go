@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,19 +116,6 @@ func dkimStatus(t *testing.T, cfg string) map[string]keyLine {
 	return keys
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-var httpAddrRE = regexp.MustCompile(`msg="http listening" address=(\S+)`)
-
 // TestDKIMRotation walks a managed domain through two generations of keys
 // while serve runs, against a DNS server the test changes.
 func TestDKIMRotation(t *testing.T) {
@@ -167,7 +152,7 @@ func TestDKIMRotation(t *testing.T) {
 	p := start(t, 1, "serve", "-c", cfg)
 	send := func(id string) {
 		t.Helper()
-		if _, err := goSend(t, p.addrs["submission"], e.tlsConfig(), "app@example.com", "r@example.org", message("app@example.com", "r@example.org", id, "rotation")); err != nil {
+		if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "rotation")); err != nil {
 			t.Fatalf("%s: %v", id, err)
 		}
 	}
@@ -180,7 +165,7 @@ func TestDKIMRotation(t *testing.T) {
 	// m2 waits in the queue (the upstream defers it) across the rotation.
 	up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "try later")
 	send("m2")
-	waitFor(t, "m2 deferred", 10*time.Second, func() bool { return strings.Contains(p.stderr.String(), "msg=deferred") })
+	waitFor(t, 10*time.Second, "m2 deferred", func() bool { return strings.Contains(p.stderr.String(), "msg=deferred") })
 
 	// Second rotate while serve runs: pending; mail keeps the old selectors.
 	out, stderr, code = runCmd(t, "", "dkim", "rotate", "--domain", "example.com", "-c", cfg)
@@ -233,38 +218,23 @@ func TestDKIMRotation(t *testing.T) {
 	}
 
 	// The old generation retires after dkim_retire_after (2s).
-	waitFor(t, "old keys retired", 20*time.Second, func() bool {
+	waitFor(t, 20*time.Second, "old keys retired", func() bool {
 		st := dkimStatus(t, cfg)
 		return st[today+"r"].State == "retired" && st[today+"e"].State == "retired" && st[today+"r2"].State == "active"
 	})
 
 	// Metrics: the active keys' age and DNS state.
-	m := httpAddrRE.FindStringSubmatch(p.stderr.String())
-	if m == nil {
-		t.Fatal("no http address logged")
-	}
-	waitFor(t, "dkim metrics", 10*time.Second, func() bool {
-		resp, err := http.Get("http://" + m[1] + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return bytes.Contains(b, []byte(fmt.Sprintf(`sluice_dkim_dns_ok{domain="example.com",selector="%sr2"} 1`, today))) &&
-			bytes.Contains(b, []byte(fmt.Sprintf(`sluice_dkim_key_age_seconds{domain="example.com",selector="%se2"} `, today))) &&
-			!bytes.Contains(b, []byte(fmt.Sprintf(`selector="%sr"}`, today)))
+	addr := p.httpAddr()
+	okSeries := fmt.Sprintf(`sluice_dkim_dns_ok{domain="example.com",selector="%sr2"}`, today)
+	waitFor(t, 10*time.Second, "dkim metrics", func() bool {
+		m := readMetrics(t, addr)
+		_, old := m[fmt.Sprintf(`sluice_dkim_key_age_seconds{domain="example.com",selector="%sr"}`, today)]
+		age, ok := m[fmt.Sprintf(`sluice_dkim_key_age_seconds{domain="example.com",selector="%se2"}`, today)]
+		return m[okSeries] == 1 && ok && age >= 0 && age < 600 && !old
 	})
 	// A record that goes missing shows as 0.
 	dnsSrv.SetTXT(r2)
-	waitFor(t, "dns_ok 0", 10*time.Second, func() bool {
-		resp, err := http.Get("http://" + m[1] + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return bytes.Contains(b, []byte(fmt.Sprintf(`sluice_dkim_dns_ok{domain="example.com",selector="%sr2"} 0`, today)))
-	})
+	waitFor(t, 10*time.Second, "dns_ok 0", func() bool { return metric(t, addr, okSeries) == 0 })
 }
 
 // TestDKIMRotateKill9 kills `sluice dkim rotate` and `serve` at random
@@ -342,7 +312,7 @@ func TestDKIMRotateKill9(t *testing.T) {
 		rotate(whole * time.Duration(round+1) / 12)
 		check(round)
 	}
-	waitFor(t, "an activation", 15*time.Second, func() bool {
+	waitFor(t, 15*time.Second, "an activation", func() bool {
 		check(99)
 		b, _ := os.ReadFile(stateFile)
 		return bytes.Contains(b, []byte(`"state": "active"`))
