@@ -512,15 +512,19 @@ func LoadKeyring(keys []config.DKIMKey, stateDir string) (*Keyring, error) {
 	for _, ck := range keys {
 		d := normDomain(ck.Domain)
 		if !ck.Managed {
-			all = append(all, static.byDomain[d][used[d]])
+			k := static.byDomain[d][used[d]]
+			k.native = nil // NewKeyring below loads it again; static is closed
+			all = append(all, k)
 			used[d]++
 			continue
 		}
 		active, err := store.ActiveKeys(d)
 		if err != nil {
+			static.Close()
 			return nil, err
 		}
 		all = append(all, active...)
 	}
+	static.Close()
 	return NewKeyring(all), nil
 }

@@ -234,8 +234,12 @@ func (d *daemon) reloadKeys() {
 	}
 	d.relay.Reload(cfg, pol, keys)
 	d.keysMu.Lock()
+	oldKeys := d.keys
 	d.keys = keys
 	d.keysMu.Unlock()
+	// As after SIGHUP: the old keys' libcrypto copies are freed once the
+	// sessions that began with them had time to finish.
+	time.AfterFunc(cfg.ShutdownTimeout+time.Minute, oldKeys.Close)
 	d.log.Info("dkim keys reloaded", "signing", signingSummary(cfg, keys))
 }
 
