@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
 
@@ -13,8 +12,9 @@ import (
 )
 
 // users is the AUTH user store of one configuration. A check against an
-// unknown name hashes against a dummy hash of the same kind, so a wrong
-// name and a wrong password cost the same time and get the same reply.
+// unknown name hashes against the slowest configured user's hash, so a
+// wrong name costs what the slowest real user's wrong password costs and
+// gets the same reply.
 type users struct {
 	byName map[string]config.User
 	dummy  string // hash compared against for unknown users
@@ -51,69 +51,23 @@ func newUsers(list []config.User, now func() time.Time) *users {
 	return u
 }
 
-// slowestHash is the hash an unknown name is checked against: one of a
-// configured user's, of the kind and cost that takes longest to verify, so
-// an unknown name costs what the slowest real user costs and timing tells
-// no names apart (a wrong password never matches: the user is unknown).
-// With no users it is a dummy argon2id hash.
+// slowestHash is the hash an unknown name is checked against: a configured
+// user's hash of the kind and cost that is slowest to verify, so an unknown
+// name costs what the slowest real user costs and timing tells no names
+// apart (a wrong password never matches: the user is unknown). With no
+// users it is a dummy argon2id hash.
 func slowestHash(list []config.User) string {
-	byKind := map[string]string{} // kind and cost → one hash of it
+	best, bestCost := "", 0.0
 	for _, x := range list {
-		if k := hashKind(x.PasswordHash); k != "" {
-			if _, ok := byKind[k]; !ok {
-				byKind[k] = x.PasswordHash
-			}
+		if c := passwd.Cost(x.PasswordHash); c > bestCost {
+			best, bestCost = x.PasswordHash, c
 		}
 	}
-	best, bestCost := dummyArgon2(), time.Duration(-1)
-	for k, h := range byKind {
-		if c := verifyCost(k, h, len(byKind) > 1); c > bestCost {
-			best, bestCost = h, c
-		}
+	if best == "" {
+		return dummyArgon2()
 	}
 	return best
 }
-
-// hashKind is the part of a hash that decides its cost: "$2a$10$" for
-// bcrypt, "$argon2id$v=19$m=19456,t=1,p=1$" for argon2id.
-func hashKind(h string) string {
-	n := 3 // bcrypt: $2a$10$
-	if strings.HasPrefix(h, "$argon2id$") {
-		n = 4
-	}
-	i := 0
-	for j := 0; j < n; j++ {
-		k := strings.IndexByte(h[i+1:], '$')
-		if k < 0 {
-			return ""
-		}
-		i += k + 1
-	}
-	return h[:i+1]
-}
-
-// verifyCost measures one verification of h (once per kind per process);
-// with a single kind configured there is nothing to compare.
-func verifyCost(kind, h string, measure bool) time.Duration {
-	if !measure {
-		return 0
-	}
-	costMu.Lock()
-	defer costMu.Unlock()
-	if c, ok := costs[kind]; ok {
-		return c
-	}
-	start := time.Now()
-	passwd.Verify(h, "sluice cost probe")
-	c := time.Since(start)
-	costs[kind] = c
-	return c
-}
-
-var (
-	costMu sync.Mutex
-	costs  = map[string]time.Duration{}
-)
 
 // A dummy hash of a random password nobody knows, made once per process,
 // for a configuration without users.

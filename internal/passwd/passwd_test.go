@@ -38,3 +38,20 @@ func TestVerifyKnownHashes(t *testing.T) {
 		}
 	}
 }
+
+// TestCost: the estimate orders kinds and costs as verifying them does.
+func TestCost(t *testing.T) {
+	argon, _ := Hash("x")
+	b10 := "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
+	b12 := "$2y$12$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
+	heavy := "$argon2id$v=19$m=65536,t=3,p=1$c2FsdHNhbHQ$aGFzaA"
+	if c := Cost(argon); c != 1 {
+		t.Errorf("default argon2id: %v, want 1", c)
+	}
+	if !(Cost(b12) > Cost(b10) && Cost(b10) > Cost(argon) && Cost(heavy) > Cost(b10)) {
+		t.Errorf("costs argon2id %v, bcrypt-10 %v, bcrypt-12 %v, argon2id m=64MiB t=3 %v: wrong order", Cost(argon), Cost(b10), Cost(b12), Cost(heavy))
+	}
+	if Cost("garbage") != 0 {
+		t.Error("an unreadable hash has a cost")
+	}
+}
