@@ -39,8 +39,17 @@ func runSend(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	body := fs.String("body", "This is a test message sent by `sluice send`.", "message body")
 	dataFile := fs.String("data", "", "send this file (or - for stdin) as the whole message instead")
 	helo := fs.String("helo", "", "EHLO name (default: this host's name)")
-	if _, err := parseFlags(fs, args); err != nil || *from == "" || len(to) == 0 {
+	_, err := parseFlags(fs, args)
+	if err != nil || *from == "" || len(to) == 0 {
 		return usageErr(stderr, "usage: sluice send --server H:P --user U --from A --to B [--tls starttls|implicit|none] [--insecure|--ca FILE] [--data FILE]")
+	}
+	if *from, err = checkAddress(*from); err != nil {
+		return fmt.Errorf("--from: %w", err)
+	}
+	for i, r := range to {
+		if to[i], err = checkAddress(r); err != nil {
+			return fmt.Errorf("--to: %w", err)
+		}
 	}
 	host, _, err := net.SplitHostPort(*server)
 	if err != nil {

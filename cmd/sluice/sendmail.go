@@ -28,50 +28,59 @@ import (
 // --user and $SLUICE_PASSWORD on any listener.
 func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sendmail", flag.ContinueOnError)
-	from := fs.String("f", "", "envelope sender")
-	fromHeaders := fs.Bool("t", false, "take recipients from To:, Cc: and Bcc:")
+	from := fs.String("f", "", "envelope sender (-r is the same)")
+	fromHeaders := fs.Bool("t", false, "take recipients from To:, Cc: and Bcc: (or the Resent- ones)")
 	path := fs.String("c", defaultConfig, "configuration file (to find a listener)")
 	server := fs.String("server", "", "host:port (default: a loopback-trusting listener of the config)")
 	userName := fs.String("user", "", "SMTP AUTH user (password from $SLUICE_PASSWORD)")
-	fs.Bool("i", false, "ignored (a lone dot never ends the message here)")
-	fs.Bool("oi", false, "ignored")
 	fs.String("F", "", "ignored (full name)")
-	rcpts, err := parseFlags(fs, splitAttached(args))
+	fs.String("B", "", "ignored (body type: 7BIT or 8BITMIME)")
+	fs.String("L", "", "ignored (syslog tag)")
+	fs.String("h", "", "ignored (hop count)")
+	rcpts, err := parseFlags(fs, sendmailArgs(args))
 	if err != nil {
-		return usageErr(stderr, "usage: sluice sendmail [-f FROM] [-t] [RCPT...]")
+		return usageErr(stderr, sendmailUsage)
 	}
 	msg, err := io.ReadAll(stdin)
 	if err != nil {
 		return err
 	}
-	m, err := mail.ReadMessage(bytes.NewReader(msg))
+	msg = dropMboxFrom(msg)
+	for i, r := range rcpts {
+		if rcpts[i], err = checkAddress(r); err != nil {
+			return fmt.Errorf("recipient: %w", err)
+		}
+	}
 	if *fromHeaders {
+		m, err := mail.ReadMessage(bytes.NewReader(msg))
 		if err != nil {
 			return fmt.Errorf("-t: cannot parse the message headers: %w", err)
 		}
-		for _, h := range []string{"To", "Cc", "Bcc"} {
-			if v := m.Header.Get(h); v != "" {
-				list, err := mail.ParseAddressList(v)
-				if err != nil {
-					return fmt.Errorf("-t: %s: %w", h, err)
-				}
-				for _, a := range list {
-					rcpts = append(rcpts, a.Address)
-				}
-			}
+		hr, err := headerRecipients(m.Header)
+		if err != nil {
+			return fmt.Errorf("-t: %w", err)
 		}
-		msg = dropHeader(msg, "Bcc")
+		rcpts = append(rcpts, hr...)
+		// Blind copies stay blind, also when -t was not given.
 	}
+	msg = dropHeader(msg, "Bcc", "Resent-Bcc")
 	if len(rcpts) == 0 {
 		return errors.New("no recipients (give them as arguments, or use -t)")
 	}
-	if *from == "" {
+	switch *from {
+	case "":
 		name := "root"
 		if u, err := user.Current(); err == nil {
 			name = u.Username
 		}
 		host, _ := os.Hostname()
 		*from = name + "@" + host
+	case "<>":
+		*from = "" // the null sender, as bounce scripts ask for it
+	default:
+		if *from, err = checkAddress(*from); err != nil {
+			return fmt.Errorf("-f: %w", err)
+		}
 	}
 	addr := *server
 	if addr == "" {
@@ -116,19 +125,59 @@ func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	return c.Quit()
 }
 
-// splitAttached accepts sendmail's attached option values (-fADDR, -FNAME,
-// as PHP's mail() and many sendmail_path settings pass them), which Go's
-// flag package would read as unknown flags.
-func splitAttached(args []string) []string {
+const sendmailUsage = "usage: sluice sendmail [-f FROM] [-t] [--server H:P] [--user U] [RCPT...]"
+
+// sendmailNoops are sendmail options that change nothing here, accepted so
+// that scripts and sendmail_path settings written for sendmail or Postfix
+// work as they are: -i/-oi (a lone dot never ends the message: stdin is
+// read to its end), delivery modes (-odb, -odi, -odq: the relay queues
+// anyway), error modes (-oem, -oee, -oep, -oeq, -oew, -em, …: errors go to
+// stderr and the exit code), -v, -bm (deliver mail: the only mode), -U,
+// -n, -m, -G.
+var sendmailNoops = map[string]bool{
+	"-i": true, "-oi": true, "-om": true, "-odb": true, "-odi": true, "-odq": true, "-odd": true,
+	"-oem": true, "-oee": true, "-oep": true, "-oeq": true, "-oew": true,
+	"-em": true, "-ee": true, "-ep": true, "-eq": true, "-ew": true,
+	"-v": true, "-bm": true, "-U": true, "-n": true, "-m": true, "-G": true,
+}
+
+// sendmailArgs rewrites sendmail's own option syntax into what the flag
+// package reads: no-op options are dropped, -r is -f, and values attached
+// to their option (-fADDR, -FNAME, -B8BITMIME, as PHP's mail() and many
+// sendmail_path settings pass them) are split off.
+func sendmailArgs(args []string) []string {
 	var out []string
-	for _, a := range args {
-		if len(a) > 2 && (strings.HasPrefix(a, "-f") || strings.HasPrefix(a, "-F")) && a[2] != '=' {
-			out = append(out, a[:2], a[2:])
+	for i, a := range args {
+		switch {
+		case a == "--":
+			return append(out, args[i:]...)
+		case sendmailNoops[a]:
 			continue
+		case a == "-r":
+			out = append(out, "-f")
+		case len(a) > 2 && a[0] == '-' && strings.IndexByte("frFBLh", a[1]) >= 0 && a[2] != '=' && a[2] != '-':
+			opt := a[:2]
+			if opt == "-r" {
+				opt = "-f"
+			}
+			out = append(out, opt, a[2:])
+		default:
+			out = append(out, a)
 		}
-		out = append(out, a)
 	}
 	return out
+}
+
+// dropMboxFrom removes a leading mbox "From sender date" line, which some
+// scripts pipe along with a message saved from a mailbox.
+func dropMboxFrom(msg []byte) []byte {
+	if !bytes.HasPrefix(msg, []byte("From ")) {
+		return msg
+	}
+	if i := bytes.IndexByte(msg, '\n'); i >= 0 {
+		return msg[i+1:]
+	}
+	return nil
 }
 
 // loopbackListener picks the address of a listener a local script may use.
@@ -162,8 +211,8 @@ func loopbackListener(cfg *config.Config, withAuth bool) string {
 	return ""
 }
 
-// dropHeader removes every field called name from the header section.
-func dropHeader(msg []byte, name string) []byte {
+// dropHeader removes every field with one of names from the header section.
+func dropHeader(msg []byte, names ...string) []byte {
 	var out bytes.Buffer
 	r := bufio.NewReader(bytes.NewReader(msg))
 	skipping, inHeader := false, true
@@ -178,7 +227,15 @@ func dropHeader(msg []byte, name string) []byte {
 				case line[0] == ' ' || line[0] == '\t':
 					// continuation: keep or drop with its field
 				default:
-					skipping = len(trim) > len(name) && strings.EqualFold(string(trim[:len(name)+1]), name+":")
+					skipping = false
+					if name, _, ok := bytes.Cut(trim, []byte(":")); ok {
+						name = bytes.TrimRight(name, " \t")
+						for _, n := range names {
+							if strings.EqualFold(string(name), n) {
+								skipping = true
+							}
+						}
+					}
 				}
 				if skipping {
 					continue

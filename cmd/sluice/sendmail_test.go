@@ -4,6 +4,10 @@ package main
 // monitoring scripts run it, against a real daemon.
 
 import (
+	"bytes"
+	"fmt"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,4 +55,154 @@ func TestSendmailAttachedFlagValue(t *testing.T) {
 		t.Fatalf("sendmail -fapp@example.com -t -i: exit %d: %s", code, stderr)
 	}
 	up.WaitMessages(t, 1, 20*time.Second)
+}
+
+// localListener trusts loopback with the default policy and no rate, for
+// tests that inject more than one message.
+const localListener = `  - name: local
+    address: 127.0.0.1:0
+    tls: none
+    auth: none
+    trusted_networks: [127.0.0.1/32]
+`
+
+// startLocal runs a daemon with the local listener and returns its address.
+func startLocal(t *testing.T, up *testsmtp.Server) string {
+	t.Helper()
+	e := newEnv(t)
+	p := start(t, 2, "serve", "-c", polConfig(e, up.Port(), localListener, ""))
+	return p.addrs["local"]
+}
+
+// onlyMessage waits for one message upstream, then for the sentinel sent
+// after it, and fails unless those two are all that arrived.
+func onlyMessage(t *testing.T, up *testsmtp.Server, addr string) testsmtp.Message {
+	t.Helper()
+	sentinel := "From: <app@example.com>\nTo: <sentinel@dest.test>\nMessage-ID: <sentinel@example.com>\nSubject: sentinel\n\nlast\n"
+	if _, stderr, code := runCmd(t, sentinel, "sendmail", "--server", addr, "-f", "app@example.com", "sentinel@dest.test"); code != 0 {
+		t.Fatalf("sentinel: exit %d: %s", code, stderr)
+	}
+	msgs := up.WaitMessages(t, 2, 20*time.Second)
+	var rest []testsmtp.Message
+	for _, m := range msgs {
+		if messageIDs([][]byte{m.Data})["sentinel@example.com"] == 0 {
+			rest = append(rest, m)
+		}
+	}
+	if len(msgs) != 2 || len(rest) != 1 {
+		t.Fatalf("upstream got %d messages besides the sentinel, want 1", len(msgs)-1)
+	}
+	return rest[0]
+}
+
+// TestSendmailHeaderRecipients: -t reads every To:, Cc: and Bcc: field (any
+// case, a comment before the address), delivers to all of them, and no
+// Bcc: reaches the upstream.
+func TestSendmailHeaderRecipients(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	addr := startLocal(t, up)
+	msg := "From: <app@example.com>\n" +
+		"To: u2@dest.test\n" +
+		"Bcc: b2@dest.test\n" +
+		"Bcc: b3@dest.test\n" +
+		"To: u3@dest.test\n" +
+		"To: \"Four\" <u4@dest.test>, u4b@dest.test\n" +
+		"cc: u5@dest.test\n" +
+		"BCC: (comment) b4@dest.test,\n  \"quoted..b5\"@dest.test\n" +
+		"Bcc:\n" +
+		"Subject: many fields\n\nhello\n"
+	if _, stderr, code := runCmd(t, msg, "sendmail", "--server", addr, "-t", "-f", "app@example.com"); code != 0 {
+		t.Fatalf("sendmail -t: exit %d: %s", code, stderr)
+	}
+	m := onlyMessage(t, up, addr)
+	want := []string{"u2@dest.test", "u3@dest.test", "u4@dest.test", "u4b@dest.test", "u5@dest.test", "b2@dest.test", "b3@dest.test", "b4@dest.test", "quoted..b5@dest.test"}
+	if got := strings.ReplaceAll(fmt.Sprint(m.To), `"`, ""); got != fmt.Sprint(want) {
+		t.Errorf("RCPT TO %v, want %v", m.To, want)
+	}
+	if regexp.MustCompile(`(?im)^bcc\s*:|quoted..b5|b[2-4]@`).Match(m.Data) {
+		t.Errorf("a blind copy shows in the message:\n%s", m.Data)
+	}
+}
+
+// TestSendmailResentRecipients: with Resent- fields, -t sends to the
+// resent recipients only (sendmail's and Postfix's rule), and every
+// Resent-Bcc: is removed.
+func TestSendmailResentRecipients(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	addr := startLocal(t, up)
+	msg := "Resent-From: <app@example.com>\n" +
+		"Resent-To: r1@dest.test\n" +
+		"Resent-Bcc: rb1@dest.test\n" +
+		"Resent-bcc: rb2@dest.test\n" +
+		"From: <orig@example.com>\nTo: orig@dest.test\nBcc: ob@dest.test\nSubject: forwarded\n\nhello\n"
+	if _, stderr, code := runCmd(t, msg, "sendmail", "--server", addr, "-t", "-f", "app@example.com"); code != 0 {
+		t.Fatalf("sendmail -t: exit %d: %s", code, stderr)
+	}
+	m := onlyMessage(t, up, addr)
+	if want := "[r1@dest.test rb1@dest.test rb2@dest.test]"; fmt.Sprint(m.To) != want {
+		t.Errorf("RCPT TO %v, want %s", m.To, want)
+	}
+	if regexp.MustCompile(`(?im)^(resent-)?bcc\s*:|rb[12]@|ob@`).Match(m.Data) {
+		t.Errorf("a blind copy shows in the message:\n%s", m.Data)
+	}
+}
+
+// TestInjectorsRefuseParameterInjection: an address argument that would
+// close the SMTP path and add ESMTP parameters is refused (exit 1, nothing
+// sent), by sendmail and by send.
+func TestInjectorsRefuseParameterInjection(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	addr := startLocal(t, up)
+	msg := "From: <app@example.com>\nSubject: injected\n\nhello\n"
+	for _, args := range [][]string{
+		{"sendmail", "--server", addr, "-f", "p@example.com> BODY=7BIT", "r@dest.test"},
+		{"sendmail", "--server", addr, "-fp@example.com> BODY=7BIT", "r@dest.test"},
+		{"sendmail", "--server", addr, "-f", "app@example.com", "ok@dest.test> ORCPT=rfc822;someone@else"},
+		{"sendmail", "--server", addr, "-f", "app@example.com", "two words@dest.test"},
+		{"sendmail", "--server", addr, "-f", "app@example.com", "r@dest.test\r\nRCPT TO:<x@dest.test>"},
+		{"send", "--server", addr, "--tls", "none", "--from", "p@example.com> BODY=7BIT", "--to", "r@dest.test"},
+		{"send", "--server", addr, "--tls", "none", "--from", "app@example.com", "--to", "ok@dest.test> NOTIFY=NEVER"},
+	} {
+		_, stderr, code := runCmd(t, msg, args...)
+		if code != 1 || !strings.Contains(stderr, "address") {
+			t.Errorf("%q: exit %d, stderr %q; want exit 1 naming the bad address", args, code, stderr)
+		}
+	}
+	// Quoted local parts and angle brackets are addresses, not injection.
+	_, stderr, code := runCmd(t, "From: <app@example.com>\nMessage-ID: <quoted@example.com>\n\nhi\n",
+		"sendmail", "--server", addr, "-f", "<app@example.com>", `"a..b"@dest.test`)
+	if code != 0 {
+		t.Fatalf("quoted recipient: exit %d: %s", code, stderr)
+	}
+	// (How the relay forwards a quoted local part is the relay's business.)
+	if m := onlyMessage(t, up, addr); m.From != "app@example.com" || len(m.To) != 1 || strings.ReplaceAll(m.To[0], `"`, "") != "a..b@dest.test" {
+		t.Errorf("got MAIL %q RCPT %v", m.From, m.To)
+	}
+}
+
+// TestSendmailCompatFlags: a message piped with its mbox "From " line and
+// the options admins pass out of habit (-r, -odq, -oem, -v, -B, -oi, -i)
+// goes through, without the mbox line, from the -r sender.
+func TestSendmailCompatFlags(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	addr := startLocal(t, up)
+	msg := "From app@example.com Sat Dec  5 10:00:00 2026\nFrom: <app@example.com>\nTo: <r@dest.test>\nSubject: mbox\n\nhello\n"
+	for _, args := range [][]string{
+		{"-r", "app@example.com", "-odq", "-oem", "-v", "-B", "8BITMIME", "-oi", "-i", "r@dest.test"},
+		{"-rapp@example.com", "-odb", "-oee", "-B8BITMIME", "-em", "-U", "-bm", "r@dest.test"},
+	} {
+		_, stderr, code := runCmd(t, msg, append([]string{"sendmail", "--server", addr}, args...)...)
+		if code != 0 {
+			t.Fatalf("sendmail %q: exit %d: %s", args, code, stderr)
+		}
+	}
+	for _, m := range up.WaitMessages(t, 2, 20*time.Second) {
+		if m.From != "app@example.com" || bytes.HasPrefix(m.Data, []byte("From ")) || !bytes.Contains(m.Data, []byte("From: <app@example.com>")) {
+			t.Errorf("MAIL FROM %q, data:\n%s\nwant the -r sender and no mbox From line", m.From, m.Data)
+		}
+	}
 }
