@@ -53,6 +53,9 @@ func authKey(ip string) string {
 type authEntry struct {
 	times        [authBlockAfter]int64 // unix ns; 0 = unused
 	blockedUntil int64
+	// inflight counts the slots of times held by attempts whose password
+	// is still being checked; the others are failures.
+	inflight int
 }
 
 // oldest is the index of the slot to reuse: unused, or the earliest time.
@@ -85,16 +88,19 @@ type authTable struct {
 	m         map[string]authEntry
 	cap       int
 	nextSweep int64
+	// freed is closed (and replaced) whenever an attempt settles: attempts
+	// waiting for a slot held by a check in flight try again.
+	freed chan struct{}
 }
 
 func newAuthTable(maxKeys int) *authTable {
-	return &authTable{m: map[string]authEntry{}, cap: maxKeys}
+	return &authTable{m: map[string]authEntry{}, cap: maxKeys, freed: make(chan struct{})}
 }
 
 func (t *authTable) sweepLocked(now int64) {
 	before := len(t.m)
 	for k, e := range t.m {
-		if e.inWindow(now) == 0 && e.blockedUntil <= now {
+		if e.inWindow(now) == 0 && e.blockedUntil <= now && e.inflight == 0 {
 			delete(t.m, k)
 		}
 	}
@@ -119,30 +125,37 @@ func (t *authTable) state(key string, now time.Time) (time.Duration, bool) {
 	case e.blockedUntil > n:
 		return 0, true
 	}
-	return authDelayFor(e.inWindow(n)), false
+	return authDelayFor(e.inWindow(n)-e.inflight), false
 }
 
-// reserve counts one attempt as a failure before its password is checked,
-// so parallel connections cannot all pass the check before any failure is
-// counted: once authBlockAfter attempts are in the window (failed or still
-// being checked), the IP is blocked and no further password is checked. It
-// returns the delay for this attempt, whether the IP is blocked, and the
-// slot (a unique time) that released gives back on success.
-func (t *authTable) reserve(key string, now time.Time) (time.Duration, bool, int64) {
+// reserve takes a failure slot for one attempt before its password is
+// checked, so parallel connections cannot all pass the check before any
+// failure is counted: at most authBlockAfter passwords (failed or still
+// being checked) per window. Once authBlockAfter have failed the IP is
+// blocked. When the slots are full of checks still in flight, the attempt
+// is neither checked nor blocked: busy is set and it waits for one to
+// settle (an application opening twenty sessions at once is not guessing).
+// It returns the delay for this attempt (by failures), whether the IP is
+// blocked, and the slot (a unique time) that settle gives back on success.
+func (t *authTable) reserve(key string, now time.Time) (d time.Duration, blocked bool, slot int64, busy <-chan struct{}) {
 	n := now.UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.makeRoomLocked(key, n) {
-		return 0, false, 0 // table full of blocked IPs: this one is not counted
+		return 0, false, 0, nil // table full of blocked IPs: this one is not counted
 	}
 	e := t.m[key]
 	if e.blockedUntil > n {
-		return 0, true, 0
+		return 0, true, 0, nil
 	}
 	before := e.inWindow(n)
-	if before >= authBlockAfter {
+	failures := before - e.inflight
+	if failures >= authBlockAfter {
 		t.m[key] = authEntry{blockedUntil: n + int64(authBlockFor)}
-		return 0, true, 0
+		return 0, true, 0, nil
+	}
+	if before >= authBlockAfter {
+		return 0, false, 0, t.freed
 	}
 	// The oldest slot goes (outside the window, as before < the ring size);
 	// the slot's time is unique so settle finds exactly it.
@@ -152,8 +165,9 @@ func (t *authTable) reserve(key string, now time.Time) (time.Duration, bool, int
 		}
 	}
 	e.times[e.oldest()] = n
+	e.inflight++
 	t.m[key] = e
-	return authDelayFor(before), false, n
+	return authDelayFor(failures), false, n, nil
 }
 
 // settle ends a reserved attempt: a success gives its slot back, a failure
@@ -162,17 +176,20 @@ func (t *authTable) settle(key string, slot int64, ok bool, now time.Time) {
 	n := now.UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	close(t.freed)
+	t.freed = make(chan struct{})
 	e, found := t.m[key]
 	if !found || e.blockedUntil > n {
 		return
 	}
+	e.inflight--
 	if ok {
 		for i, x := range e.times {
 			if x == slot {
 				e.times[i] = 0
 			}
 		}
-	} else if e.inWindow(n) >= authBlockAfter {
+	} else if e.inWindow(n)-e.inflight >= authBlockAfter {
 		e = authEntry{blockedUntil: n + int64(authBlockFor)}
 	}
 	t.m[key] = e
@@ -211,7 +228,7 @@ func (t *authTable) failed(key string, now time.Time) {
 		return
 	}
 	e.times[e.oldest()] = n
-	if e.inWindow(n) >= authBlockAfter {
+	if e.inWindow(n)-e.inflight >= authBlockAfter {
 		e = authEntry{blockedUntil: n + int64(authBlockFor)}
 	}
 	t.m[key] = e
@@ -279,28 +296,56 @@ type AuthAttempt struct {
 // BeginAuth reserves a failure slot for an AUTH from ip before its
 // password is checked. It returns how long to wait before answering and
 // whether ip is blocked (then answer 421 4.7.0 and check nothing; the
-// attempt is nil).
+// attempt is nil). While every slot is held by a password check still in
+// flight (parallel logins of one application), it waits for one to settle.
 func (e *Engine) BeginAuth(ctx context.Context, ip string) (*AuthAttempt, time.Duration, bool) {
 	a := &AuthAttempt{e: e, key: authKey(ip)}
+	for {
+		d, blocked, busy := e.reserveAuth(ctx, a)
+		switch {
+		case blocked:
+			return nil, 0, true
+		case busy == nil:
+			return a, d, false
+		}
+		// Every slot is held by a check in flight: wait for one to settle.
+		// An attempt that cannot get one before ctx ends is refused as if
+		// blocked (421, try again later); it checked no password.
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, 0, true
+		}
+	}
+}
+
+// authBusyPoll is how often an attempt waiting for a Redis slot asks again
+// (the instance that holds the slot cannot wake it).
+const authBusyPoll = 20 * time.Millisecond
+
+// reserveAuth makes one try at a slot for a; busy is non-nil when every
+// slot is held by a check in flight, and is ready when trying again is worth it.
+func (e *Engine) reserveAuth(ctx context.Context, a *AuthAttempt) (d time.Duration, blocked bool, busy <-chan struct{}) {
 	now := e.now()
 	if e.redis != nil && e.redis.usable(now) {
 		a.member = rand.Text()
 		n, err := e.redis.authReserve(ctx, a.key, a.member, now)
 		if err == nil {
-			if n < 0 {
-				return nil, 0, true
+			switch {
+			case n == authReserveBusy:
+				c := make(chan struct{})
+				time.AfterFunc(authBusyPoll, func() { close(c) })
+				return 0, false, c
+			case n < 0:
+				return 0, true, nil
 			}
-			return a, authDelayFor(n), false
+			return authDelayFor(n), false, nil
 		}
 		e.redis.failed(now, err)
 		a.member = ""
 	}
-	d, blocked, slot := e.auth.reserve(a.key, now)
-	if blocked {
-		return nil, 0, true
-	}
-	a.slot = slot
-	return a, d, false
+	d, blocked, a.slot, busy = e.auth.reserve(a.key, now)
+	return d, blocked, busy
 }
 
 // Done settles the attempt: ok gives the slot back; a failure keeps it

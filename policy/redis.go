@@ -62,39 +62,54 @@ end
 return n
 `)
 
-// authReserveScript counts one AUTH attempt as a failure before its
-// password is checked (the member is removed again on success), so parallel
-// connections cannot pass the check before any failure is counted.
-// KEYS: failures, block. ARGV: window ms, block-after, block ms, now ms, a
-// unique member. Returns the attempts in the window before this one, or -1
-// when the IP is blocked.
+// authReserveScript takes a slot for one AUTH attempt before its password
+// is checked (a member of the pending set, moved to the failures on
+// failure), so parallel connections cannot pass the check before any
+// failure is counted: failures plus pending checks stay under block-after.
+// A pending member left by an instance that died mid-check lapses after
+// authPendingTTL. KEYS: failures, block, pending. ARGV: window ms,
+// block-after, block ms, now ms, a unique member, pending TTL ms. Returns
+// the failures in the window, -1 when the IP is blocked, or -2 (busy) when
+// the slots are full of checks in flight.
 var authReserveScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local w = tonumber(ARGV[1])
 local now = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[2]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
   redis.call('DEL', KEYS[1])
   return -1
 end
-redis.call('ZADD', KEYS[1], now, ARGV[5])
-redis.call('PEXPIRE', KEYS[1], w)
+if n + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return -2 end
+redis.call('ZADD', KEYS[3], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
 return n
 `)
 
-// authSettleScript ends a reserved attempt: ARGV[5] = "1" (success) removes
-// its member; a failure keeps it and sets the block when the window is full.
-// KEYS: failures, block. ARGV: window ms, block-after, block ms, now ms,
-// ok, member.
+// authReserveBusy is authReserveScript's answer when every slot is held by
+// a check in flight.
+const authReserveBusy = -2
+
+// authPendingTTL bounds how long a reserved slot counts when its instance
+// never settles it (it died during the check); checks take milliseconds.
+const authPendingTTL = time.Minute
+
+// authSettleScript ends a reserved attempt: its pending member goes, and a
+// failure (ARGV[5] = "0") joins the failures, setting the block when the
+// window is full. KEYS: failures, block, pending. ARGV: window ms,
+// block-after, block ms, now ms, ok, member.
 var authSettleScript = redis.NewScript(`
+redis.call('ZREM', KEYS[3], ARGV[6])
 if ARGV[5] == '1' then
-  redis.call('ZREM', KEYS[1], ARGV[6])
   return 0
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local now = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], now, ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 local n = redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]) + 1, '+inf')
 if n >= tonumber(ARGV[2]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
@@ -204,7 +219,7 @@ func (s *redisStore) gcra(ctx context.Context, key string, now time.Time, interv
 
 func authKeys(key string) []string {
 	// The hash tag keeps both keys in one slot on a Redis Cluster.
-	return []string{"sluice:rl:auth:{" + key + "}", "sluice:rl:authblock:{" + key + "}"}
+	return []string{"sluice:rl:auth:{" + key + "}", "sluice:rl:authblock:{" + key + "}", "sluice:rl:authpending:{" + key + "}"}
 }
 
 func (s *redisStore) authState(ctx context.Context, key string, now time.Time) (int, bool, error) {
@@ -235,7 +250,7 @@ func (s *redisStore) authReserve(ctx context.Context, key, member string, now ti
 	ctx, cancel := s.bounded(ctx)
 	defer cancel()
 	n, err := authReserveScript.Run(ctx, s.rdb, authKeys(key),
-		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), member).Int()
+		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), member, authPendingTTL.Milliseconds()).Int()
 	if err != nil {
 		return 0, fmt.Errorf("policy: redis auth reserve %s: %w", key, err)
 	}
