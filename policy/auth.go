@@ -125,7 +125,7 @@ func (t *authTable) state(key string, now time.Time) (time.Duration, bool) {
 	case e.blockedUntil > n:
 		return 0, true
 	}
-	return authDelayFor(e.inWindow(n)-e.inflight), false
+	return authDelayFor(e.inWindow(n) - e.inflight), false
 }
 
 // reserve takes a failure slot for one attempt before its password is
