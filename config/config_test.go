@@ -173,6 +173,7 @@ func TestFull(t *testing.T) {
 		Retry: []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute,
 			time.Hour, 2 * time.Hour, 4 * time.Hour},
 		MaxAge: 5 * 24 * time.Hour, Workers: 32, BounceFrom: "MAILER-DAEMON@relay.example.com",
+		WebhookEvents: DefaultWebhookEvents(),
 		WebhookSecret: "hook-secret", MinFreeSpace: 100_000_000,
 	})
 	check("http", c.HTTP.Address, "127.0.0.1:8025")

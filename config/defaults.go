@@ -35,11 +35,22 @@ const (
 	DefaultDKIMCheckInterval = 5 * time.Minute
 	DefaultDKIMRetireAfter   = 7 * 24 * time.Hour
 	DefaultDNSTimeout        = 5 * time.Second
+
+	DefaultJournalRetention = 7 * 24 * time.Hour
+	DefaultJournalMaxSize   = Size(1e9)
+	// MinJournalMaxSize keeps a few segments of a few hundred events.
+	MinJournalMaxSize = Size(1 << 20)
 )
 
 // DefaultDKIMAlgorithms are a managed domain's key algorithms when none are
 // given: RSA for every verifier, Ed25519 beside it (RFC 8463).
 func DefaultDKIMAlgorithms() []string { return []string{AlgoRSA, AlgoEd25519} }
+
+// WebhookEventNames are the events queue.webhook_events may list.
+var WebhookEventNames = []string{"bounced", "expired", "delayed", "delivered", "deferred", "suppressed", "complained", "provider_bounce"}
+
+// DefaultWebhookEvents is queue.webhook_events when absent (the events of DESIGN §7).
+func DefaultWebhookEvents() []string { return []string{"bounced", "expired", "delayed"} }
 
 // Upstream profiles.
 const (
@@ -204,6 +215,13 @@ func (l *Loader) setDefaults(c *Config, present map[string]bool) error {
 	}
 	if q.MinFreeSpace == 0 && unset("queue.min_free_space") {
 		q.MinFreeSpace = DefaultMinFreeSpace
+	}
+	if len(q.WebhookEvents) == 0 && unset("queue.webhook_events") {
+		q.WebhookEvents = DefaultWebhookEvents()
+	}
+	dur(&c.Journal.Retention, "journal.retention", DefaultJournalRetention)
+	if c.Journal.MaxSize == 0 && unset("journal.max_size") {
+		c.Journal.MaxSize = DefaultJournalMaxSize
 	}
 	if c.RateLimit.FailOpen == nil {
 		t := true

@@ -130,13 +130,16 @@ func Summary(c *Config) string {
 	fmt.Fprintf(&b, "queue: retry %s, max_age %s, workers %d, bounce_from %s, min_free_space %s\n",
 		strings.Join(retry, " "), FormatDuration(q.MaxAge), q.Workers, q.BounceFrom, q.MinFreeSpace)
 	if q.Webhook != "" {
-		fmt.Fprintf(&b, "webhook: %s\n", q.Webhook)
+		fmt.Fprintf(&b, "webhook: %s (%s)\n", q.Webhook, strings.Join(q.WebhookEvents, ","))
 	}
 	httpAddr := c.HTTP.Address
 	if httpAddr == "" {
 		httpAddr = "off"
+	} else if c.HTTP.Status {
+		httpAddr += fmt.Sprintf(" (status page, %d users)", len(c.HTTP.StatusUsers))
 	}
 	fmt.Fprintf(&b, "http: %s\n", httpAddr)
+	fmt.Fprintf(&b, "journal: retention %s, max_size %s\n", FormatDuration(c.Journal.Retention), c.Journal.MaxSize)
 	redis := "local"
 	if c.RateLimit.Redis != "" {
 		redis = redactURL(c.RateLimit.Redis)

@@ -25,6 +25,7 @@ type Config struct {
 	Upstreams []Upstream         `yaml:"upstreams"`
 	Queue     Queue              `yaml:"queue"`
 	HTTP      HTTP               `yaml:"http"`
+	Journal   Journal            `yaml:"journal"`
 	RateLimit RateLimit          `yaml:"ratelimit"`
 	Log       Log                `yaml:"log"`
 
@@ -202,11 +203,24 @@ type Queue struct {
 	Webhook       string          `yaml:"webhook"`
 	WebhookSecret string          `yaml:"webhook_secret"`
 	MinFreeSpace  Size            `yaml:"min_free_space"` // default 100MB: below it new mail gets 451 4.3.0
+	// WebhookEvents are the events POSTed to Webhook (DESIGN §8.1); default
+	// DefaultWebhookEvents.
+	WebhookEvents []string `yaml:"webhook_events"`
 }
 
-// HTTP serves /metrics, /healthz and /readyz.
+// HTTP serves /metrics, /healthz and /readyz, and the status page.
 type HTTP struct {
 	Address string `yaml:"address"` // "" : off
+	// Status serves the status page on / (DESIGN §8.3), behind HTTP basic
+	// auth by StatusUsers (name: password hash, as in users).
+	Status      bool              `yaml:"status"`
+	StatusUsers map[string]string `yaml:"status_users"`
+}
+
+// Journal bounds the delivery journal under state_dir/journal (DESIGN §8.1).
+type Journal struct {
+	Retention time.Duration `yaml:"retention"` // default 7d
+	MaxSize   Size          `yaml:"max_size"`  // default 1GB
 }
 
 // RateLimit says where per-user limits and auth-failure counters live.

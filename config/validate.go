@@ -135,6 +135,13 @@ func (v *validator) validate(c *Config) {
 			v.errorf("http.address", "%v", err)
 		}
 	}
+	v.validateStatus(c)
+	if c.Journal.Retention <= 0 {
+		v.errorf("journal.retention", "must be positive")
+	}
+	if c.Journal.MaxSize < MinJournalMaxSize {
+		v.errorf("journal.max_size", "%s is below the minimum of %s", c.Journal.MaxSize, MinJournalMaxSize)
+	}
 	if r := c.RateLimit.Redis; r != "" {
 		u, err := url.Parse(r)
 		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
@@ -612,5 +619,39 @@ func (v *validator) validateQueue(c *Config) {
 	}
 	if q.MinFreeSpace < 0 {
 		v.errorf("queue.min_free_space", "must not be negative")
+	}
+	seen := map[string]bool{}
+	for i, ev := range q.WebhookEvents {
+		k := fmt.Sprintf("queue.webhook_events[%d]", i)
+		switch {
+		case !slices.Contains(WebhookEventNames, ev):
+			v.errorf(k, "%q is not one of %s", ev, strings.Join(WebhookEventNames, ", "))
+		case seen[ev]:
+			v.errorf(k, "%q is listed twice", ev)
+		}
+		seen[ev] = true
+	}
+}
+
+func (v *validator) validateStatus(c *Config) {
+	h := c.HTTP
+	if h.Status && h.Address == "" {
+		v.errorf("http.status", "needs http.address")
+	}
+	if h.Status && len(h.StatusUsers) == 0 {
+		v.errorf("http.status", "needs http.status_users (the page is never served without a password)")
+	}
+	names := make([]string, 0, len(h.StatusUsers))
+	for n := range h.StatusUsers {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		if n == "" || strings.ContainsAny(n, ": \t") {
+			v.errorf("http.status_users", "%q is not a user name", n)
+		}
+		if !passwd.Supported(h.StatusUsers[n]) {
+			v.errorf("http.status_users."+n, "not a bcrypt or argon2id hash (make one with `sluice passwd`)")
+		}
 	}
 }

@@ -78,6 +78,13 @@ type Sink interface {
 	Append(Event)
 }
 
+// MarshalJSON encodes e as the journal stores it, so `trace --json` prints
+// exactly the journal's lines.
+func (e Event) MarshalJSON() ([]byte, error) {
+	b := appendJSON(nil, &e)
+	return b[:len(b)-1], nil
+}
+
 // maxText bounds free text (upstream replies) in one event.
 const maxText = 1000
 
@@ -109,7 +116,12 @@ func appendJSON(b []byte, e *Event) []byte {
 	b = optInt(b, "code", int64(e.Code))
 	b = optString(b, "enhanced", e.Enhanced)
 	b = optString(b, "text", truncate(e.Text, maxText))
-	b = optInt(b, "duration_ms", e.DurationMS)
+	if e.Event == Attempt { // 0 ms is a measurement, not an absence
+		b = append(b, `,"duration_ms":`...)
+		b = strconv.AppendInt(b, e.DurationMS, 10)
+	} else {
+		b = optInt(b, "duration_ms", e.DurationMS)
+	}
 	b = optString(b, "by", e.By)
 	b = optString(b, "reason", e.Reason)
 	b = optString(b, "dsn_queue_id", e.DSNQueueID)
@@ -221,6 +233,11 @@ func appendString(b []byte, s string) []byte {
 // without the angle brackets.
 func NormalizeMessageID(s string) string {
 	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '<'); i >= 0 {
+		if j := strings.IndexByte(s[i:], '>'); j > 0 {
+			return strings.TrimSpace(s[i+1 : i+j])
+		}
+	}
 	s = strings.TrimPrefix(s, "<")
 	s = strings.TrimSuffix(s, ">")
 	return strings.TrimSpace(s)

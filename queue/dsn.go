@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/sluicemail/sluice/journal"
 )
 
 // maxReturnFull bounds RET=FULL: a larger original is returned as headers
@@ -215,12 +217,19 @@ func (q *Queue) sendDSN(e *entry, rcpts []dsnRcpt) {
 		Rcpts:     keep, Original: orig, Full: full,
 	}
 	msg := d.build()
-	if err := q.enqueueBounce(e.id, env, from, msg); err != nil {
+	id, err := q.enqueueBounce(e.id, env, from, msg, d.MessageID)
+	if err != nil {
 		q.log.Error("queue: enqueue report", "queue_id", e.id, "err", err)
+		return
+	}
+	for _, r := range keep {
+		ev := q.event(e, "dsn_sent", now)
+		ev.Recipient, ev.DSNQueueID = r.Addr, id
+		q.journal(ev)
 	}
 }
 
-func (q *Queue) enqueueBounce(origID string, env *Envelope, from string, msg []byte) error {
+func (q *Queue) enqueueBounce(origID string, env *Envelope, from string, msg []byte, msgID string) (string, error) {
 	var prefix []byte
 	if q.opts.Sign != nil {
 		domain := from[strings.LastIndexByte(from, '@')+1:]
@@ -235,16 +244,19 @@ func (q *Queue) enqueueBounce(origID string, env *Envelope, from string, msg []b
 	// being refused; the min_free_space floor keeps room for exactly this.
 	dr, err := q.beginUnchecked()
 	if err != nil {
-		return err
+		return "", err
 	}
 	if _, err := dr.Write(msg); err != nil {
 		dr.Abort()
-		return err
+		return "", err
 	}
-	benv := &Envelope{From: "", To: []string{env.From}, Route: slices.Clone(env.Route), Received: q.now(), Bounce: true}
+	benv := &Envelope{MessageID: msgID, From: "", To: []string{env.From}, Route: slices.Clone(env.Route), Received: q.now(), Bounce: true}
 	if err := dr.Commit(benv, prefix); err != nil {
-		return err
+		return "", err
 	}
 	q.log.Info("queue: report queued", "queue_id", dr.ID, "original", origID, "rcpt", env.From)
-	return nil
+	// The report is a message of its own: traceable by its recipient.
+	q.journal(journal.Event{Time: benv.Received, Event: journal.Accepted, QueueID: dr.ID, MessageID: msgID,
+		Recipients: benv.To, Size: int64(len(prefix) + len(msg)), Route: benv.Route})
+	return dr.ID, nil
 }

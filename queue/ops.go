@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/spool"
 )
 
@@ -273,10 +274,11 @@ func (q *Queue) action(cmd string, args []string, offline bool) (string, error) 
 	if !spool.ValidID(id) {
 		return "", fmt.Errorf("queue: %q is not a queue ID", id)
 	}
-	if _, err := q.spool.Read(id); err != nil {
+	m, err := q.spool.Read(id)
+	if err != nil {
 		return "", fmt.Errorf("queue: no message %s", id)
 	}
-	var err error
+	env := m.Env
 	switch cmd {
 	case "retry":
 		err = q.retry(id, offline)
@@ -291,6 +293,9 @@ func (q *Queue) action(cmd string, args []string, offline bool) (string, error) 
 	}
 	if err != nil {
 		return "", err
+	}
+	if ev := map[string]string{"hold": "held", "release": "released", "delete": "deleted"}[cmd]; ev != "" && env != nil {
+		q.journal(journal.Event{Event: ev, QueueID: id, MessageID: env.MessageID, Sender: env.From, By: "cli"})
 	}
 	return fmt.Sprintf("%s: %s done\n", id, cmd), nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/metrics"
+	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/spool"
 	"github.com/sluicemail/sluice/upstream"
 )
@@ -51,6 +52,9 @@ type Options struct {
 	HTTPClient HTTPDoer
 	// Rand returns a float in [0,1) for jitter (nil: math/rand/v2).
 	Rand func() float64
+	// Journal receives every attempt, outcome, queue action and DSN of
+	// every message (nil: none kept).
+	Journal journal.Sink
 }
 
 // Envelope is what the relay knows about a message besides its bytes (the

@@ -12,10 +12,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/spool"
 )
 
@@ -30,8 +32,10 @@ type HTTPDoer interface {
 // Event is the JSON body of one webhook POST: one recipient's bounce,
 // expiry or delay notice.
 type Event struct {
-	Event      string    `json:"event"` // bounced | expired | delayed
+	ID         string    `json:"id"`    // unique per event, for de-duplication (the same on every retry)
+	Event      string    `json:"event"` // bounced | expired | delayed | delivered | deferred | suppressed | complained | provider_bounce
 	QueueID    string    `json:"queue_id"`
+	MessageID  string    `json:"message_id,omitempty"`
 	Sender     string    `json:"sender"`
 	Recipient  string    `json:"recipient"`
 	Status     string    `json:"status"`
@@ -70,19 +74,45 @@ func newWebhooks(q *Queue) *webhooks {
 	return &webhooks{q: q, dir: filepath.Join(q.opts.Dir, "webhook"), pend: map[string]*hookEvent{}, wake: make(chan struct{}, 1)}
 }
 
-// add spools one event; without a configured webhook it does nothing.
+// add spools one recipient's event.
 func (w *webhooks) add(kind string, e *entry, r dsnRcpt) {
+	w.post1(Event{Event: kind, QueueID: e.id, MessageID: e.env.MessageID, Sender: e.env.From, Recipient: r.Addr, Status: r.Status, Diagnostic: r.Diag})
+}
+
+// wants reports whether kind is among queue.webhook_events.
+func (w *webhooks) wants(kind string) bool {
 	if w.q.opts.Config.Webhook == "" {
+		return false
+	}
+	evs := w.q.opts.Config.WebhookEvents
+	if evs == nil {
+		evs = config.DefaultWebhookEvents()
+	}
+	return slices.Contains(evs, kind)
+}
+
+// Webhook spools ev for the webhook when its kind is among
+// queue.webhook_events (other packages report suppressed, complained and
+// provider_bounce through it); ID and Time are filled in.
+func (q *Queue) Webhook(ev Event) { q.hooks.post1(ev) }
+
+func (w *webhooks) post1(ev Event) {
+	if !w.wants(ev.Event) {
 		return
 	}
-	ev := Event{Event: kind, QueueID: e.id, Sender: e.env.From, Recipient: r.Addr, Status: r.Status, Diagnostic: r.Diag, Time: w.q.now().UTC()}
+	now := w.q.now()
+	if ev.Time.IsZero() {
+		ev.Time = now.UTC()
+	}
+	id := spool.NewID(now)
+	ev.ID = id
 	body, err := json.Marshal(ev)
 	if err != nil {
 		return
 	}
-	name := spool.NewID(w.q.now()) + ".json"
+	name := id + ".json"
 	if err := writeFileDurable(w.dir, name, body); err != nil {
-		w.q.log.Error("queue: spool webhook event", "queue_id", e.id, "err", err)
+		w.q.log.Error("queue: spool webhook event", "queue_id", ev.QueueID, "err", err)
 		return
 	}
 	w.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,6 +134,8 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	res := q.opts.Deliverer.Deliver(ctx, msg)
 
 	now = q.now()
+	q.journalAttempts(e, pending, res, now)
+	reply := lastReply(res)
 	expired := !now.Before(expiry)
 	var recs []Record
 	var failed []dsnRcpt
@@ -150,6 +153,8 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			mDelivered.Inc(res.Upstream)
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateDelivered, Upstream: res.Upstream})
 			final[to] = true
+			q.journalOutcome(e, "delivered", to, res.Upstream, nil, reply, now)
+			q.hooks.add("delivered", e, dsnRcpt{Addr: to, Status: "2.0.0", Diag: strings.TrimSpace("250 " + reply)})
 			continue
 		}
 		f := classify(err)
@@ -165,6 +170,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateBounced, Upstream: up, Status: st, Diag: f.Diag})
 			failed = append(failed, dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: st, Diag: f.Diag})
 			final[to] = true
+			q.journalOutcome(e, "bounced", to, up, err, "", now)
 		case expired:
 			diag := fmt.Sprintf("delivery time expired after %s; last error: %s", q.opts.Config.MaxAge, f.Diag)
 			q.log.Info("expired", "queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag, "attempts", n)
@@ -172,6 +178,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateExpired, Upstream: up, Status: "4.4.7", Diag: diag})
 			failed = append(failed, dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: "4.4.7", Diag: diag})
 			final[to] = true
+			q.journalOutcome(e, "expired", to, up, err, "", now)
 		default:
 			args := []any{"queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag, "attempt", n, "next_attempt", next}
 			if f.PossibleDuplicate {
@@ -181,6 +188,8 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			mDeferred.Inc(up)
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: stateDeferred, Upstream: up, Status: statusFor(f), Diag: f.Diag})
 			deferred++
+			q.journalOutcome(e, "deferred", to, up, err, "", now)
+			q.hooks.add("deferred", e, dsnRcpt{Addr: to, Status: statusFor(f), Diag: f.Diag})
 		}
 	}
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/queue"
 	"github.com/sluicemail/sluice/signing"
 )
@@ -85,8 +86,10 @@ func (s *session) Data(r io.Reader) error {
 	if !has(fields, "Date") {
 		added = append(added, "Date: "+now.Format(time.RFC1123Z)+"\r\n")
 	}
+	msgID := headerValue(fields, "Message-ID")
 	if !has(fields, "Message-ID") {
-		added = append(added, fmt.Sprintf("Message-ID: <%s@%s>\r\n", draft.ID, s.st.cfg.Hostname))
+		msgID = draft.ID + "@" + s.st.cfg.Hostname
+		added = append(added, fmt.Sprintf("Message-ID: <%s>\r\n", msgID))
 	}
 
 	domain := ""
@@ -141,6 +144,7 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		return s.dataError(err)
 	}
+	endOfData := time.Now() // the client's final dot has been read
 	if err := bw.Flush(); err != nil {
 		return s.dataError(&writeError{err})
 	}
@@ -155,6 +159,7 @@ func (s *session) Data(r io.Reader) error {
 
 	env := &queue.Envelope{
 		ID:         draft.ID,
+		MessageID:  journal.NormalizeMessageID(msgID),
 		From:       tx.from,
 		To:         append([]string(nil), tx.rcpts...),
 		User:       s.user,
@@ -171,6 +176,15 @@ func (s *session) Data(r io.Reader) error {
 	}
 	accepted = true // the message counts against the rate
 	mAccepted.Inc()
+	if s.srv.journal != nil {
+		ev := journal.Event{Time: now, Event: journal.Accepted, QueueID: draft.ID, MessageID: env.MessageID, Sender: tx.from,
+			User: s.user, IP: s.ip, Listener: s.l.cfg.Name, Recipients: env.To, Size: cr.n, Route: route.Upstreams}
+		if signer != nil {
+			ev.DKIM = signer.Selectors()
+		}
+		s.srv.journal.Append(ev) // one write(2): it survives kill -9 once the 250 is sent
+	}
+	mAcceptSecs.Observe(time.Since(endOfData).Seconds())
 	log.Info("accepted", "from", tx.from, "rcpts", len(tx.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route.Upstreams, ","))
 	return replyQueued(draft.ID)
 }

@@ -94,6 +94,16 @@ type field struct {
 	raw  []byte
 }
 
+// headerValue returns the value of the first field called name, "" when absent.
+func headerValue(fields []field, name string) string {
+	for _, f := range fields {
+		if strings.EqualFold(f.name, name) {
+			return f.value()
+		}
+	}
+	return ""
+}
+
 // value returns the unfolded value of the field.
 func (f field) value() string {
 	v := f.raw[len(f.name)+1:]

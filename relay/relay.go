@@ -22,6 +22,7 @@ import (
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/metrics"
+	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/policy"
 	"github.com/sluicemail/sluice/queue"
 	"github.com/sluicemail/sluice/signing"
@@ -38,6 +39,9 @@ type Options struct {
 	TLS    *tls.Config
 	Logger *slog.Logger
 	Now    func() time.Time
+	// Journal receives an accepted event for every message answered 250
+	// (nil: none kept).
+	Journal journal.Sink
 }
 
 // state is everything a reload replaces at once. A session keeps the state
@@ -54,6 +58,7 @@ type state struct {
 type Server struct {
 	state     atomic.Pointer[state]
 	queue     *queue.Queue
+	journal   journal.Sink
 	tlsConfig *tls.Config
 	log       *slog.Logger
 	now       func() time.Time
@@ -70,6 +75,7 @@ var (
 	mAuthOK      = metrics.Default.NewCounter("sluice_auth_successes_total", "Successful SMTP AUTH attempts.")
 	mConnections = metrics.Default.NewCounterVec("sluice_connections_total", "Connections admitted, by listener.", "listener")
 	mSessions    = metrics.Default.NewGauge("sluice_sessions", "Open SMTP sessions.")
+	mAcceptSecs  = metrics.Default.NewHistogram("sluice_accept_duration_seconds", "End of DATA to the 250 reply: signing, spool commit and fsync.", metrics.LatencyBuckets)
 )
 
 func (s *Server) metricRejected(reason string) { mRejected.Inc(reason) }
@@ -82,7 +88,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Server{queue: opts.Queue, tlsConfig: opts.TLS, log: opts.Logger, now: opts.Now}
+	s := &Server{queue: opts.Queue, journal: opts.Journal, tlsConfig: opts.TLS, log: opts.Logger, now: opts.Now}
 	s.state.Store(s.newState(opts.Config, opts.Policy, opts.Keys))
 	return s, nil
 }

@@ -252,6 +252,15 @@ func (s *Signer) Close() error {
 	return nil
 }
 
+// Selectors returns the selectors this signer signs with (for the journal).
+func (s *Signer) Selectors() []string {
+	out := make([]string, len(s.keys))
+	for i, k := range s.keys {
+		out[i] = k.Selector
+	}
+	return out
+}
+
 // Header returns every DKIM-Signature field ("DKIM-Signature: …\r\n"), one
 // per key, to prepend to the message; nil before a successful Close.
 func (s *Signer) Header() []byte {

@@ -34,13 +34,14 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Envelope is what the relay knows about a message besides its bytes; it is
 // stored in the message file's trailer.
 type Envelope struct {
-	ID       string    `json:"id"`
-	From     string    `json:"from"` // "" = null sender
-	To       []string  `json:"to"`
-	User     string    `json:"user,omitempty"`   // authenticated user, "" when accepted by network
-	Client   string    `json:"client,omitempty"` // client IP
-	Route    []string  `json:"route,omitempty"`  // upstream names (empty: all), fixed at acceptance
-	Received time.Time `json:"received"`
+	ID        string    `json:"id"`
+	MessageID string    `json:"message_id,omitempty"` // the header's, without <> (for the journal)
+	From      string    `json:"from"`                 // "" = null sender
+	To        []string  `json:"to"`
+	User      string    `json:"user,omitempty"`   // authenticated user, "" when accepted by network
+	Client    string    `json:"client,omitempty"` // client IP
+	Route     []string  `json:"route,omitempty"`  // upstream names (empty: all), fixed at acceptance
+	Received  time.Time `json:"received"`
 
 	// DSN parameters (RFC 3461).
 	Ret      string             `json:"ret,omitempty"`   // "FULL" | "HDRS" | ""

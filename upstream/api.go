@@ -37,6 +37,21 @@ type Message struct {
 type Result struct {
 	Upstream string  // the upstream that accepted (or finally refused) the message
 	Errs     []error // len(Msg.To): nil = accepted by Upstream, else *Error
+	// Attempts are the tries this call made, one per upstream, in order
+	// (for the delivery journal).
+	Attempts []Attempt
+}
+
+// Attempt is one try of a message on one upstream.
+type Attempt struct {
+	Upstream string
+	Host     string
+	Port     int    // 0 when no connection was made
+	TLS      string // "TLS 1.3", "none"; "" when no connection was made
+	Rcpts    []string
+	Errs     []error // per Rcpts: nil accepted, else the *Error that refused it
+	Reply    string  // the upstream's reply to the final dot when it accepted
+	Duration time.Duration
 }
 
 // Options configure a Dispatcher.

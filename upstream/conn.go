@@ -23,7 +23,19 @@ type client struct {
 	c        *smtp.Client
 	conn     net.Conn // what c writes to: for write deadlines while sending the body
 	port     int
+	tls      string // negotiated TLS version ("TLS 1.3") or "none", for the journal
 	lastUsed time.Time
+}
+
+// tlsName names the TLS version conn runs over, or "none".
+func tlsName(conn net.Conn) string {
+	if g, ok := conn.(*greetedConn); ok {
+		conn = g.Conn
+	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		return tls.VersionName(tc.ConnectionState().Version)
+	}
+	return "none"
 }
 
 // greetedConn replays a synthetic banner before the real stream. After we
@@ -94,7 +106,7 @@ func (u *upstream) handshake(ctx context.Context, raw net.Conn, port int) (*clie
 		c.Close()
 		return nil, e
 	}
-	return &client{c: c, conn: conn, port: port, lastUsed: u.d.now()}, nil
+	return &client{c: c, conn: conn, port: port, tls: tlsName(conn), lastUsed: u.d.now()}, nil
 }
 
 // startTLS speaks banner, EHLO (with our hostname) and STARTTLS on the raw
@@ -239,6 +251,9 @@ type txOutcome struct {
 	err      *Error  // the message-level failure, nil if at least one recipient was accepted
 	reusable bool    // the connection is in a known state (may go back to the pool)
 	mailOK   bool    // MAIL was accepted (a stale pooled connection fails before this)
+	port     int     // where it was tried, and the reply to the final dot (journal)
+	tls      string
+	reply    string
 }
 
 // bareCRWriter refuses a bare CR (one not followed by LF) before it
@@ -269,7 +284,7 @@ func (b *bareCRWriter) Write(p []byte) (int, error) {
 func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 	name := u.cfg.Name
 	c := cl.c
-	out := txOutcome{rcptErrs: make([]error, len(rcpts))}
+	out := txOutcome{rcptErrs: make([]error, len(rcpts)), port: cl.port, tls: cl.tls}
 	var mo *smtp.MailOptions
 	if m.Size > 0 {
 		mo = &smtp.MailOptions{Size: m.Size}
@@ -334,7 +349,11 @@ func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 		return out
 	}
 	cl.conn.SetWriteDeadline(time.Now().Add(u.cfg.Timeout))
-	if err := w.Close(); err != nil {
+	resp, err := w.CloseWithResponse()
+	if err == nil && resp != nil {
+		out.reply = resp.StatusText
+	}
+	if err != nil {
 		e := newError(name, StageAfterDot, err)
 		if e.Code == 0 {
 			// No reply after (possibly) the final dot: the upstream may hold

@@ -346,8 +346,10 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *Message) Result {
 		for i, p := range pending {
 			rcpts[i] = m.To[p]
 		}
+		started := d.now()
 		out := u.deliver(ctx, m, rcpts)
 		u.verdict(out, probe)
+		res.Attempts = append(res.Attempts, attemptOf(u, rcpts, out, d.now().Sub(started)))
 		res.Upstream = u.cfg.Name
 		var next []int
 		for i, p := range pending {
@@ -383,6 +385,24 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *Message) Result {
 		res.Errs[p] = last
 	}
 	return res
+}
+
+// attemptOf records one try for the journal.
+func attemptOf(u *upstream, rcpts []string, out txOutcome, d time.Duration) Attempt {
+	a := Attempt{Upstream: u.cfg.Name, Host: u.cfg.Host, Port: out.port, TLS: out.tls, Rcpts: rcpts,
+		Errs: make([]error, len(rcpts)), Reply: out.reply, Duration: d}
+	if u.maildir {
+		a.Host = u.cfg.Path
+	}
+	for i := range rcpts {
+		switch {
+		case out.rcptErrs[i] != nil:
+			a.Errs[i] = out.rcptErrs[i]
+		case out.err != nil:
+			a.Errs[i] = out.err
+		}
+	}
+	return a
 }
 
 // failover says whether the next upstream may be tried after e.

@@ -1,6 +1,6 @@
 // Command sluice is the one binary of the Sluice relay: the daemon (serve),
 // its development mode (serve --dev) and the operator's tools (check-config,
-// passwd, dkim, queue, policy, upstreams, send, sendmail, version). It is
+// passwd, dkim, queue, policy, upstreams, trace, send, sendmail, version). It is
 // the only place that reads configuration files and wires packages together.
 package main
 
@@ -49,6 +49,7 @@ func commands() []command {
 		{"queue", "list|show|retry|hold|release|delete|flush ...", "inspect and act on the queue", runQueue},
 		{"policy", "explain --user U --from A --to B [--size N]", "show what the policy decides", runPolicy},
 		{"upstreams", "[-c FILE]", "show each upstream's state", runUpstreams},
+		{"trace", "QUERY [--since 24h] [--json] [-c FILE]", "what happened to a message (the journal)", runTrace},
 		{"send", "--server H:P --user U --from A --to B", "send a test message", runSend},
 		{"sendmail", "[-f FROM] [-t] [RCPT...]", "sendmail-compatible injector", runSendmail},
 		{"version", "", "print version information", runVersion},

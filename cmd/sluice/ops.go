@@ -79,11 +79,14 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		if *silent {
 			rest = append(rest, "--silent")
 		}
+		jr := &offlineJournal{cfg: cfg}
+		defer jr.Close()
 		out, err := queue.Do(queue.Options{
 			Dir:           dir,
 			Config:        cfg.Queue,
 			Hostname:      cfg.Hostname,
 			ControlSocket: filepath.Join(cfg.StateDir, "control.sock"),
+			Journal:       jr,
 		}, pos[0], rest...)
 		fmt.Fprint(stdout, out)
 		return err

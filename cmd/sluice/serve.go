@@ -86,6 +86,7 @@ type daemon struct {
 	policy *policy.Engine
 	cfg    *config.Config
 	dkim   *dkimWatch
+	jsink  journalSink
 }
 
 func (d *daemon) run(cfg *config.Config) error {
@@ -127,11 +128,20 @@ func (d *daemon) run(cfg *config.Config) error {
 		Sign:          d.signBounce,
 		ControlSocket: filepath.Join(cfg.StateDir, "control.sock"),
 		Logger:        d.log,
+		Journal:       &d.jsink,
 	})
 	if err != nil {
 		return err
 	}
-	d.relay, err = relay.New(relay.Options{Config: cfg, Policy: d.policy, Keys: d.keys, Queue: d.queue, TLS: d.certs.tlsConfig(), Logger: d.log})
+	// Opened once queue.Open holds the control socket: no other daemon
+	// writes this state_dir, so its unsealed segments are ours to seal.
+	jr, err := openJournal(cfg, d.log)
+	if err != nil {
+		return err
+	}
+	d.jsink.set(jr)
+	defer jr.Close()
+	d.relay, err = relay.New(relay.Options{Config: cfg, Policy: d.policy, Keys: d.keys, Queue: d.queue, TLS: d.certs.tlsConfig(), Logger: d.log, Journal: &d.jsink})
 	if err != nil {
 		return err
 	}
