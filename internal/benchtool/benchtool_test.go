@@ -8,6 +8,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -211,6 +213,7 @@ func TestParseOptions(t *testing.T) {
 		{"--sluice", "/x", "--big", "lots"},
 		{"--sluice", "/x", "--timeout", "1s"},
 		{"--sluice", "/x", "extra"},
+		{"--sluice", "/x", "--queue", "10", "--reconnect"},
 	} {
 		if _, err := parseOptions(args, io.Discard); err == nil {
 			t.Errorf("%q: no error", args)
@@ -250,4 +253,40 @@ func FuzzParseSeq(f *testing.F) {
 			t.Fatalf("round trip of %d gave %d, %v", n, m, ok)
 		}
 	})
+}
+
+// The queue mode's configuration: one retry interval, a short breaker
+// backoff, and the HTTP listener whose /readyz and /metrics it polls.
+func TestConfigYAMLQueueMode(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	y := configYAML(setup{
+		Dir: dir, Listen: "127.0.0.1:2525", SinkPort: 2526, PasswordHash: string(hash),
+		MaxConns: 70, UpstreamConns: 20, LogLevel: "info", MaxSize: "200MB",
+		HTTP: "127.0.0.1:8025", Retry: "1m",
+	})
+	cfg, err := config.Parse([]byte(y), filepath.Join(dir, "sluice.yaml"))
+	if err != nil {
+		t.Fatalf("config does not load: %v\n%s", err, y)
+	}
+	if len(cfg.Queue.Retry) != 1 || cfg.Queue.Retry[0] != time.Minute || cfg.HTTP.Address != "127.0.0.1:8025" ||
+		cfg.Upstreams[0].BreakerBackoff != time.Second {
+		t.Errorf("retry %v, http %q, breaker_backoff %v", cfg.Queue.Retry, cfg.HTTP.Address, cfg.Upstreams[0].BreakerBackoff)
+	}
+}
+
+func TestMetric(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "# HELP sluice_queue_messages Messages in the spool.\n# TYPE sluice_queue_messages gauge\n"+
+			"sluice_queue_messages_total 7\nsluice_queue_messages 1234\n")
+	}))
+	defer srv.Close()
+	if n, ok := metric(srv.URL, "sluice_queue_messages"); !ok || n != 1234 {
+		t.Errorf("metric = %v, %v; want 1234", n, ok)
+	}
+	if _, ok := metric(srv.URL, "sluice_absent"); ok {
+		t.Error("an absent metric was found")
+	}
 }

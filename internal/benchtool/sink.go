@@ -26,6 +26,7 @@ type sink struct {
 	count   int         // messages received, any recipient
 	other   int         // messages whose recipient carried no sequence number
 	bytes   int64
+	first   time.Time
 	last    time.Time
 	arrived chan struct{} // closed and replaced on every arrival
 }
@@ -36,6 +37,10 @@ func startSink() (*sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sink: listen: %w", err)
 	}
+	return serveSink(ln), nil
+}
+
+func serveSink(ln net.Listener) *sink {
 	s := &sink{ln: ln, seen: map[int]int{}, arrived: make(chan struct{})}
 	s.srv = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
 		return &sinkSession{s: s}, nil
@@ -47,7 +52,7 @@ func startSink() (*sink, error) {
 	s.srv.MaxRecipients = 0
 	s.srv.ErrorLog = discardLogger{}
 	go func() { _ = s.srv.Serve(ln) }()
-	return s, nil
+	return s
 }
 
 func (s *sink) port() int { return s.ln.Addr().(*net.TCPAddr).Port }
@@ -61,6 +66,9 @@ func (s *sink) record(rcpts []string, n int64) {
 	defer s.mu.Unlock()
 	s.count++
 	s.bytes += n
+	if s.first.IsZero() {
+		s.first = now
+	}
 	s.last = now
 	for _, r := range rcpts {
 		if seq, ok := parseSeq(r); ok {
@@ -78,6 +86,13 @@ func (s *sink) snapshot() (count int, last time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.count, s.last
+}
+
+// firstArrival is when the first message arrived (zero if none).
+func (s *sink) firstArrival() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.first
 }
 
 // waitCount blocks until at least n messages arrived or the deadline passes,

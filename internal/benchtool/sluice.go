@@ -27,6 +27,8 @@ type setup struct {
 	Workers       int // 0: the config default
 	LogLevel      string
 	MaxSize       string // policy max_message_size
+	HTTP          string // http.address, "" for none
+	Retry         string // queue.retry's one interval, "" for the default
 }
 
 type dkimKey struct{ Selector, File string }
@@ -58,8 +60,20 @@ func configYAML(s setup) string {
 	if s.UpstreamConns > 0 {
 		fmt.Fprintf(&b, "    max_connections: %d\n", s.UpstreamConns)
 	}
+	if s.Retry != "" {
+		b.WriteString("    breaker_backoff: 1s\n")
+	}
+	if s.Workers > 0 || s.Retry != "" {
+		b.WriteString("queue:\n")
+	}
 	if s.Workers > 0 {
-		fmt.Fprintf(&b, "queue:\n  workers: %d\n", s.Workers)
+		fmt.Fprintf(&b, "  workers: %d\n", s.Workers)
+	}
+	if s.Retry != "" {
+		fmt.Fprintf(&b, "  retry: [%s]\n", s.Retry)
+	}
+	if s.HTTP != "" {
+		fmt.Fprintf(&b, "http:\n  address: %q\n", s.HTTP)
 	}
 	fmt.Fprintf(&b, "log:\n  format: text\n  level: %s\n", s.LogLevel)
 	return b.String()
