@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+// mountTmpfs mounts a tmpfs of size at a new directory under dir (skips
+// without root); it is unmounted at cleanup, after the daemons started later.
+func mountTmpfs(t *testing.T, dir, size string) string {
+	t.Helper()
+	mnt := filepath.Join(dir, "small")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
+
+func statfsFree(t *testing.T, dir string) uint64 {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Bavail * uint64(st.Bsize)
+}
+
+// spoolFileBytes sums the sizes of the spool's message files (free ones
+// included) and counts the free ones.
+func spoolFileBytes(t *testing.T, stateDir string) (bytes int64, free int) {
+	t.Helper()
+	des, err := os.ReadDir(filepath.Join(stateDir, "spool", "msg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, de := range des {
+		fi, err := de.Info()
+		if err != nil {
+			continue
+		}
+		bytes += fi.Size()
+		if strings.HasPrefix(de.Name(), ".free-") {
+			free++
+		}
+	}
+	return bytes, free
+}
+
+// TestOpsDeliveredMailFreesTheDisk (issue 8 item 1): state_dir on a small
+// volume, upstream down, 100 KB messages until 451 4.3.0; once the upstream
+// is back and the queue drained, the finished files hold no bytes (neither
+// disk space nor delivered content), the volume is as free as before, and
+// new mail is accepted — also after a restart.
+func TestOpsDeliveredMailFreesTheDisk(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mnt := mountTmpfs(t, e.dir, "6m")
+	state := mnt + "/state"
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.SetMode(testsmtp.Refuse)
+	cfg := e.opsConfig(opsOpts{upPort: up.Port(), stateDir: state, queue: "  min_free_space: 1MB\n"})
+	p := start(t, 1, "serve", "-c", cfg)
+	before := statfsFree(t, mnt)
+
+	body := strings.Repeat(strings.Repeat("y", 998)+"\r\n", 100) // ~100 KB
+	accepted := map[string]bool{}
+	refused := false
+	for i := 0; i < 80 && !refused; i++ {
+		id := fmt.Sprintf("fill%d", i)
+		_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, body))
+		switch {
+		case err == nil:
+			accepted[id+"@example.com"] = true
+		case replyCode(err) == "451 4.3.0":
+			refused = true
+		default:
+			t.Fatalf("%s: %v, want 250 or 451 4.3.0", id, err)
+		}
+	}
+	if !refused || len(accepted) < 20 {
+		t.Fatalf("6 MiB volume: %d accepted, refused=%v; want a 451 4.3.0 after at least 20", len(accepted), refused)
+	}
+	up.SetMode(testsmtp.Serve)
+	up.WaitMessages(t, len(accepted), 60*time.Second)
+	waitFor(t, 30*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
+
+	check := func(when string) {
+		t.Helper()
+		n, free := spoolFileBytes(t, state)
+		if n != 0 {
+			t.Errorf("%s: the spool's files hold %d bytes (%d free files) with the queue empty", when, n, free)
+		}
+		// Everything the messages took is free again (state files aside).
+		if after := statfsFree(t, mnt); after+256<<10 < before {
+			t.Errorf("%s: %d bytes free, %d before the messages", when, after, before)
+		}
+		if code, _ := httpGet(t, "http://"+p.httpAddr()+"/readyz"); code != http.StatusOK {
+			t.Errorf("%s: /readyz %d with the queue empty, want 200", when, code)
+		}
+		_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "again-"+when, body))
+		if err != nil {
+			t.Errorf("%s: new mail refused: %v", when, err)
+		}
+	}
+	check("drained")
+	p.signal(syscall.SIGTERM)
+	p.wait(20 * time.Second)
+	p = start(t, 1, "serve", "-c", cfg)
+	waitFor(t, 30*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
+	check("restarted")
+	t.Logf("%d messages of 100 KB accepted before 451 4.3.0; all delivered, spool files hold 0 bytes", len(accepted))
+}
