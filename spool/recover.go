@@ -22,6 +22,12 @@ func (s *Spool) Recover(fn func(*Message)) error {
 	for _, n := range names {
 		have[n] = true
 	}
+	// A log whose message is still staged by an interrupted import is not
+	// an orphan: the import moves the log first.
+	staged, _ := s.fs.ReadDir(s.stageDir())
+	for _, n := range staged {
+		have[n] = true
+	}
 	var free []string
 	for _, name := range names {
 		switch {
@@ -78,6 +84,9 @@ func (s *Spool) Recover(fn func(*Message)) error {
 	}
 	for _, name := range free {
 		s.recycle(name, nil)
+	}
+	if err := s.recoverStaged(); err != nil {
+		return fmt.Errorf("spool: fsync %s: %w", s.stageDir(), err)
 	}
 	return nil
 }

@@ -41,7 +41,8 @@ type Options struct {
 }
 
 // Spool is an open spool directory: Dir/msg holds messages, their state logs
-// and drafts; Dir/corrupt holds files recovery could not read.
+// and drafts; Dir/corrupt holds files recovery could not read; Dir/import
+// stages messages adopted from another spool (Import).
 type Spool struct {
 	fs      FS
 	root    string

@@ -46,7 +46,7 @@ func commands() []command {
 		{"check-config", "[-c FILE]", "validate the configuration and print a summary", runCheckConfig},
 		{"passwd", "[--bcrypt]", "read a password, print its hash for the config", runPasswd},
 		{"dkim", "keygen|dns|rotate|activate|status ...", "make, rotate and check DKIM keys, print their DNS records", runDKIM},
-		{"queue", "list|show|retry|hold|release|delete|flush ...", "inspect and act on the queue", runQueue},
+		{"queue", "list|show|retry|hold|release|delete|flush|import ...", "inspect and act on the queue", runQueue},
 		{"policy", "explain --user U --from A --to B [--size N]", "show what the policy decides", runPolicy},
 		{"upstreams", "[-c FILE]", "show each upstream's state", runUpstreams},
 		{"trace", "QUERY [--since 24h] [--json] [-c FILE]", "what happened to a message (the journal)", runTrace},

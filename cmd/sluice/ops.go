@@ -15,7 +15,7 @@ import (
 	"github.com/sluicemail/sluice/upstream"
 )
 
-const queueUsage = "usage: sluice queue list [--json] | show ID | retry ID|--all | hold ID | release ID | delete ID [--silent] | flush   [-c FILE | --state-dir DIR]"
+const queueUsage = "usage: sluice queue list [--json] | show ID | retry ID|--all | hold ID | release ID | delete ID [--silent] | flush | import DIR   [-c FILE | --state-dir DIR]"
 
 // runQueue inspects the spool directly (the files are the truth) and sends
 // actions to the running daemon over its control socket, or applies them to
@@ -71,6 +71,11 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%s\n", b)
 		return nil
+	case "import":
+		if len(pos) != 2 {
+			return usageErr(stderr, queueUsage)
+		}
+		return runImport(cfg, pos[1], stdout, stderr)
 	case "retry", "hold", "release", "delete", "flush":
 		rest := pos[1:]
 		if *all {

@@ -127,3 +127,92 @@ func TestOpsDeliveredMailFreesTheDisk(t *testing.T) {
 	check("restarted")
 	t.Logf("%d messages of 100 KB accepted before 451 4.3.0; all delivered, spool files hold 0 bytes", len(accepted))
 }
+
+// TestOpsQueueImport (DESIGN §8.6): instance A dies with mail queued (some
+// of it already tried); instance B adopts A's spool with `sluice queue
+// import` — refused while B runs, killed half-way once, run again, and run
+// a third time for nothing — then delivers every message exactly once,
+// with its attempt count; A's spool is left empty.
+func TestOpsQueueImport(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.SetMode(testsmtp.Refuse)
+	cfgA := filepath.Join(e.dir, "a.yaml")
+	if err := os.Rename(e.opsConfig(opsOpts{upPort: up.Port(), stateDir: "{{DIR}}/a"}), cfgA); err != nil {
+		t.Fatal(err)
+	}
+	cfgB := e.opsConfig(opsOpts{upPort: up.Port(), stateDir: "{{DIR}}/b"})
+
+	a := start(t, 1, "serve", "-c", cfgA)
+	const n = 30
+	want := map[string]bool{}
+	for i := range n {
+		id := fmt.Sprintf("imp%d", i)
+		if _, err := send(a.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "adopt me\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		want[id+"@example.com"] = true
+	}
+	waitFor(t, 20*time.Second, "every message tried at least twice", func() bool {
+		for _, m := range opsQueueList(t, cfgA) {
+			if m["attempts"].(float64) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	a.signal(syscall.SIGKILL) // A dies for good
+	a.wait(10 * time.Second)
+	deadSpool := filepath.Join(e.dir, "a")
+
+	b := start(t, 1, "serve", "-c", cfgB)
+	_, stderr, code := runCmd(t, "", "queue", "import", deadSpool, "-c", cfgB)
+	if code != 1 || !strings.Contains(stderr, "the daemon is running") || !strings.Contains(stderr, "stop it") {
+		t.Fatalf("import beside a running daemon: exit %d, %q; want 1 and 'the daemon is running … stop it'", code, stderr)
+	}
+	b.signal(syscall.SIGTERM)
+	b.wait(20 * time.Second)
+
+	// Killed half-way (wherever the kill lands), then run again.
+	cmd := exec.Command(sluiceBin, "queue", "import", deadSpool, "-c", cfgB)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(15*time.Millisecond, func() { cmd.Process.Kill() })
+	cmd.Wait()
+	out, stderr, code := runCmd(t, "", "queue", "import", deadSpool, "-c", cfgB)
+	if code != 0 || !strings.Contains(out, "message(s) imported from") {
+		t.Fatalf("import: exit %d, %q %q", code, out, stderr)
+	}
+	out, _, code = runCmd(t, "", "queue", "import", deadSpool, "-c", cfgB)
+	if code != 0 || !strings.HasPrefix(out, "0 message(s) imported") {
+		t.Errorf("import run again: exit %d, %q; want 0 imported", code, out)
+	}
+	if l := opsQueueList(t, cfgA); len(l) != 0 {
+		t.Errorf("the dead spool still lists %d messages", len(l))
+	}
+	list := opsQueueList(t, cfgB)
+	if len(list) != n {
+		t.Fatalf("after the import B queues %d messages, want %d", len(list), n)
+	}
+	for _, m := range list {
+		if m["attempts"].(float64) < 2 {
+			t.Errorf("%v: attempts %v, want the %s's count (≥ 2)", m["id"], m["attempts"], "dead instance")
+		}
+	}
+
+	up.SetMode(testsmtp.Serve)
+	start(t, 1, "serve", "-c", cfgB)
+	waitFor(t, 30*time.Second, "B's queue empty", func() bool { return len(opsQueueList(t, cfgB)) == 0 })
+	var datas [][]byte
+	for _, m := range up.Messages() {
+		datas = append(datas, m.Data)
+	}
+	got := messageIDs(datas)
+	for id := range want {
+		if got[id] != 1 {
+			t.Errorf("%s delivered %d times, want once", id, got[id])
+		}
+	}
+}
