@@ -129,7 +129,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	}
 	msg := &upstream.Message{
 		ID: e.id, From: e.env.From, To: pending, Size: a.Size(), Route: e.env.Route, RequireTLS: e.env.RequireTLS,
-		Open: a.Open,
+		Open: openPooled(a.Open),
 	}
 	res := q.opts.Deliverer.Deliver(ctx, msg)
 
