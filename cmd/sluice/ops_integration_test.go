@@ -877,19 +877,7 @@ func TestOpsDiskFloor(t *testing.T) {
 func TestOpsDiskFull(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	mnt := filepath.Join(e.dir, "small")
-	if err := os.Mkdir(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): %v %s", err, out)
-	}
-	// Registered before the daemon starts, so it runs after the daemon was killed.
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v %s", mnt, err, out)
-		}
-	})
+	mnt := mountTmpfs(t, e.dir, "4m")
 	up := testsmtp.Start(t, testsmtp.Options{})
 	up.SetMode(testsmtp.Refuse)
 	// A floor below one message: the last messages find room by statfs but
@@ -897,21 +885,7 @@ func TestOpsDiskFull(t *testing.T) {
 	cfg := e.opsConfig(opsOpts{upPort: up.Port(), stateDir: mnt + "/state", queue: "  min_free_space: 64KiB\n"})
 	p := start(t, 1, "serve", "-c", cfg)
 
-	body := strings.Repeat(strings.Repeat("x", 998)+"\r\n", 300) // ~300 KB
-	accepted := map[string]bool{}
-	refused := false
-	for i := 0; i < 40 && !refused; i++ {
-		id := fmt.Sprintf("full%d", i)
-		_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, body))
-		switch {
-		case err == nil:
-			accepted[id+"@example.com"] = true
-		case replyCode(err) == "451 4.3.0":
-			refused = true
-		default:
-			t.Fatalf("%s: %v, want 250 or 451 4.3.0", id, err)
-		}
-	}
+	accepted, refused := fillUntil451(t, e, p, 300, 40) // ~300 KB each
 	if !refused {
 		t.Fatalf("a 4 MiB spool accepted %d messages of 300 KB without a 451 4.3.0", len(accepted))
 	}

@@ -15,7 +15,8 @@ import (
 )
 
 // mountTmpfs mounts a tmpfs of size at a new directory under dir (skips
-// without root); it is unmounted at cleanup, after the daemons started later.
+// without root). The unmount is registered before any daemon starts, so it
+// runs after the daemons were killed.
 func mountTmpfs(t *testing.T, dir, size string) string {
 	t.Helper()
 	mnt := filepath.Join(dir, "small")
@@ -31,6 +32,28 @@ func mountTmpfs(t *testing.T, dir, size string) string {
 		}
 	})
 	return mnt
+}
+
+// fillUntil451 sends messages of kb lines of 1000 bytes (at most max) until
+// one is answered 451 4.3.0; it returns the Message-IDs answered 250 and
+// whether the 451 came. Any other reply fails the test.
+func fillUntil451(t *testing.T, e *env, p *proc, kb, max int) (accepted map[string]bool, refused bool) {
+	t.Helper()
+	body := strings.Repeat(strings.Repeat("x", 998)+"\r\n", kb)
+	accepted = map[string]bool{}
+	for i := 0; i < max && !refused; i++ {
+		id := fmt.Sprintf("full%d", i)
+		_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, body))
+		switch {
+		case err == nil:
+			accepted[id+"@example.com"] = true
+		case replyCode(err) == "451 4.3.0":
+			refused = true
+		default:
+			t.Fatalf("%s: %v, want 250 or 451 4.3.0", id, err)
+		}
+	}
+	return accepted, refused
 }
 
 func statfsFree(t *testing.T, dir string) uint64 {
@@ -79,21 +102,8 @@ func TestOpsDeliveredMailFreesTheDisk(t *testing.T) {
 	p := start(t, 1, "serve", "-c", cfg)
 	before := statfsFree(t, mnt)
 
-	body := strings.Repeat(strings.Repeat("y", 998)+"\r\n", 100) // ~100 KB
-	accepted := map[string]bool{}
-	refused := false
-	for i := 0; i < 80 && !refused; i++ {
-		id := fmt.Sprintf("fill%d", i)
-		_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, body))
-		switch {
-		case err == nil:
-			accepted[id+"@example.com"] = true
-		case replyCode(err) == "451 4.3.0":
-			refused = true
-		default:
-			t.Fatalf("%s: %v, want 250 or 451 4.3.0", id, err)
-		}
-	}
+	accepted, refused := fillUntil451(t, e, p, 100, 80) // ~100 KB each
+	body := strings.Repeat(strings.Repeat("y", 998)+"\r\n", 100)
 	if !refused || len(accepted) < 20 {
 		t.Fatalf("6 MiB volume: %d accepted, refused=%v; want a 451 4.3.0 after at least 20", len(accepted), refused)
 	}
