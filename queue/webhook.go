@@ -146,15 +146,7 @@ func writeFileDurable(dir, name string, data []byte) error {
 		os.Remove(tmp)
 		return err
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return spool.SyncDir(dir)
 }
 
 // load adds spooled events not yet known (after a restart).

@@ -67,6 +67,10 @@ func (osFS) ReadDir(name string) ([]string, error) {
 	return f.Readdirnames(-1)
 }
 
+// SyncDir fsyncs a directory of the real file system (for the queue's
+// other durable files, e.g. webhook events).
+func SyncDir(dir string) error { return syncDir(OS, dir) }
+
 // syncDir fsyncs a directory with a descriptor of its own.
 func syncDir(fsys FS, dir string) error {
 	f, err := fsys.OpenFile(dir, os.O_RDONLY, 0)

@@ -39,21 +39,31 @@ func commitOne(t *testing.T, s *Spool, body string) (string, *Fresh) {
 	return d.ID, fresh
 }
 
-// TestProbeSeesFailingFsync: /readyz must report a disk whose fsync fails.
-func TestProbeSeesFailingFsync(t *testing.T) {
-	t.Parallel()
-	d := newSimDisk()
+// openFailingSim opens a spool on a simulated disk; fail() makes its fsyncs
+// fail with EIO from then on.
+func openFailingSim(t *testing.T) (s *Spool, d *simDisk, fail func()) {
+	t.Helper()
+	d = newSimDisk()
 	s, err := openSim(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(s.Close)
+	return s, d, func() {
+		d.mu.Lock()
+		d.failOps = map[string]error{"sync": syscall.EIO}
+		d.mu.Unlock()
+	}
+}
+
+// TestProbeSeesFailingFsync: /readyz must report a disk whose fsync fails.
+func TestProbeSeesFailingFsync(t *testing.T) {
+	t.Parallel()
+	s, d, fail := openFailingSim(t)
 	if err := s.Probe(); err != nil {
 		t.Fatalf("Probe on a good disk: %v", err)
 	}
-	d.mu.Lock()
-	d.failOps = map[string]error{"sync": syscall.EIO}
-	d.mu.Unlock()
+	fail()
 	if err := s.Probe(); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("Probe with failing fsync = %v, want EIO", err)
 	}
@@ -66,15 +76,8 @@ func TestProbeSeesFailingFsync(t *testing.T) {
 // error (the relay's 451) and leaves no message behind.
 func TestCommitFailsOnFailingFsync(t *testing.T) {
 	t.Parallel()
-	d := newSimDisk()
-	s, err := openSim(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	d.mu.Lock()
-	d.failOps = map[string]error{"sync": syscall.EIO}
-	d.mu.Unlock()
+	s, d, fail := openFailingSim(t)
+	fail()
 	dr, err := s.Begin()
 	if err != nil {
 		t.Fatal(err)
