@@ -274,3 +274,20 @@ func (u *Upstream) setDefaults(unset func(key string) bool) {
 		u.Ports, _ = DefaultPorts(u.TLS, u.Profile)
 	}
 }
+
+// SPFInclude is the domain a sending domain's SPF record must include for
+// mail sent through a provider of this profile ("" for generic: nothing
+// is known). `sluice doctor` checks it.
+func SPFInclude(profile string) string {
+	switch profile {
+	case ProfileSES:
+		return "amazonses.com"
+	case ProfileSendGrid:
+		return "sendgrid.net"
+	case ProfileMailgun:
+		return "mailgun.org"
+	case ProfilePostmark:
+		return "spf.mtasv.net"
+	}
+	return ""
+}

@@ -48,6 +48,7 @@ func commands() []command {
 		{"dkim", "keygen|dns|rotate|activate|status ...", "make, rotate and check DKIM keys, print their DNS records", runDKIM},
 		{"queue", "list|show|retry|hold|release|delete|flush|import ...", "inspect and act on the queue", runQueue},
 		{"policy", "explain --user U --from A --to B [--size N]", "show what the policy decides", runPolicy},
+		{"doctor", "[-c FILE] [--domain D] [--json]", "check DKIM, SPF, DMARC and every upstream", runDoctor},
 		{"upstreams", "[-c FILE]", "show each upstream's state", runUpstreams},
 		{"trace", "QUERY [--since 24h] [--json] [-c FILE]", "what happened to a message (the journal)", runTrace},
 		{"send", "--server H:P --user U --from A --to B", "send a test message", runSend},
