@@ -145,7 +145,7 @@ func (d *decoder) scalar(n *yaml.Node, path, want string) (string, bool) {
 		d.errorf(n.Line, path, "expected %s, got %s", want, kindName(n))
 		return "", false
 	}
-	s, err := expand(n.Value, d.l.getenv)
+	s, err := expand(n.Value, d.getenv(path))
 	if err != nil {
 		d.errorf(n.Line, path, "%v", err)
 		return "", false
@@ -366,6 +366,11 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		fv := v.Field(fields[f.target])
 		if d.present[join(path, f.target)] {
 			d.errorf(f.line, f.key, "%s and %s are both set; use one", f.target, f.key[strings.LastIndex(f.key, ".")+1:])
+			continue
+		}
+		if d.l.UnresolvedSecrets && unresolvable(join(path, f.target)) {
+			fv.SetString("(unread " + f.file + ")")
+			d.present[join(path, f.target)] = true
 			continue
 		}
 		p := f.file

@@ -23,6 +23,13 @@ type Loader struct {
 	Getenv   func(name string) (string, bool)  // nil: os.LookupEnv
 	ReadFile func(path string) ([]byte, error) // nil: os.ReadFile
 	Hostname func() (string, error)            // nil: os.Hostname
+
+	// UnresolvedSecrets is for commands that use no secret (`sluice dkim
+	// dns`, `policy explain`, the state_dir readers): the secrets of
+	// upstreams and of the webhook whose ${NAME} is not set stay as
+	// written, and their *_file secrets are not read. Such a Config must
+	// never be used to connect or sign.
+	UnresolvedSecrets bool
 }
 
 // Load reads, expands, fills in defaults and validates the file at path.

@@ -118,3 +118,54 @@ func TestQueueListByStateDir(t *testing.T) {
 		t.Errorf("queue list --state-dir: exit %d, want %s in:\n%s%s", code, id, out, stderr)
 	}
 }
+
+// TestHelp: `sluice CMD --help` (and -h) prints the command's usage on
+// stdout and exits 0; the command list names the flags operators look for.
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	for _, c := range []string{"serve", "check-config", "passwd", "dkim", "queue", "policy", "upstreams", "send", "sendmail"} {
+		for _, h := range []string{"--help", "-h"} {
+			if c == "sendmail" && h == "-h" {
+				continue // sendmail's -h is a hop count
+			}
+			out, stderr, code := runCmd(t, "", c, h)
+			if code != 0 || !strings.HasPrefix(out, "usage: sluice "+c) || strings.Contains(out+stderr, "flag:") {
+				t.Errorf("sluice %s %s: exit %d\nstdout: %s\nstderr: %s", c, h, code, out, stderr)
+			}
+		}
+	}
+	if out, _, code := runCmd(t, "", "dkim", "keygen", "--help"); code != 0 || !strings.HasPrefix(out, "usage: sluice dkim keygen") {
+		t.Errorf("dkim keygen --help: exit %d: %s", code, out)
+	}
+	if _, stderr, code := runCmd(t, "", "send", "--no-such-flag"); code != 2 || !strings.HasPrefix(stderr, "usage: sluice send") {
+		t.Errorf("send --no-such-flag: exit %d: %s, want 2 and the usage", code, stderr)
+	}
+	_, list, code := runCmd(t, "", "no-such-command")
+	if code != 2 {
+		t.Errorf("unknown command: exit %d, want 2", code)
+	}
+	for _, want := range []string{"send          --server H:P [--user U [--password P]] --from A --to B [--data FILE|-]",
+		"upstreams     [-c FILE | --state-dir DIR]", "policy        explain --user U --from A --to B [--size N] [-c FILE]"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("the command list lacks %q:\n%s", want, list)
+		}
+	}
+}
+
+// TestDKIMDNSWithoutSecrets: `dkim dns -c` needs no upstream secret, so it
+// works in a shell without the daemon's environment; check-config, which
+// checks everything, still names the unset variable.
+func TestDKIMDNSWithoutSecrets(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.keygen()
+	ups := upstreamYAML(25) + "    username: ${SLUICE_TEST_UNSET_USER}\n    password: \"${SLUICE_TEST_UNSET_PW}\"\n"
+	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", ups, 1))
+	out, stderr, code := runCmd(t, "", "dkim", "dns", "-c", cfg)
+	if code != 0 || strings.Count(out, "._domainkey.example.com. IN TXT") != 2 {
+		t.Errorf("dkim dns with unset upstream secrets: exit %d\n%s%s", code, out, stderr)
+	}
+	if _, stderr, code := runCmd(t, "", "check-config", "-c", cfg); code != 1 || !strings.Contains(stderr, "${SLUICE_TEST_UNSET_USER} is not set") {
+		t.Errorf("check-config with unset secrets: exit %d: %s", code, stderr)
+	}
+}

@@ -22,8 +22,8 @@ import (
 // act on state_dir/dkim/ directly, with or without a running daemon; the
 // daemon notices the change within seconds (cmd/sluice/dkimwatch.go).
 
-const dkimUsage = `usage: sluice dkim keygen --domain D --selector S [--algo rsa|ed25519] [--bits 2048] --out FILE
-       sluice dkim dns [-c FILE | --dev]
+const dkimUsage = `usage: sluice dkim keygen --domain D --selector S [--algo rsa|ed25519] [--bits 2048] --out FILE [--force]
+       sluice dkim dns [-c FILE | --dev [--dev-dir DIR]]
        sluice dkim rotate --domain D [--selector S] [--force] [-c FILE]
        sluice dkim activate --domain D [-c FILE]
        sluice dkim status [--domain D] [--json] [-c FILE]`

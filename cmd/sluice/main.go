@@ -47,19 +47,23 @@ func commands() []command {
 		{"passwd", "[--bcrypt]", "read a password, print its hash for the config", runPasswd},
 		{"dkim", "keygen|dns|rotate|activate|status ...", "make, rotate and check DKIM keys, print their DNS records", runDKIM},
 		{"queue", "list|show|retry|hold|release|delete|flush|import ...", "inspect and act on the queue", runQueue},
-		{"policy", "explain --user U --from A --to B [--size N]", "show what the policy decides", runPolicy},
+		{"policy", "explain --user U --from A --to B [--size N] [-c FILE]", "show what the policy decides", runPolicy},
 		{"doctor", "[-c FILE] [--domain D] [--json]", "check DKIM, SPF, DMARC and every upstream", runDoctor},
-		{"upstreams", "[-c FILE]", "show each upstream's state", runUpstreams},
+		{"upstreams", "[-c FILE | --state-dir DIR] [--json]", "show each upstream's state", runUpstreams},
 		{"trace", "QUERY [--since 24h] [--json] [-c FILE]", "what happened to a message (the journal)", runTrace},
-		{"send", "--server H:P --user U --from A --to B", "send a test message", runSend},
+		{"send", "--server H:P [--user U [--password P]] --from A --to B [--data FILE|-]", "send a test message", runSend},
 		{"sendmail", "[-f FROM] [-t] [RCPT...]", "sendmail-compatible injector", runSendmail},
 		{"version", "", "print version information", runVersion},
 	}
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: sluice COMMAND [flags]\n\ncommands:")
+	fmt.Fprintln(w, "usage: sluice COMMAND [flags]   (sluice COMMAND --help: the command's usage)\n\ncommands:")
 	for _, c := range commands() {
+		if len(c.args) > 48 {
+			fmt.Fprintf(w, "  %-13s %s\n  %-13s %-48s %s\n", c.name, c.args, "", "", c.help)
+			continue
+		}
 		fmt.Fprintf(w, "  %-13s %-48s %s\n", c.name, c.args, c.help)
 	}
 }
@@ -80,12 +84,20 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if c.name != args[0] {
 			continue
 		}
-		err := c.run(args[1:], stdin, stdout, stderr)
+		// A usage asked for (-h, --help) goes to stdout, with exit 0.
+		help := wantsHelp(c.name, args[1:])
+		cmdErr := stderr
+		if help {
+			cmdErr = stdout
+		}
+		err := c.run(args[1:], stdin, stdout, cmdErr)
 		var ee *exitError
 		switch {
 		case err == nil:
 			return 0
-		case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+		case errors.Is(err, errUsage) && help:
+			return 0
+		case errors.Is(err, errUsage):
 			return 2
 		case errors.As(err, &ee):
 			if ee.msg != "" {
@@ -99,6 +111,21 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "sluice: unknown command %q\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+// wantsHelp reports whether args ask for the command's usage: -h, -help or
+// --help before any "--" (for sendmail, whose -h takes a hop count, only the
+// long forms).
+func wantsHelp(cmd string, args []string) bool {
+	for _, a := range args {
+		switch {
+		case a == "--":
+			return false
+		case a == "--help" || a == "-help" || a == "-h" && cmd != "sendmail":
+			return true
+		}
+	}
+	return false
 }
 
 // parseFlags parses flags that may stand before or after the positional

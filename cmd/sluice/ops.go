@@ -115,7 +115,15 @@ func loadFor(path string, dev bool) (*config.Config, error) {
 		cfg, _, err := devConfig("./sluice-dev")
 		return cfg, err
 	}
-	return config.Load(path)
+	return loadNoSecrets(path)
+}
+
+// loadNoSecrets loads the configuration for a command that uses none of
+// the upstreams' or the webhook's secrets, so an operator's shell need not
+// have the daemon's environment (config.Loader.UnresolvedSecrets). Only
+// serve and check-config load everything.
+func loadNoSecrets(path string) (*config.Config, error) {
+	return (&config.Loader{UnresolvedSecrets: true}).Load(path)
 }
 
 // runPolicy prints what the policy decides for one message; exit 0 allowed,
@@ -167,7 +175,7 @@ func runUpstreams(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "JSON output")
 	stateDir := fs.String("state-dir", "", "the daemon's state_dir, instead of reading it from the config")
 	if _, err := parseFlags(fs, args); err != nil {
-		return usageErr(stderr, "usage: sluice upstreams [-c FILE | --state-dir DIR]")
+		return usageErr(stderr, "usage: sluice upstreams [-c FILE | --state-dir DIR] [--json]")
 	}
 	cfg, err := stateConfig(*path, *dev, *stateDir)
 	if err != nil {

@@ -41,7 +41,7 @@ func runSend(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	helo := fs.String("helo", "", "EHLO name (default: this host's name)")
 	_, err := parseFlags(fs, args)
 	if err != nil || *from == "" || len(to) == 0 {
-		return usageErr(stderr, "usage: sluice send --server H:P --user U --from A --to B [--tls starttls|implicit|none] [--insecure|--ca FILE] [--data FILE]")
+		return usageErr(stderr, "usage: sluice send --server H:P [--user U [--password P]] --from A --to B [--tls starttls|implicit|none] [--insecure|--ca FILE] [--data FILE|-] [--subject S] [--body TEXT] [--helo NAME]")
 	}
 	if *from, err = checkAddress(*from); err != nil {
 		return fmt.Errorf("--from: %w", err)

@@ -84,7 +84,7 @@ func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	}
 	addr := *server
 	if addr == "" {
-		cfg, err := config.Load(*path)
+		cfg, err := loadNoSecrets(*path)
 		if err != nil {
 			return err
 		}

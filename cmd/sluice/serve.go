@@ -32,7 +32,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	dev := fs.Bool("dev", false, "development mode: no file needed")
 	devDir := fs.String("dev-dir", "./sluice-dev", "state directory of --dev")
 	if _, err := parseFlags(fs, args); err != nil {
-		return usageErr(stderr, "%v\nusage: sluice serve [-c FILE] [--dev]", err)
+		return usageErr(stderr, "usage: sluice serve [-c FILE] [--dev [--dev-dir DIR]]")
 	}
 	var cfg *config.Config
 	var err error

@@ -20,7 +20,7 @@ func runCheckConfig(args []string, _ io.Reader, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	path := fs.String("c", defaultConfig, "configuration file")
 	if _, err := parseFlags(fs, args); err != nil {
-		return usageErr(stderr, "%v\nusage: sluice check-config [-c FILE]", err)
+		return usageErr(stderr, "usage: sluice check-config [-c FILE]")
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -39,7 +39,7 @@ func runPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
 	useBcrypt := fs.Bool("bcrypt", false, "bcrypt (cost 10) instead of argon2id")
 	if _, err := parseFlags(fs, args); err != nil {
-		return usageErr(stderr, "%v\nusage: sluice passwd [--bcrypt]", err)
+		return usageErr(stderr, "usage: sluice passwd [--bcrypt]")
 	}
 	pw, err := readPassword(stdin, stderr, true)
 	if err != nil {
@@ -95,7 +95,7 @@ func readPassword(stdin io.Reader, stderr io.Writer, confirm bool) (string, erro
 }
 
 func runDKIM(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
 		return usageErr(stderr, dkimUsage)
 	}
 	switch args[0] {
@@ -114,7 +114,7 @@ func runDKIM(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		out := fs.String("out", "", "key file to write (PKCS#8 PEM, mode 0600)")
 		force := fs.Bool("force", false, "overwrite an existing file")
 		if _, err := parseFlags(fs, args[1:]); err != nil || *domain == "" || *selector == "" || *out == "" {
-			return usageErr(stderr, "usage: sluice dkim keygen --domain D --selector S [--algo rsa|ed25519] [--bits 2048] --out FILE")
+			return usageErr(stderr, "usage: sluice dkim keygen --domain D --selector S [--algo rsa|ed25519] [--bits 2048] --out FILE [--force]")
 		}
 		key, err := signing.GenerateKey(*algo, *bits)
 		if err != nil {
@@ -131,14 +131,14 @@ func runDKIM(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		dev := fs.Bool("dev", false, "the --dev mode's key")
 		devDir := fs.String("dev-dir", "./sluice-dev", "state directory of --dev")
 		if _, err := parseFlags(fs, args[1:]); err != nil {
-			return usageErr(stderr, "usage: sluice dkim dns [-c FILE | --dev]")
+			return usageErr(stderr, "usage: sluice dkim dns [-c FILE | --dev [--dev-dir DIR]]")
 		}
 		var cfg *config.Config
 		var err error
 		if *dev {
 			cfg, _, err = devConfig(*devDir)
 		} else {
-			cfg, err = config.Load(*path)
+			cfg, err = loadNoSecrets(*path)
 		}
 		if err != nil {
 			return err
@@ -162,5 +162,5 @@ func runDKIM(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		}
 		return nil
 	}
-	return usageErr(stderr, "sluice dkim: unknown subcommand %q (keygen, dns, rotate, activate, status)", args[0])
+	return usageErr(stderr, "sluice dkim: unknown subcommand %q\n%s", args[0], dkimUsage)
 }
