@@ -123,7 +123,7 @@ func TestQueueListByStateDir(t *testing.T) {
 // stdout and exits 0; the command list names the flags operators look for.
 func TestHelp(t *testing.T) {
 	t.Parallel()
-	for _, c := range []string{"serve", "check-config", "passwd", "dkim", "queue", "policy", "upstreams", "send", "sendmail"} {
+	for _, c := range []string{"serve", "check-config", "passwd", "dkim", "queue", "policy", "doctor", "upstreams", "trace", "send", "sendmail"} {
 		for _, h := range []string{"--help", "-h"} {
 			if c == "sendmail" && h == "-h" {
 				continue // sendmail's -h is a hop count

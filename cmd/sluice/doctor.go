@@ -56,7 +56,7 @@ func runDoctor(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	domain := fs.String("domain", "", "check only this sending domain (and no upstream)")
 	asJSON := fs.Bool("json", false, "one JSON object per check and line")
 	if _, err := parseFlags(fs, args); err != nil {
-		return usageErr(stderr, "%v\nusage: sluice doctor [-c FILE] [--domain D] [--json]", err)
+		return usageErr(stderr, "usage: sluice doctor [-c FILE] [--domain D] [--json]")
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
