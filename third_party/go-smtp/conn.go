@@ -1332,7 +1332,9 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 
 	lastLineIndex := len(text) - 1
 	for i := 0; i < lastLineIndex; i++ {
-		c.text.PrintfLine("%d-%v", code, text[i])
+		// sluice: buffered, not flushed per line: a multi-line reply (EHLO)
+		// goes out in one write and one TLS record, flushed with its last line.
+		fmt.Fprintf(c.text.W, "%d-%v\r\n", code, text[i])
 	}
 	if enhCode == NoEnhancedCode {
 		c.text.PrintfLine("%d %v", code, text[lastLineIndex])
