@@ -177,6 +177,11 @@ func TestDKIMRotation(t *testing.T) {
 	if gen2[r2] == "" || gen2[e2] == "" {
 		t.Fatalf("rotate 2 printed:\n%s", out)
 	}
+	// dkim dns prints every record that must be in DNS: active and pending.
+	out, _, code = runCmd(t, "", "dkim", "dns", "-c", cfg)
+	if recs := parseRecords(t, out); code != 0 || len(recs) != 4 || recs[r1] != gen1[r1] || recs[e2] != gen2[e2] {
+		t.Fatalf("dkim dns: %d\n%s", code, out)
+	}
 	st := dkimStatus(t, cfg)
 	if k := st[today+"r2"]; k.State != "pending" || k.DNS != "missing" || k.Algorithm != "rsa" || k.Domain != "example.com" || time.Since(k.Created) > time.Minute {
 		t.Fatalf("status of the new key: %+v", k)
