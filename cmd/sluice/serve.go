@@ -89,7 +89,7 @@ type daemon struct {
 	jsink  journalSink
 }
 
-func (d *daemon) run(cfg *config.Config) error {
+func (d *daemon) run(cfg *config.Config) (err error) {
 	// Signals are taken over first: a SIGHUP that arrives while starting
 	// (a config-management tool reloading right after a start) must not
 	// kill the process, which is SIGHUP's default action.
@@ -100,7 +100,17 @@ func (d *daemon) run(cfg *config.Config) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
-	var err error
+	// A start that fails half way closes what it opened, newest first: the
+	// queue's spool and control socket, the dispatcher, the policy's Redis
+	// client, the keys' libcrypto copies.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 	if d.certs, err = newCertStore(cfg); err != nil {
 		return err
 	}
@@ -109,15 +119,18 @@ func (d *daemon) run(cfg *config.Config) error {
 	if d.keys, err = signing.LoadKeyring(cfg.DKIM, cfg.StateDir); err != nil {
 		return err
 	}
+	undo = append(undo, d.keys.Close)
 	d.log.Info("dkim", "keys", len(cfg.DKIM), "rsa_signer", signing.RSAImplementation())
 	d.warnUnsigned(cfg, d.keys)
 	if d.policy, err = policy.New(cfg, policy.Options{Logger: d.log}); err != nil {
 		return err
 	}
+	undo = append(undo, d.policy.Close)
 	first, err := d.newDispatcher(cfg)
 	if err != nil {
 		return err
 	}
+	undo = append(undo, first.Close)
 	d.disp = &liveDispatcher{}
 	d.disp.p.Store(first)
 	d.queue, err = queue.Open(queue.Options{
@@ -133,6 +146,7 @@ func (d *daemon) run(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	undo = append(undo, func() { d.queue.Close() })
 	// Opened once queue.Open holds the control socket: no other daemon
 	// writes this state_dir, so its unsealed segments are ours to seal.
 	jr, err := openJournal(cfg, d.log)
@@ -193,7 +207,13 @@ func (d *daemon) run(cfg *config.Config) error {
 	stop()
 	select {
 	case <-qdone:
+		// Closed only once Run ended: a delivery still running at the
+		// timeout keeps its files until the process exits.
+		if err := d.queue.Close(); err != nil {
+			d.log.Error("queue: close", "err", err.Error())
+		}
 	case <-sctx.Done():
+		d.log.Warn("shutdown timeout reached with deliveries still running")
 	}
 	d.disp.p.Load().Close()
 	d.policy.Close()
@@ -208,31 +228,40 @@ func (d *daemon) reload() {
 		d.log.Warn("reload: --dev has no file to reload")
 		return
 	}
+	// refuse keeps the running configuration and closes what this reload
+	// built, so nothing of a refused configuration lives on (a leaked
+	// dispatcher would keep rewriting upstreams.json with its upstreams).
+	refuse := func(err error, built ...func()) {
+		for _, c := range built {
+			c()
+		}
+		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+	}
 	cfg, err := config.Load(d.path)
 	if err != nil {
-		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+		refuse(err)
 		return
 	}
 	d.dkim.markLoaded(cfg)
 	keys, err := signing.LoadKeyring(cfg.DKIM, cfg.StateDir)
 	if err != nil {
-		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
-		return
-	}
-	disp, err := d.newDispatcher(cfg)
-	if err != nil {
-		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+		refuse(err)
 		return
 	}
 	pol, err := policy.New(cfg, policy.Options{Logger: d.log})
 	if err != nil {
-		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
+		refuse(err, keys.Close)
 		return
 	}
 	if err := d.certs.reload(cfg); err != nil {
-		d.log.Error("reload refused, keeping the running configuration", "err", err.Error())
-		pol.Close()
-		disp.Close()
+		refuse(err, keys.Close, pol.Close)
+		return
+	}
+	// The dispatcher comes last: once built it owns upstreams.json, so
+	// nothing that can still refuse the reload may follow it.
+	disp, err := d.newDispatcher(cfg)
+	if err != nil {
+		refuse(err, keys.Close, pol.Close)
 		return
 	}
 	old := d.policy

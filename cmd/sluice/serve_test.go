@@ -4,6 +4,12 @@ package main
 // what a shutdown closes.
 
 import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -46,5 +52,65 @@ func TestReloadKeepsRateLimits(t *testing.T) {
 	err := sendAs("r4")
 	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 450 {
 		t.Fatalf("after a SIGHUP with the same config the user is no longer rate limited: %s, want 450 4.7.1", replyCode(err))
+	}
+}
+
+// TestReloadRefusedBuildsNothing: a reload refused late (policy.New fails
+// on a Redis URL the config check accepts) leaves nothing of the refused
+// configuration running: no dispatcher of it ever writes upstreams.json.
+func TestReloadRefusedBuildsNothing(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	e := newEnv(t)
+	cfg := polConfig(e, up.Port(), "", "")
+	p := start(t, 1, "serve", "-c", cfg)
+	status := filepath.Join(e.dir, "state", "upstreams.json")
+	waitFor(t, 10*time.Second, "upstreams.json naming up1", func() bool {
+		b, _ := os.ReadFile(status)
+		return bytes.Contains(b, []byte(`"up1"`))
+	})
+	y, _ := os.ReadFile(cfg)
+	y = bytes.Replace(y, []byte("name: up1"), []byte("name: leaky"), 1)
+	y = append(y, "ratelimit:\n  redis: redis://127.0.0.1:1/not-a-db-number\n"...)
+	if err := os.WriteFile(cfg, y, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(syscall.SIGHUP)
+	if !p.waitLog("reload refused", 10*time.Second) {
+		t.Fatal("the reload was not refused")
+	}
+	// A dispatcher writes its status at its first tick, a second after it
+	// is built: three seconds without "leaky" mean none was left running.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(status); bytes.Contains(b, []byte("leaky")) {
+			t.Fatalf("upstreams.json shows the refused configuration's upstream:\n%s", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "after-refusal", "x")); err != nil {
+		t.Fatalf("the running configuration stopped working after a refused reload: %v", err)
+	}
+	up.WaitMessages(t, 1, 20*time.Second)
+}
+
+// TestServeStartFailureClosesQueue: a start that fails after the queue was
+// opened (a listener's port is taken) closes the queue, whose control
+// socket is then gone, rather than leaving it to the process's exit.
+func TestServeStartFailureClosesQueue(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	e := newEnv(t)
+	cfg := polConfig(e, testsmtp.ClosedPort(t), "  - name: taken\n    address: "+taken.Addr().String()+"\n    tls: none\n    auth: none\n    trusted_networks: [127.0.0.1/32]\n", "")
+	_, stderr, code := runCmd(t, "", "serve", "-c", cfg)
+	if code != 1 || !strings.Contains(stderr, "address already in use") {
+		t.Fatalf("serve with a taken port: exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "state", "control.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("control.sock after a failed start: %v, want it removed with the queue closed", err)
 	}
 }

@@ -45,18 +45,21 @@ func (s *certStore) reload(cfg *config.Config) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.minVersion = tls.VersionTLS12
+	// Nothing changes unless the whole reload succeeds.
+	minVersion := uint16(tls.VersionTLS12)
 	if cfg.TLS.MinVersion == "1.3" {
-		s.minVersion = tls.VersionTLS13
+		minVersion = tls.VersionTLS13
 	}
 	if cfg.TLS.CertFile == "" && cfg.TLS.SelfSigned {
 		if s.cert.Load() != nil && s.certFile == "" {
+			s.minVersion = minVersion
 			return nil // keep the self-signed one across reloads
 		}
 		c, _, _, err := certs.SelfSigned(cfg.Hostname, "localhost", "127.0.0.1", "::1")
 		if err != nil {
 			return err
 		}
+		s.minVersion = minVersion
 		s.cert.Store(&c)
 		return nil
 	}
@@ -64,6 +67,7 @@ func (s *certStore) reload(cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("tls: %w", err)
 	}
+	s.minVersion = minVersion
 	s.certFile, s.keyFile = cfg.TLS.CertFile, cfg.TLS.KeyFile
 	if fi, err := os.Stat(s.certFile); err == nil {
 		s.mtime = fi.ModTime()

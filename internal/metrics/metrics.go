@@ -91,7 +91,7 @@ func (c *Counter) write(w io.Writer) {
 type Gauge struct {
 	n, help string
 	v       atomic.Uint64
-	fn      func() float64
+	fn      atomic.Pointer[func() float64] // replaced while scrapes read it
 }
 
 // NewGauge registers a settable gauge.
@@ -103,9 +103,7 @@ func (r *Registry) NewGauge(name, help string) *Gauge {
 // Registering the same name again replaces fn (the newest owner wins).
 func (r *Registry) NewGaugeFunc(name, help string, fn func() float64) *Gauge {
 	g := r.register(&Gauge{n: name, help: help}).(*Gauge)
-	r.mu.Lock()
-	g.fn = fn
-	r.mu.Unlock()
+	g.fn.Store(&fn)
 	return g
 }
 
@@ -126,8 +124,8 @@ func (g *Gauge) Add(d float64) {
 
 // Value returns the current value.
 func (g *Gauge) Value() float64 {
-	if g.fn != nil {
-		return g.fn()
+	if fn := g.fn.Load(); fn != nil {
+		return (*fn)()
 	}
 	return math.Float64frombits(g.v.Load())
 }

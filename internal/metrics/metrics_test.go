@@ -51,3 +51,38 @@ w_seconds 1.5
 		t.Errorf("large values must not use exponents: %s", b.String())
 	}
 }
+
+// TestGaugeFuncReplacedWhileScraped: a reload registers a gauge's function
+// again while /metrics reads it; under -race this was a data race on fn.
+func TestGaugeFuncReplacedWhileScraped(t *testing.T) {
+	t.Parallel()
+	r := &Registry{}
+	r.NewGaugeFunc("g", "help", func() float64 { return 1 })
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	wg.Go(func() {
+		<-start
+		for i := range 5000 {
+			r.NewGaugeFunc("g", "help", func() float64 { return float64(i) })
+		}
+	})
+	wg.Go(func() {
+		<-start
+		for range 5000 {
+			var b strings.Builder
+			r.WriteText(&b)
+			if !strings.Contains(b.String(), "\ng ") {
+				t.Errorf("no value line:\n%s", b.String())
+				return
+			}
+		}
+	})
+	close(start)
+	wg.Wait()
+	r.NewGaugeFunc("g", "help", func() float64 { return 7 })
+	var b strings.Builder
+	r.WriteText(&b)
+	if !strings.Contains(b.String(), "\ng 7\n") {
+		t.Errorf("the newest function does not decide the value:\n%s", b.String())
+	}
+}
