@@ -32,6 +32,7 @@ var secretFiles = map[reflect.Type]map[string]string{
 	reflect.TypeFor[OAuth2]():   {"client_secret_file": "client_secret", "refresh_token_file": "refresh_token", "client_id_file": "client_id"},
 	reflect.TypeFor[User]():     {"password_hash_file": "password_hash"},
 	reflect.TypeFor[Queue]():    {"webhook_secret_file": "webhook_secret"},
+	reflect.TypeFor[Hooks]():    {"token_file": "token", "mailgun_signing_key_file": "mailgun_signing_key"},
 }
 
 // maxNodes bounds the work of one decode: aliases can make a small document

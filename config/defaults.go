@@ -40,6 +40,9 @@ const (
 	DefaultJournalMaxSize   = Size(1e9)
 	// MinJournalMaxSize keeps a few segments of a few hundred events.
 	MinJournalMaxSize = Size(1 << 20)
+
+	DefaultSuppressionTTL = 30 * 24 * time.Hour
+	DefaultHooksIndexTTL  = 7 * 24 * time.Hour
 )
 
 // DefaultDKIMAlgorithms are a managed domain's key algorithms when none are
@@ -227,6 +230,12 @@ func (l *Loader) setDefaults(c *Config, present map[string]bool) error {
 		t := true
 		c.RateLimit.FailOpen = &t
 	}
+	if c.Suppression.Enabled == nil {
+		t := true
+		c.Suppression.Enabled = &t
+	}
+	dur(&c.Suppression.TTL, "suppression.ttl", DefaultSuppressionTTL)
+	dur(&c.Hooks.IndexTTL, "hooks.index_ttl", DefaultHooksIndexTTL)
 	str(&c.Log.Format, "text")
 	str(&c.Log.Level, "info")
 	return err

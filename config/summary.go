@@ -148,6 +148,19 @@ func Summary(c *Config) string {
 		}
 	}
 	fmt.Fprintf(&b, "ratelimit: %s\n", redis)
+	supp := "off"
+	if c.Suppression.On() {
+		supp = "ttl " + FormatDuration(c.Suppression.TTL)
+	}
+	fmt.Fprintf(&b, "suppression: %s\n", supp)
+	hooks := "off"
+	if c.Hooks.Token != "" {
+		hooks = "/hooks/{ses,mailgun,sendgrid,postmark}, index_ttl " + FormatDuration(c.Hooks.IndexTTL)
+		if c.Hooks.MailgunSigningKey != "" {
+			hooks += ", mailgun signatures checked"
+		}
+	}
+	fmt.Fprintf(&b, "hooks: %s\n", hooks)
 	fmt.Fprintf(&b, "log: %s %s\n", c.Log.Format, c.Log.Level)
 	fmt.Fprintf(&b, "shutdown_timeout: %s\n", FormatDuration(c.ShutdownTimeout))
 	return b.String()

@@ -36,6 +36,9 @@ type Config struct {
 	// (its record must stay published) before it is retired; default 7d.
 	DKIMRetireAfter time.Duration `yaml:"dkim_retire_after"`
 	DNS             DNS           `yaml:"dns"`
+
+	Suppression Suppression `yaml:"suppression"`
+	Hooks       Hooks       `yaml:"hooks"`
 }
 
 // TLS is the certificate the relay presents on STARTTLS and implicit-TLS listeners.
@@ -105,6 +108,9 @@ type Policy struct {
 	// (source routing: user%host@relay, host!user@relay), refused
 	// otherwise with 553 5.1.3.
 	AllowPercentHack bool `yaml:"allow_percent_hack"`
+	// IgnoreSuppression lets this policy's clients send to suppressed
+	// addresses (e.g. monitoring that must always try).
+	IgnoreSuppression bool `yaml:"ignore_suppression"`
 }
 
 // PolicyRate holds per-user rate limits; a zero Rate is unlimited.
@@ -227,6 +233,24 @@ type Journal struct {
 type RateLimit struct {
 	Redis    string `yaml:"redis"`
 	FailOpen *bool  `yaml:"fail_open"` // default true
+}
+
+// Suppression is the list of addresses that bounced hard or complained
+// (DESIGN §8.2): RCPT to one of them is refused until its entry expires.
+type Suppression struct {
+	Enabled *bool         `yaml:"enabled"` // default true
+	TTL     time.Duration `yaml:"ttl"`     // default 30d
+}
+
+// On reports whether the suppression list is in use.
+func (s Suppression) On() bool { return s.Enabled == nil || *s.Enabled }
+
+// Hooks are the providers' event webhooks on the HTTP listener; they are
+// served only when Token is set.
+type Hooks struct {
+	Token             string        `yaml:"token"`               // also token_file
+	MailgunSigningKey string        `yaml:"mailgun_signing_key"` // also mailgun_signing_key_file
+	IndexTTL          time.Duration `yaml:"index_ttl"`           // how long a Message-ID stays matchable; default 7d
 }
 
 // Log is the log format and level.

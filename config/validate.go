@@ -148,6 +148,18 @@ func (v *validator) validate(c *Config) {
 			v.errorf("ratelimit.redis", "%q is not a redis:// or rediss:// URL", r)
 		}
 	}
+	if c.Suppression.TTL <= 0 {
+		v.errorf("suppression.ttl", "must be positive")
+	}
+	if c.Hooks.IndexTTL <= 0 {
+		v.errorf("hooks.index_ttl", "must be positive")
+	}
+	if c.Hooks.MailgunSigningKey != "" && c.Hooks.Token == "" {
+		v.errorf("hooks.mailgun_signing_key", "needs hooks.token: the hooks are served only with a token")
+	}
+	if c.Hooks.Token != "" && c.HTTP.Address == "" {
+		v.errorf("hooks.token", "needs http.address: the hooks are served on the HTTP listener")
+	}
 	if !oneOf(c.Log.Format, "text", "json") {
 		v.errorf("log.format", "%q is not one of text, json", c.Log.Format)
 	}

@@ -92,6 +92,9 @@ type Policy struct {
 	RateMessages   config.Rate
 	RateRecipients config.Rate
 
+	// IgnoreSuppression: RCPT to a suppressed address is not refused.
+	IgnoreSuppression bool
+
 	senders, allowedRcpts, deniedRcpts patternList
 }
 
@@ -269,6 +272,7 @@ func compilePolicy(name string, c *config.Policy) (*Policy, error) {
 		RateMessages:   c.Rate.Messages,
 		RateRecipients: c.Rate.Recipients,
 	}
+	p.IgnoreSuppression = c.IgnoreSuppression
 	var err error
 	key := "policies." + name
 	if p.senders, err = compileList(key+".allowed_senders", c.AllowedSenders); err != nil {

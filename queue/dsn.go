@@ -229,6 +229,70 @@ func (q *Queue) sendDSN(e *entry, rcpts []dsnRcpt) {
 	}
 }
 
+// ProviderBounce is a permanent failure a provider reported after it had
+// accepted the message with 250 (DESIGN §8.2): the original is no longer
+// in the spool, so what the report needs comes from the index.
+type ProviderBounce struct {
+	QueueID   string    // the original's queue ID
+	MessageID string    // the original's Message-ID, without <>
+	Sender    string    // the original envelope sender: the report goes there
+	Route     []string  // the original's route ("" : every upstream)
+	Received  time.Time // when the original was accepted (Arrival-Date)
+	Recipient string
+	Status    string // the provider's x.y.z; a missing or non-5 status becomes 5.0.0
+	Diag      string // the provider's diagnostic
+	Remote    string // the reporting MTA, when the provider names it
+	Provider  string // ses | mailgun | sendgrid | postmark
+}
+
+// BounceReported queues one RFC 3464 report for b to the original sender,
+// signed and routed as the queue's own bounces are, and returns its queue
+// ID. Making it once per recipient is the caller's job (a claim); the
+// original's headers are gone, so the report carries its Message-ID only.
+func (q *Queue) BounceReported(b ProviderBounce) (string, error) {
+	if b.Sender == "" {
+		return "", fmt.Errorf("queue: no report for a null-sender message (%s)", b.QueueID)
+	}
+	status := b.Status
+	if !strings.HasPrefix(status, "5.") {
+		status = "5.0.0"
+	}
+	diag := oneLine(b.Diag)
+	if diag == "" {
+		diag = "permanent failure reported by " + b.Provider
+	}
+	from := q.opts.Config.BounceFrom
+	if from == "" {
+		from = "MAILER-DAEMON@" + q.opts.Hostname
+	}
+	var rb [12]byte
+	rand.Read(rb[:])
+	now := q.now()
+	arrival := b.Received
+	if arrival.IsZero() {
+		arrival = now
+	}
+	id := b.QueueID
+	if id == "" {
+		id = "provider"
+	}
+	var orig bytes.Buffer
+	if b.MessageID != "" {
+		fmt.Fprintf(&orig, "Message-ID: <%s>\r\n", oneLine(b.MessageID))
+	}
+	fmt.Fprintf(&orig, "To: <%s>\r\n", oneLine(b.Recipient))
+	d := &dsn{
+		Hostname: q.opts.Hostname, From: from, To: b.Sender, QueueID: id,
+		Arrival: arrival, Date: now,
+		MessageID: fmt.Sprintf("%s.%s@%s", id, hex.EncodeToString(rb[:4]), q.opts.Hostname),
+		Boundary:  id + "/" + hex.EncodeToString(rb[4:]) + "/" + q.opts.Hostname,
+		Rcpts:     []dsnRcpt{{Addr: b.Recipient, Action: "failed", Status: status, Diag: diag, Remote: oneLine(b.Remote)}},
+		Original:  orig.Bytes(),
+	}
+	env := &Envelope{From: b.Sender, Route: b.Route}
+	return q.enqueueBounce(id, env, from, d.build(), d.MessageID)
+}
+
 func (q *Queue) enqueueBounce(origID string, env *Envelope, from string, msg []byte, msgID string) (string, error) {
 	var prefix []byte
 	if q.opts.Sign != nil {

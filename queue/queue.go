@@ -22,6 +22,7 @@ import (
 	"github.com/sluicemail/sluice/internal/metrics"
 	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/spool"
+	"github.com/sluicemail/sluice/suppress"
 	"github.com/sluicemail/sluice/upstream"
 )
 
@@ -55,6 +56,9 @@ type Options struct {
 	// Journal receives every attempt, outcome, queue action and DSN of
 	// every message (nil: none kept).
 	Journal journal.Sink
+	// Suppress, when set, is told of every permanent failure an upstream
+	// reported, and lists the addresses whose status names them (§8.2).
+	Suppress *suppress.List
 }
 
 // Envelope is what the relay knows about a message besides its bytes (the

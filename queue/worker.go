@@ -171,6 +171,9 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			failed = append(failed, dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: st, Diag: f.Diag})
 			final[to] = true
 			q.journalOutcome(e, "bounced", to, up, err, "", now)
+			if q.opts.Suppress != nil && f.Code >= 500 {
+				q.opts.Suppress.Bounced(ctx, to, st, f.Diag, up)
+			}
 		case expired:
 			diag := fmt.Sprintf("delivery time expired after %s; last error: %s", q.opts.Config.MaxAge, f.Diag)
 			q.log.Info("expired", "queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag, "attempts", n)

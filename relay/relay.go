@@ -26,6 +26,7 @@ import (
 	"github.com/sluicemail/sluice/policy"
 	"github.com/sluicemail/sluice/queue"
 	"github.com/sluicemail/sluice/signing"
+	"github.com/sluicemail/sluice/suppress"
 )
 
 // Options are what a relay Server is built from.
@@ -42,6 +43,8 @@ type Options struct {
 	// Journal receives an accepted event for every message answered 250
 	// (nil: none kept).
 	Journal journal.Sink
+	// Suppress, when set, refuses RCPT to suppressed addresses (DESIGN §8.2).
+	Suppress *suppress.List
 }
 
 // state is everything a reload replaces at once. A session keeps the state
@@ -59,6 +62,7 @@ type Server struct {
 	state     atomic.Pointer[state]
 	queue     *queue.Queue
 	journal   journal.Sink
+	supp      *suppress.List
 	tlsConfig *tls.Config
 	log       *slog.Logger
 	now       func() time.Time
@@ -88,7 +92,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Server{queue: opts.Queue, journal: opts.Journal, tlsConfig: opts.TLS, log: opts.Logger, now: opts.Now}
+	s := &Server{queue: opts.Queue, journal: opts.Journal, supp: opts.Suppress, tlsConfig: opts.TLS, log: opts.Logger, now: opts.Now}
 	s.state.Store(s.newState(opts.Config, opts.Policy, opts.Keys))
 	return s, nil
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/suppress"
 )
 
 // Every reply a client can see from Sluice's own decisions, one named value
@@ -56,4 +58,10 @@ func replyRateLimited(wait time.Duration) *smtp.SMTPError {
 // replyQueued is the 250 to the end of DATA. The text is fixed by DESIGN §7.
 func replyQueued(id string) *smtp.SMTPError {
 	return reply(250, smtp.EnhancedCode{2, 0, 0}, "OK queued as "+id)
+}
+
+// replySuppressed refuses a recipient on the suppression list (DESIGN §8.2):
+// "550 5.1.1 <ADDR>: suppressed after a hard bounce on DATE".
+func replySuppressed(addr string, e suppress.Entry) *smtp.SMTPError {
+	return reply(550, smtp.EnhancedCode{5, 1, 1}, "<"+addr+">: "+e.Describe())
 }

@@ -145,6 +145,15 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if l := s.srv.supp; l != nil && !pol.IgnoreSuppression {
+		if e, ok := l.Check(ctx, to); ok {
+			// Refused before the recipient rate is charged: nothing is
+			// queued for it, so it costs the sender nothing.
+			l.Refused()
+			s.reject("suppressed", "rcpt", to, "kind", e.Kind, "added", e.Added.Format(time.RFC3339))
+			return replySuppressed(to, e)
+		}
+	}
 	if d := s.chargeRecipient(ctx, pol); d != nil {
 		return s.deny(d, "rcpt", to)
 	}

@@ -51,6 +51,7 @@ func commands() []command {
 		{"doctor", "[-c FILE] [--domain D] [--json]", "check DKIM, SPF, DMARC and every upstream", runDoctor},
 		{"upstreams", "[-c FILE | --state-dir DIR] [--json]", "show each upstream's state", runUpstreams},
 		{"trace", "QUERY [--since 24h] [--json] [-c FILE]", "what happened to a message (the journal)", runTrace},
+		{"suppression", "list|add|remove|check ...", "show and edit the suppression list", runSuppression},
 		{"send", "--server H:P [--user U [--password P]] --from A --to B [--data FILE|-]", "send a test message", runSend},
 		{"sendmail", "[-f FROM] [-t] [RCPT...]", "sendmail-compatible injector", runSendmail},
 		{"version", "", "print version information", runVersion},

@@ -87,6 +87,7 @@ type daemon struct {
 	cfg    *config.Config
 	dkim   *dkimWatch
 	jsink  journalSink
+	supp   *suppression
 }
 
 func (d *daemon) run(cfg *config.Config) (err error) {
@@ -133,6 +134,10 @@ func (d *daemon) run(cfg *config.Config) (err error) {
 	undo = append(undo, first.Close)
 	d.disp = &liveDispatcher{}
 	d.disp.p.Store(first)
+	if d.supp, err = openSuppression(cfg, d.log); err != nil {
+		return err
+	}
+	defer d.supp.Close()
 	d.queue, err = queue.Open(queue.Options{
 		Dir:           filepath.Join(cfg.StateDir, "spool"),
 		Config:        cfg.Queue,
@@ -142,6 +147,7 @@ func (d *daemon) run(cfg *config.Config) (err error) {
 		ControlSocket: filepath.Join(cfg.StateDir, "control.sock"),
 		Logger:        d.log,
 		Journal:       &d.jsink,
+		Suppress:      d.supp.list,
 	})
 	if err != nil {
 		return err
@@ -155,7 +161,8 @@ func (d *daemon) run(cfg *config.Config) (err error) {
 	}
 	d.jsink.set(jr)
 	defer jr.Close()
-	d.relay, err = relay.New(relay.Options{Config: cfg, Policy: d.policy, Keys: d.keys, Queue: d.queue, TLS: d.certs.tlsConfig(), Logger: d.log, Journal: &d.jsink})
+	d.relay, err = relay.New(relay.Options{Config: cfg, Policy: d.policy, Keys: d.keys, Queue: d.queue, TLS: d.certs.tlsConfig(), Logger: d.log,
+		Journal: d.supp.wrap(&d.jsink), Suppress: d.supp.list})
 	if err != nil {
 		return err
 	}

@@ -25,8 +25,9 @@ var allowed = map[string][]string{
 	"policy":   {"config"},
 	"journal":  {"config"},
 	"spool":    {"config"},
-	"queue":    {"config", "upstream", "journal", "spool"},
-	"relay":    {"config", "policy", "signing", "queue", "journal"},
+	"suppress": {"config", "journal"},
+	"queue":    {"config", "upstream", "journal", "spool", "suppress"},
+	"relay":    {"config", "policy", "signing", "queue", "journal", "suppress"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {
