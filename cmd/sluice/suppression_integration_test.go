@@ -65,7 +65,7 @@ func TestSuppressionFromUpstreamBounce(t *testing.T) {
 	p := start(t, 1, "serve", "-c", cfg)
 	smtpAddr := p.addrs["submission"]
 
-	if _, err := opsSend(smtpAddr, e.tlsConfig(), "app", "app@example.com", []string{"good@example.org", "gone@example.org"},
+	if _, err := send(smtpAddr, e.tlsConfig(), "app", "app@example.com", []string{"good@example.org", "gone@example.org"},
 		message("app@example.com", "good@example.org", "supp1", "one bounces")); err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestSuppressionFromUpstreamBounce(t *testing.T) {
 
 	// A 4xx, even one whose detail is 1.1, never suppresses: once its
 	// deferral is logged, the address is still not listed.
-	if _, err := opsSend(smtpAddr, e.tlsConfig(), "app", "app@example.com", []string{"busy@example.org"},
+	if _, err := send(smtpAddr, e.tlsConfig(), "app", "app@example.com", []string{"busy@example.org"},
 		message("app@example.com", "busy@example.org", "supp2", "deferred")); err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestSuppressionFromUpstreamBounce(t *testing.T) {
 		t.Fatalf("RCPT to busy@: %s, want accepted", got)
 	}
 
-	m := opsMetrics(t, p.opsHTTPAddr())
+	m := readMetrics(t, p.httpAddr())
 	if m["sluice_suppressed_total"] != 2 || m["sluice_suppression_list_size"] != 1 {
 		t.Errorf("metrics: suppressed_total %v (want 2), list_size %v (want 1)", m["sluice_suppressed_total"], m["sluice_suppression_list_size"])
 	}
