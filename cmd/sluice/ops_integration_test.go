@@ -287,6 +287,8 @@ func TestOpsNullSenderNoDSN(t *testing.T) {
 	e := newEnv(t)
 	up := testsmtp.Start(t, testsmtp.Options{})
 	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "gone@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
+	// The control goes to another address: the first bounce suppresses gone@.
+	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "gone2@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
 	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
 	p := start(t, 1, "serve", "-c", cfg)
 
@@ -298,8 +300,8 @@ func TestOpsNullSenderNoDSN(t *testing.T) {
 	if !p.waitLog("no report for a null-sender message", 20*time.Second) {
 		t.Fatalf("no log line about the dropped report for %s", nullID)
 	}
-	ctlID, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"gone@example.org"},
-		message("app@example.com", "gone@example.org", "ctl1", "control"))
+	ctlID, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"gone2@example.org"},
+		message("app@example.com", "gone2@example.org", "ctl1", "control"))
 	if err != nil {
 		t.Fatal(err)
 	}
