@@ -104,6 +104,11 @@ func TestDoctor(t *testing.T) {
 	if n := len(up.Messages()); n != 0 {
 		t.Errorf("doctor sent %d messages", n)
 	}
+	// dkim status shows the static key as active, checked against DNS.
+	st := dkimStatus(t, cfg)
+	if k := st["s1"]; k.Domain != "good.example" || k.State != "active" || k.DNS != "ok" || k.Algorithm != "ed25519" || k.Created.IsZero() {
+		t.Errorf("dkim status of a static key: %+v", k)
+	}
 
 	// A broken one: a wrong DKIM key, SPF without amazonses.com, no DMARC,
 	// a closed port, a wrong password: one line each, exit 1.
