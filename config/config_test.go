@@ -156,7 +156,7 @@ func TestFull(t *testing.T) {
 		TLS: "starttls", Profile: "ses", Username: "AKIAEXAMPLE", Password: "AKIAEXAMPLESESPASSWORD",
 		AuthMechanism: "plain", Priority: 10, Weight: 1, MaxConnections: 10,
 		Rate: Rate{N: 14, Per: time.Second, Burst: 14}, BreakerBackoff: 30 * time.Second,
-		Timeout: 60 * time.Second, ConnectTimeout: 15 * time.Second,
+		Timeout: 60 * time.Second, ConnectTimeout: 15 * time.Second, GreetingTimeout: 20 * time.Second,
 	})
 	check("backup.Ports", c.Upstreams[1].Ports, []int{25, 2525, 587})
 	check("backup.Priority", c.Upstreams[1].Priority, 20)

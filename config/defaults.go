@@ -26,6 +26,7 @@ const (
 	DefaultBreakerBackoff         = 30 * time.Second
 	DefaultUpstreamTimeout        = 60 * time.Second
 	DefaultConnectTimeout         = 15 * time.Second
+	DefaultGreetingTimeout        = 20 * time.Second
 
 	DefaultQueueMaxAge   = 5 * 24 * time.Hour
 	DefaultQueueWorkers  = 32
@@ -277,6 +278,7 @@ func (u *Upstream) setDefaults(unset func(key string) bool) {
 	dur(&u.BreakerBackoff, "breaker_backoff", DefaultBreakerBackoff)
 	dur(&u.Timeout, "timeout", DefaultUpstreamTimeout)
 	dur(&u.ConnectTimeout, "connect_timeout", DefaultConnectTimeout)
+	dur(&u.GreetingTimeout, "greeting_timeout", DefaultGreetingTimeout)
 	if u.Type == UpstreamSMTP && len(u.Ports) == 0 && unset("ports") {
 		// When the provider lacks the mode, Ports stays empty and
 		// validation says why.

@@ -179,8 +179,9 @@ type Upstream struct {
 	Rate                  Rate          `yaml:"rate"`
 	BreakerBackoff        time.Duration `yaml:"breaker_backoff"` // default 30s
 	FailoverOn5xx         bool          `yaml:"failover_on_5xx"`
-	Timeout               time.Duration `yaml:"timeout"`         // per command; default 60s
-	ConnectTimeout        time.Duration `yaml:"connect_timeout"` // default 15s
+	Timeout               time.Duration `yaml:"timeout"`          // per command; default 60s
+	ConnectTimeout        time.Duration `yaml:"connect_timeout"`  // default 15s
+	GreetingTimeout       time.Duration `yaml:"greeting_timeout"` // the 220 banner; default 20s
 }
 
 // TLSOnly reports whether the upstream never carries a message in

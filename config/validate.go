@@ -499,7 +499,7 @@ func (v *validator) validateUpstreams(c *Config) {
 		for _, d := range []struct {
 			key string
 			ok  bool
-		}{{"breaker_backoff", u.BreakerBackoff > 0}, {"timeout", u.Timeout > 0}, {"connect_timeout", u.ConnectTimeout > 0}} {
+		}{{"breaker_backoff", u.BreakerBackoff > 0}, {"timeout", u.Timeout > 0}, {"connect_timeout", u.ConnectTimeout > 0}, {"greeting_timeout", u.GreetingTimeout > 0}} {
 			if !d.ok {
 				v.errorf(k+"."+d.key, "must be positive")
 			}

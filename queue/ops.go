@@ -317,6 +317,9 @@ func (q *Queue) allIDs(offline bool) []string {
 
 func (q *Queue) retry(id string, offline bool) error {
 	now := q.now()
+	// Recorded before it is scheduled: a worker that then finds every
+	// breaker open records the later time after this one.
+	err := q.spool.Record(id, false, Record{T: "retry", At: now})
 	if !offline {
 		q.mu.Lock()
 		if e := q.entries[id]; e != nil {
@@ -325,7 +328,7 @@ func (q *Queue) retry(id string, offline bool) error {
 		q.mu.Unlock()
 		q.poke()
 	}
-	return q.spool.Record(id, false, Record{T: "retry", At: now})
+	return err
 }
 
 func (q *Queue) setHold(id string, hold bool, offline bool) error {

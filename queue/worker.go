@@ -102,6 +102,24 @@ func (q *Queue) take() (*entry, time.Duration) {
 func (q *Queue) attempt(ctx context.Context, e *entry) {
 	now := q.now()
 	expiry := e.env.Received.Add(q.opts.Config.MaxAge)
+	// Made due (retry, flush, release) while every breaker of its route is
+	// open, a message is not attempted: that would spend a retry step and
+	// push it later. It waits for the first breaker to let one through.
+	if av, ok := q.opts.Deliverer.(upstream.Availability); ok && now.Before(expiry) {
+		if free, at := av.Available(e.env.Route, e.env.RequireTLS); !free {
+			if at.After(expiry) {
+				at = expiry
+			}
+			if at.Sub(now) > time.Minute {
+				// Shown by `queue list`; not fsync'd: a crash only makes it due sooner.
+				q.spool.Record(e.id, false, Record{T: "retry", At: at})
+			}
+			e.fresh.Close() // no descriptor held while it waits; the attempt is recorded then
+			e.fresh = nil
+			q.finish(e, nil, at, nil)
+			return
+		}
+	}
 	q.mu.Lock()
 	e.attempts++
 	n := e.attempts

@@ -75,3 +75,10 @@ type Options struct {
 type Deliverer interface {
 	Deliver(ctx context.Context, m *Message) Result
 }
+
+// Availability is what a Deliverer may add: whether a message on route can
+// be tried now, or else when (the first of its breakers to let a delivery
+// through). The queue asks before spending a retry step.
+type Availability interface {
+	Available(route []string, requireTLS bool) (ok bool, at time.Time)
+}

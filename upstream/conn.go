@@ -42,9 +42,12 @@ func tlsName(conn net.Conn) string {
 // spoke the pre-TLS EHLO and STARTTLS ourselves (go-smtp has no StartTLS
 // method and would say "EHLO localhost"), a fresh smtp.Client still
 // expects a 220 greeting first; the server sends none after STARTTLS.
+// The same replay serves every mode: the banner is read by us, under the
+// greeting timeout, before go-smtp's client takes the connection.
 type greetedConn struct {
 	net.Conn
 	pre []byte
+	r   io.Reader // what follows the banner: the Conn, or a reader buffering it
 }
 
 func (g *greetedConn) Read(p []byte) (int, error) {
@@ -53,7 +56,20 @@ func (g *greetedConn) Read(p []byte) (int, error) {
 		g.pre = g.pre[n:]
 		return n, nil
 	}
-	return g.Conn.Read(p)
+	return g.r.Read(p)
+}
+
+// readBanner reads the server's 220 greeting under greeting_timeout, its
+// own limit: a port that accepts TCP and never greets (a firewall's
+// transparent proxy) costs that, not the command timeout.
+func (u *upstream) readBanner(conn net.Conn) (*bufio.Reader, *Error) {
+	conn.SetReadDeadline(time.Now().Add(u.cfg.GreetingTimeout))
+	defer conn.SetReadDeadline(time.Time{})
+	br := bufio.NewReader(conn)
+	if _, _, err := textproto.NewReader(br).ReadResponse(220); err != nil {
+		return nil, u.errorf(StageConnect, smtpErr(err), "banner")
+	}
+	return br, nil
 }
 
 const resumedBanner = "220 resumed\r\n"
@@ -68,7 +84,14 @@ func (u *upstream) open(ctx context.Context, port int) (*client, *Error) {
 	if err != nil {
 		return nil, u.errorf(StageDial, err, "dial %s", addr)
 	}
+	// The handshake reads under deadlines; a cancelled ctx (shutdown)
+	// ends it at once by closing the connection under it.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	cl, e := u.handshake(ctx, raw, port)
+	if !stop() && e == nil {
+		cl.c.Close()
+		e = &Error{Upstream: cfg.Name, Stage: StageConnect, Err: ctx.Err()}
+	}
 	if e != nil {
 		raw.Close()
 		return nil, e
@@ -88,7 +111,17 @@ func (u *upstream) handshake(ctx context.Context, raw net.Conn, port int) (*clie
 			return nil, u.errorf(StageTLS, err, "tls handshake")
 		}
 		raw.SetDeadline(time.Time{})
-		conn = tc
+		br, e := u.readBanner(tc)
+		if e != nil {
+			return nil, e
+		}
+		conn = &greetedConn{Conn: tc, pre: []byte(resumedBanner), r: br}
+	case config.TLSNone:
+		br, e := u.readBanner(raw)
+		if e != nil {
+			return nil, e
+		}
+		conn = &greetedConn{Conn: raw, pre: []byte(resumedBanner), r: br}
 	case config.TLSStartTLS, config.TLSStartTLSOptional:
 		c, e := u.startTLS(ctx, raw, hostname)
 		if e != nil {
@@ -114,13 +147,13 @@ func (u *upstream) handshake(ctx context.Context, raw net.Conn, port int) (*clie
 // does when the server offers no STARTTLS or refuses it.
 func (u *upstream) startTLS(ctx context.Context, raw net.Conn, hostname string) (net.Conn, *Error) {
 	optional := u.cfg.TLS == config.TLSStartTLSOptional
+	br, e := u.readBanner(raw)
+	if e != nil {
+		return nil, e
+	}
 	raw.SetDeadline(time.Now().Add(u.cfg.Timeout))
 	defer raw.SetDeadline(time.Time{})
-	br := bufio.NewReader(raw)
 	tr := textproto.NewReader(br)
-	if _, _, err := tr.ReadResponse(220); err != nil {
-		return nil, u.errorf(StageConnect, smtpErr(err), "banner")
-	}
 	if _, err := fmt.Fprintf(raw, "EHLO %s\r\n", hostname); err != nil {
 		return nil, u.errorf(StageConnect, err, "ehlo")
 	}
@@ -138,7 +171,7 @@ func (u *upstream) startTLS(ctx context.Context, raw net.Conn, hostname string) 
 		if br.Buffered() > 0 {
 			return nil, u.errorf(StageConnect, errors.New("unexpected data from server"), "ehlo")
 		}
-		return &greetedConn{Conn: raw, pre: []byte(resumedBanner)}, nil
+		return &greetedConn{Conn: raw, pre: []byte(resumedBanner), r: raw}, nil
 	}
 	if !offered {
 		if optional {
@@ -167,7 +200,7 @@ func (u *upstream) startTLS(ctx context.Context, raw net.Conn, hostname string) 
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, u.errorf(StageTLS, err, "tls handshake")
 	}
-	return &greetedConn{Conn: tc, pre: []byte(resumedBanner)}, nil
+	return &greetedConn{Conn: tc, pre: []byte(resumedBanner), r: tc}, nil
 }
 
 // smtpErr converts a textproto reply error into the *smtp.SMTPError shape

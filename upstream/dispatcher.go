@@ -10,19 +10,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"sort"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/metrics"
 	"golang.org/x/time/rate"
-)
-
-const (
-	maxBackoff     = 10 * time.Minute
-	portReprobe    = 10 * time.Minute
-	failuresToOpen = 3
 )
 
 var (
@@ -34,6 +29,14 @@ var (
 // Dispatcher delivers messages to the configured upstreams. It is safe for
 // concurrent use; each Deliver call is one attempt at the message, with
 // failover across ports and upstreams inside it.
+//
+// Lifecycle: New builds it and touches nothing outside (no goroutine, no
+// metric, no status file), so a configuration refused after New costs
+// nothing but Close. Start makes it the live one: it takes over the
+// previous dispatcher's breakers and remembered ports (a reload), or the
+// ports of the last run's status file (a start), publishes
+// sluice_upstream_up and the status file, and re-probes ports in the
+// background. Close ends it.
 type Dispatcher struct {
 	opts Options
 	log  *slog.Logger
@@ -43,50 +46,38 @@ type Dispatcher struct {
 	rmu sync.Mutex
 	rnd *rand.Rand
 
+	live      atomic.Bool // started and not yet replaced: owns the metric and the status file
+	startOnce sync.Once
 	closeOnce sync.Once
 	done      chan struct{}
 	wg        sync.WaitGroup
 	changed   chan struct{} // status changed (buffered 1)
 }
 
-type breakerState int
-
-const (
-	closed breakerState = iota
-	open
-	halfOpen
-)
-
-func (s breakerState) String() string {
-	return [...]string{"closed", "open", "half-open"}[s]
-}
-
-// upstream is one configured upstream with its pool, limiter and breaker.
+// upstream is one configured upstream: its pool, limiter, breaker and
+// remembered port.
 type upstream struct {
 	d       *Dispatcher
 	cfg     config.Upstream
 	tls     *tls.Config
 	limiter *rate.Limiter // nil: unlimited
-	slots   chan struct{} // one per connection in use
 	tokens  *tokenSource
 	maildir bool
+	pool    *pool
 
-	mu        sync.Mutex
-	idle      []*client
-	state     breakerState
-	openUntil time.Time
-	backoff   time.Duration // the last open period
-	probing   bool          // a half-open probe is in flight
-	failures  int           // consecutive connection failures
-	port      int           // remembered port, 0: none
+	discover sync.Mutex // held while a delivery finds the first working port
+
+	mu        sync.Mutex // guards the fields below
+	breaker   breaker
+	port      int // remembered port, 0: none
 	portAt    time.Time
-	inFlight  int
+	reprobing bool
 	lastErr   string
 	lastErrAt time.Time
 }
 
-// New checks the upstreams and prepares their TLS, limiters and pools. It
-// opens no connection.
+// New prepares the upstreams' TLS, limiters and pools from validated
+// config (defaults filled). It opens no connection and starts nothing.
 func New(opts Options) (*Dispatcher, error) {
 	d := &Dispatcher{opts: opts, log: opts.Logger, now: opts.Now, rnd: opts.Rand,
 		done: make(chan struct{}), changed: make(chan struct{}, 1)}
@@ -116,10 +107,7 @@ func New(opts Options) (*Dispatcher, error) {
 			return nil, err
 		}
 		d.ups = append(d.ups, u)
-		mUp.Set(c.Name, 1)
 	}
-	d.wg.Add(1)
-	go d.background()
 	return d, nil
 }
 
@@ -127,7 +115,7 @@ func New(opts Options) (*Dispatcher, error) {
 // with its defaults filled by config (config.Upstream.WithDefaults for one
 // built in code): nothing is defaulted or checked again here.
 func (d *Dispatcher) newUpstream(c config.Upstream) (*upstream, error) {
-	u := &upstream{d: d, cfg: c, slots: make(chan struct{}, max(c.MaxConnections, 1))}
+	u := &upstream{d: d, cfg: c, pool: newPool(c.MaxConnections), breaker: breaker{first: c.BreakerBackoff}}
 	if !c.Rate.Unlimited() && c.Rate.Per > 0 {
 		// Providers state a ceiling per second; a bucket with burst N would
 		// let 2N through in one second, so messages are spaced evenly.
@@ -167,6 +155,63 @@ func (d *Dispatcher) newUpstream(c config.Upstream) (*upstream, error) {
 	return u, nil
 }
 
+// Start makes d the live dispatcher. With old (a reload), every upstream
+// both know by name and host keeps old's breaker, remembered port and last
+// error, and old stops publishing; without (a start), remembered ports come
+// from the status file of the last run. Call it once, after everything else
+// of a reload has been accepted.
+func (d *Dispatcher) Start(old *Dispatcher) {
+	d.startOnce.Do(func() {
+		if old != nil {
+			old.live.Store(false)
+			d.inherit(old)
+		} else if d.opts.StatusFile != "" {
+			d.loadPorts(d.opts.StatusFile)
+		}
+		d.live.Store(true)
+		for _, u := range d.ups {
+			u.publish()
+		}
+		d.wg.Add(1)
+		go d.background()
+	})
+}
+
+func (d *Dispatcher) inherit(old *Dispatcher) {
+	for _, u := range d.ups {
+		for _, o := range old.ups {
+			if o.cfg.Name != u.cfg.Name || o.cfg.Host != u.cfg.Host || o.cfg.Path != u.cfg.Path {
+				continue
+			}
+			o.mu.Lock()
+			b, port, portAt, lastErr, lastErrAt := o.breaker, o.port, o.portAt, o.lastErr, o.lastErrAt
+			o.mu.Unlock()
+			b.first, b.probing = u.cfg.BreakerBackoff, false // the probe in flight reports to old
+			u.mu.Lock()
+			u.breaker, u.lastErr, u.lastErrAt = b, lastErr, lastErrAt
+			if slices.Contains(u.cfg.Ports, port) {
+				u.port, u.portAt = port, portAt
+			}
+			u.mu.Unlock()
+		}
+	}
+}
+
+// publish sets sluice_upstream_up from u's breaker, if d is the live dispatcher.
+func (u *upstream) publish() {
+	if !u.d.live.Load() {
+		return
+	}
+	u.mu.Lock()
+	up := u.breaker.state != open
+	u.mu.Unlock()
+	if up {
+		mUp.Set(u.cfg.Name, 1)
+	} else {
+		mUp.Set(u.cfg.Name, 0)
+	}
+}
+
 // Close ends every pooled connection (QUIT) and stops background work.
 // Deliveries in flight finish; their connections are closed, not pooled.
 func (d *Dispatcher) Close() {
@@ -175,11 +220,7 @@ func (d *Dispatcher) Close() {
 		d.wg.Wait()
 		var wg sync.WaitGroup
 		for _, u := range d.ups {
-			u.mu.Lock()
-			idle := u.idle
-			u.idle = nil
-			u.mu.Unlock()
-			for _, cl := range idle {
+			for _, cl := range u.pool.drain() {
 				wg.Add(1)
 				go func() { defer wg.Done(); cl.quit() }()
 			}
@@ -206,9 +247,16 @@ func (cl *client) quit() {
 	}
 }
 
-// background closes idle connections and writes the status file.
+// background closes idle connections, re-probes ports and writes the
+// status file.
 func (d *Dispatcher) background() {
 	defer d.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-d.done
+		cancel()
+	}()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	dirty := true
@@ -219,32 +267,18 @@ func (d *Dispatcher) background() {
 		case <-d.changed:
 			dirty = true
 		case <-tick.C:
-			d.reapIdle()
-			if dirty && d.opts.StatusFile != "" {
+			now := d.now()
+			for _, u := range d.ups {
+				u.pool.reap(now.Add(-d.opts.IdleTimeout))
+				if earlier := u.reprobeDue(now); earlier != nil {
+					d.wg.Add(1)
+					go func() { defer d.wg.Done(); u.reprobe(ctx, earlier) }()
+				}
+			}
+			if dirty {
 				d.writeStatus()
 			}
 			dirty = false
-		}
-	}
-}
-
-func (d *Dispatcher) reapIdle() {
-	cut := d.now().Add(-d.opts.IdleTimeout)
-	for _, u := range d.ups {
-		var old []*client
-		u.mu.Lock()
-		keep := u.idle[:0]
-		for _, cl := range u.idle {
-			if cl.lastUsed.Before(cut) {
-				old = append(old, cl)
-			} else {
-				keep = append(keep, cl)
-			}
-		}
-		u.idle = keep
-		u.mu.Unlock()
-		for _, cl := range old {
-			cl.quit()
 		}
 	}
 }
@@ -256,49 +290,46 @@ func (d *Dispatcher) touch() {
 	}
 }
 
-// candidates returns the route's upstreams: by priority, equal priorities
-// in a weighted random order (each draw proportional to weight among those
-// not yet drawn).
+// candidates returns the route's upstreams in the order of one delivery
+// (see order).
 func (d *Dispatcher) candidates(route []string) []*upstream {
 	var set []*upstream
-	if len(route) == 0 {
-		set = append(set, d.ups...)
-	} else {
-		for _, u := range d.ups {
-			for _, n := range route {
-				if n == u.cfg.Name {
-					set = append(set, u)
-					break
-				}
-			}
+	for _, u := range d.ups {
+		if len(route) == 0 || slices.Contains(route, u.cfg.Name) {
+			set = append(set, u)
 		}
 	}
-	sort.SliceStable(set, func(i, j int) bool { return set[i].cfg.Priority < set[j].cfg.Priority })
 	d.rmu.Lock()
 	defer d.rmu.Unlock()
-	for i := 0; i < len(set); {
-		j := i
-		for j < len(set) && set[j].cfg.Priority == set[i].cfg.Priority {
-			j++
-		}
-		group := set[i:j]
-		for k := range group {
-			total := 0
-			for _, u := range group[k:] {
-				total += u.cfg.Weight
-			}
-			r := d.rnd.IntN(total)
-			for l := k; l < len(group); l++ {
-				r -= group[l].cfg.Weight
-				if r < 0 {
-					group[k], group[l] = group[l], group[k]
-					break
-				}
-			}
-		}
-		i = j
-	}
+	order(set, d.rnd.IntN)
 	return set
+}
+
+// Available reports whether a message on route could be tried now, or else
+// when it can: the earliest time a breaker of its route lets a delivery
+// through. The queue asks before it spends a retry step, so a message made
+// due while every breaker is open is not pushed later.
+func (d *Dispatcher) Available(route []string, requireTLS bool) (bool, time.Time) {
+	now := d.now()
+	var at time.Time
+	for _, u := range d.candidates(route) {
+		if requireTLS && !u.cfg.TLSOnly() {
+			continue
+		}
+		u.mu.Lock()
+		ok, t := u.breaker.availableAt(now)
+		u.mu.Unlock()
+		if ok {
+			return true, now
+		}
+		if at.IsZero() || t.Before(at) {
+			at = t
+		}
+	}
+	if at.IsZero() {
+		return true, now // nothing to wait for: Deliver says why
+	}
+	return false, at
 }
 
 // Deliver sends m to the first upstream of its route that takes it,
@@ -348,7 +379,7 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *Message) Result {
 		}
 		started := d.now()
 		out := u.deliver(ctx, m, rcpts)
-		u.verdict(out, probe)
+		u.record(out.err, probe)
 		res.Attempts = append(res.Attempts, attemptOf(u, rcpts, out, d.now().Sub(started)))
 		res.Upstream = u.cfg.Name
 		var next []int
@@ -430,27 +461,23 @@ func (u *upstream) deliver(ctx context.Context, m *Message, rcpts []string) txOu
 	if u.maildir {
 		return u.deliverMaildir(m, rcpts)
 	}
-	select {
-	case u.slots <- struct{}{}:
-	case <-ctx.Done():
-		return txOutcome{rcptErrs: make([]error, len(rcpts)), err: &Error{Upstream: u.cfg.Name, Stage: StageDial, Err: ctx.Err()}}
+	failed := func(err error) txOutcome {
+		return txOutcome{rcptErrs: make([]error, len(rcpts)), err: &Error{Upstream: u.cfg.Name, Stage: StageDial, Err: err}}
 	}
-	defer func() { <-u.slots }()
-	u.mu.Lock()
-	u.inFlight++
-	u.mu.Unlock()
+	if err := u.pool.acquire(ctx); err != nil {
+		return failed(err)
+	}
+	u.d.touch() // in flight changed
 	defer func() {
-		u.mu.Lock()
-		u.inFlight--
-		u.mu.Unlock()
+		u.pool.done()
+		u.d.touch()
 	}()
 	if u.limiter != nil {
 		if err := u.limiter.Wait(ctx); err != nil {
-			return txOutcome{rcptErrs: make([]error, len(rcpts)), err: &Error{Upstream: u.cfg.Name, Stage: StageDial, Err: err}}
+			return failed(err)
 		}
 	}
-	cl := u.takeIdle()
-	if cl != nil {
+	if cl := u.pool.take(u.d.now().Add(-u.d.opts.IdleTimeout)); cl != nil {
 		out := u.transactCtx(ctx, cl, m, rcpts)
 		if out.mailOK || (out.err != nil && !out.err.connectionLost()) {
 			u.release(cl, out)
@@ -481,46 +508,24 @@ func (u *upstream) transactCtx(ctx context.Context, cl *client, m *Message, rcpt
 	return out
 }
 
-func (u *upstream) takeIdle() *client {
-	cut := u.d.now().Add(-u.d.opts.IdleTimeout)
-	for {
-		u.mu.Lock()
-		n := len(u.idle)
-		if n == 0 {
-			u.mu.Unlock()
-			return nil
-		}
-		cl := u.idle[n-1]
-		u.idle = u.idle[:n-1]
-		u.mu.Unlock()
-		if cl.lastUsed.After(cut) {
-			return cl
-		}
-		cl.quit()
-	}
-}
-
 // release pools cl after a transaction: directly after a success (the next
 // MAIL needs no RSET), after an RSET when the transaction failed.
 func (u *upstream) release(cl *client, out txOutcome) {
-	if !out.reusable || u.d.closing() {
-		if out.reusable {
-			cl.quit()
-		} else {
-			cl.c.Close()
-		}
+	switch {
+	case !out.reusable:
+		cl.c.Close()
 		return
-	}
-	if out.err != nil || hasErr(out.rcptErrs) {
+	case u.d.closing():
+		cl.quit()
+		return
+	case out.err != nil || hasErr(out.rcptErrs):
 		if err := cl.c.Reset(); err != nil {
 			cl.c.Close()
 			return
 		}
 	}
 	cl.lastUsed = u.d.now()
-	u.mu.Lock()
-	u.idle = append(u.idle, cl)
-	u.mu.Unlock()
+	u.pool.put(cl)
 }
 
 func hasErr(errs []error) bool {
@@ -532,130 +537,37 @@ func hasErr(errs []error) bool {
 	return false
 }
 
-// dial tries the remembered port first, then the others in order, and
-// remembers the first that connects and completes TLS.
-func (u *upstream) dial(ctx context.Context) (*client, *Error) {
-	now := u.d.now()
-	u.mu.Lock()
-	remembered := u.port
-	if remembered != 0 && now.Sub(u.portAt) > portReprobe {
-		remembered = 0 // re-probe from the first port: a blocked port may be open again
-		u.port = 0
-	}
-	u.mu.Unlock()
-	ports := u.cfg.Ports
-	if remembered != 0 {
-		ports = append([]int{remembered}, without(u.cfg.Ports, remembered)...)
-	}
-	var last *Error
-	for _, p := range ports {
-		cl, e := u.open(ctx, p)
-		if e == nil {
-			if p != remembered {
-				u.mu.Lock()
-				u.port, u.portAt = p, now
-				u.mu.Unlock()
-				u.d.log.Info("upstream port remembered", "upstream", u.cfg.Name, "port", p)
-				u.d.touch()
-			}
-			return cl, nil
-		}
-		last = e
-		if e.Stage == StageAuth || ctx.Err() != nil {
-			break // the same credentials fail on every port
-		}
-	}
-	return nil, last
-}
-
-func without(ports []int, p int) []int {
-	var out []int
-	for _, q := range ports {
-		if q != p {
-			out = append(out, q)
-		}
-	}
-	return out
-}
-
 // allow reports whether u may be tried now and whether this is the
 // half-open probe.
 func (u *upstream) allow() (probe, ok bool) {
-	now := u.d.now()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	switch u.state {
-	case closed:
-		return false, true
-	case open:
-		if now.Before(u.openUntil) {
-			return false, false
-		}
-		u.state = halfOpen
-		u.probing = true
-		return true, true
-	default:
-		if u.probing {
-			return false, false
-		}
-		u.probing = true
-		return true, true
-	}
+	return u.breaker.allow(u.d.now())
 }
 
-// verdict updates the breaker after an attempt. Throttling opens it at
-// once; connection-level failures (no reply, or dial/TLS/AUTH) open it
-// after three in a row; any other answer shows the upstream is working.
-func (u *upstream) verdict(out txOutcome, probe bool) {
-	e := out.err
+// record notes an attempt's outcome (e nil: the upstream took the message
+// or refused recipients) in u's breaker and status, and says what changed.
+func (u *upstream) record(e *Error, probe bool) {
 	now := u.d.now()
 	u.mu.Lock()
-	if probe {
-		u.probing = false
-	}
+	changed := u.breaker.record(now, probe, verdictOf(e))
+	b := u.breaker
 	if e != nil {
-		mFailures.Inc(u.cfg.Name)
 		u.lastErr, u.lastErrAt = e.Error(), now
-	}
-	trip := false
-	switch {
-	case e != nil && errors.Is(e.Err, context.Canceled):
-		// Our own shutdown says nothing about the upstream.
-	case e != nil && e.Throttled:
-		trip = true
-	case e != nil && (e.Code == 0 || e.Stage == StageDial || e.Stage == StageConnect || e.Stage == StageTLS || e.Stage == StageAuth) && !e.PossibleDuplicate:
-		u.failures++
-		trip = u.failures >= failuresToOpen || u.state == halfOpen
-	default:
-		u.failures = 0
-		if u.state != closed {
-			u.state = closed
-			u.backoff = 0
-			u.mu.Unlock()
-			mUp.Set(u.cfg.Name, 1)
-			u.d.log.Info("upstream breaker closed", "upstream", u.cfg.Name)
-			u.d.touch()
-			return
-		}
-	}
-	if trip {
-		if u.state == closed || u.backoff == 0 {
-			u.backoff = u.cfg.BreakerBackoff
-		} else {
-			u.backoff = min(2*u.backoff, maxBackoff)
-		}
-		u.state = open
-		u.openUntil = now.Add(u.backoff)
-		u.failures = 0
-		until, backoff, reason := u.openUntil, u.backoff, e.Error()
-		u.mu.Unlock()
-		mUp.Set(u.cfg.Name, 0)
-		u.d.log.Warn("upstream breaker open", "upstream", u.cfg.Name, "for", backoff, "until", until, "error", reason)
-		u.d.touch()
-		return
 	}
 	u.mu.Unlock()
 	if e != nil {
+		mFailures.Inc(u.cfg.Name)
 		u.d.touch()
+	}
+	if !changed {
+		return
+	}
+	u.publish()
+	u.d.touch()
+	if b.state == open {
+		u.d.log.Warn("upstream breaker open", "upstream", u.cfg.Name, "for", b.backoff, "until", b.openUntil, "error", e.Error())
+	} else {
+		u.d.log.Info("upstream breaker closed", "upstream", u.cfg.Name)
 	}
 }

@@ -29,15 +29,13 @@ func (d *Dispatcher) Status() []Status {
 	out := make([]Status, 0, len(d.ups))
 	for _, u := range d.ups {
 		u.mu.Lock()
-		st := Status{Name: u.cfg.Name, Host: u.cfg.Host, Breaker: u.state.String(), Port: u.port,
-			InFlight: u.inFlight, LastError: u.lastErr, LastErrorAt: u.lastErrAt}
-		if u.state == open {
-			st.OpenUntil = u.openUntil
-			if !now.Before(u.openUntil) {
-				st.Breaker = halfOpen.String()
-			}
+		st := Status{Name: u.cfg.Name, Host: u.cfg.Host, Breaker: u.breaker.shown(now).String(), Port: u.port,
+			LastError: u.lastErr, LastErrorAt: u.lastErrAt}
+		if u.breaker.state == open {
+			st.OpenUntil = u.breaker.openUntil
 		}
 		u.mu.Unlock()
+		st.InFlight = u.pool.busy()
 		if u.maildir {
 			st.Host = u.cfg.Path
 		}
@@ -46,9 +44,11 @@ func (d *Dispatcher) Status() []Status {
 	return out
 }
 
-// writeStatus replaces StatusFile atomically (temp file and rename).
+// writeStatus replaces StatusFile atomically (temp file and rename), while
+// d is the live dispatcher: one replaced by a reload leaves the file to
+// its successor.
 func (d *Dispatcher) writeStatus() {
-	if d.opts.StatusFile == "" {
+	if d.opts.StatusFile == "" || !d.live.Load() {
 		return
 	}
 	b, err := json.MarshalIndent(d.Status(), "", "  ")

@@ -62,6 +62,7 @@ func newDispatcher(t testing.TB, o Options) *Dispatcher {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.Start(nil)
 	t.Cleanup(d.Close)
 	return d
 }
@@ -85,6 +86,18 @@ func mustDeliver(t testing.TB, d *Dispatcher, m *Message) Result {
 		}
 	}
 	return r
+}
+
+// waitFor polls cond until it holds, failing the test after 10 seconds.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10s for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func status(d *Dispatcher, name string) Status {
@@ -210,43 +223,6 @@ func TestMessage5xxBouncesUnlessFailoverOn5xx(t *testing.T) {
 	}
 }
 
-func TestPortFallbackIsRemembered(t *testing.T) {
-	t.Parallel()
-	stalled := testsmtp.Start(t, testsmtp.Options{Mode: testsmtp.Silent})
-	open := testsmtp.Start(t, testsmtp.Options{})
-	closedPort := testsmtp.ClosedPort(t)
-	u := config.Upstream{Name: "ports", Host: "127.0.0.1", TLS: config.TLSNone,
-		Ports: []int{closedPort, stalled.Port(), open.Port()}, Timeout: 300 * time.Millisecond, ConnectTimeout: time.Second}
-	d := newDispatcher(t, Options{Upstreams: []config.Upstream{u}})
-	mustDeliver(t, d, msg("first", body))
-	if status(d, "ports").Port != open.Port() || stalled.AcceptCount() != 1 {
-		t.Fatalf("status %+v, stalled accepts %d", status(d, "ports"), stalled.AcceptCount())
-	}
-	// Drop the pooled connection so every message needs a dial.
-	d.reapAll()
-	for i := range 100 {
-		mustDeliver(t, d, msg(fmt.Sprint("m", i), body))
-		if i%10 == 0 {
-			d.reapAll()
-		}
-	}
-	if stalled.AcceptCount() != 1 || len(open.Messages()) != 101 {
-		t.Fatalf("stalled port touched %d times; open has %d", stalled.AcceptCount(), len(open.Messages()))
-	}
-	if open.Sessions().Total < 10 {
-		t.Fatalf("only %d sessions: the test did not redial", open.Sessions().Total)
-	}
-}
-
-// reapAll closes every pooled connection (test helper).
-func (d *Dispatcher) reapAll() {
-	for _, u := range d.ups {
-		for cl := u.takeIdle(); cl != nil; cl = u.takeIdle() {
-			cl.quit()
-		}
-	}
-}
-
 func TestWeightsShareLoad(t *testing.T) {
 	t.Parallel()
 	a := testsmtp.Start(t, testsmtp.Options{})
@@ -319,9 +295,7 @@ func TestDeliverWaitsForSlotRespectingContext(t *testing.T) {
 	d := newDispatcher(t, Options{Upstreams: []config.Upstream{u}})
 	done := make(chan Result)
 	go func() { done <- d.Deliver(context.Background(), msg("busy", body)) }()
-	for status(d, "one").InFlight != 1 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "one delivery in flight", func() bool { return status(d, "one").InFlight == 1 })
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	r := d.Deliver(ctx, msg("waiting", body))

@@ -132,6 +132,7 @@ func (d *daemon) run(cfg *config.Config) (err error) {
 		return err
 	}
 	undo = append(undo, first.Close)
+	first.Start(nil)
 	d.disp = &liveDispatcher{}
 	d.disp.p.Store(first)
 	if d.supp, err = openSuppression(cfg, d.log); err != nil {
@@ -275,6 +276,7 @@ func (d *daemon) reload() {
 	pol.Inherit(old) // rate limits and auth-failure blocks survive the reload
 	// New deliveries use the new upstreams; the old dispatcher's in-flight
 	// deliveries finish on their own before its idle connections are closed.
+	disp.Start(d.disp.p.Load()) // breakers and remembered ports carry over
 	oldDisp := d.disp.p.Swap(disp)
 	time.AfterFunc(2*time.Minute, oldDisp.Close)
 	d.relay.Reload(cfg, pol, keys)
@@ -366,4 +368,8 @@ type liveDispatcher struct {
 
 func (l *liveDispatcher) Deliver(ctx context.Context, m *upstream.Message) upstream.Result {
 	return l.p.Load().Deliver(ctx, m)
+}
+
+func (l *liveDispatcher) Available(route []string, requireTLS bool) (bool, time.Time) {
+	return l.p.Load().Available(route, requireTLS)
 }

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+// upYAML: one STARTTLS listener, HTTP, and the upstreams given.
+const upYAML = `hostname: relay.test
+state_dir: {{DIR}}/state
+shutdown_timeout: 2s
+tls:
+  cert_file: {{CERT}}
+  key_file: {{KEY}}
+listeners:
+  - name: submission
+    address: 127.0.0.1:0
+    tls: starttls
+    auth: required
+users:
+  - name: app
+    password_hash: "{{HASH}}"
+policies:
+  default:
+    allowed_senders: ["*@example.com"]
+queue:
+  retry: [10m]
+http:
+  address: 127.0.0.1:0
+upstreams:
+%s`
+
+// upstreamRow is one line of `sluice upstreams`.
+type upstreamRow struct {
+	port     string
+	breaker  string
+	inFlight int
+}
+
+// upstreamsTable reads name's row; the zero row until the daemon wrote
+// upstreams.json (within a second of a change).
+func upstreamsTable(t *testing.T, cfg, name string) upstreamRow {
+	t.Helper()
+	out, _, code := runCmd(t, "", "upstreams", "-c", cfg)
+	if code != 0 {
+		return upstreamRow{}
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[0] != name {
+			continue
+		}
+		r := upstreamRow{port: f[2], breaker: f[3]}
+		i := 4
+		if f[3] == "open" && f[4] == "until" {
+			i = 6
+		}
+		r.inFlight, _ = strconv.Atoi(f[i])
+		return r
+	}
+	t.Fatalf("no row for %s in:\n%s", name, out)
+	return upstreamRow{}
+}
+
+func sendOne(t *testing.T, p *proc, e *env, id string) {
+	t.Helper()
+	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
+		message("app@example.com", "r@example.org", id, "x")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUpstreamSilentPortGreetingTimeoutAndRestart (issue 8 item 14): a port
+// that accepts TCP and never greets costs greeting_timeout (1s here), not
+// the 60s command timeout; the port that worked is remembered across a
+// restart (read back from upstreams.json), so the silent port is dialled
+// once in all; and IN-FLIGHT goes back to 0 when the queue is empty.
+func TestUpstreamSilentPortGreetingTimeoutAndRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	silent := testsmtp.Start(t, testsmtp.Options{Mode: testsmtp.Silent})
+	up := testsmtp.Start(t, testsmtp.Options{})
+	cfg := e.config(fmt.Sprintf(upYAML, fmt.Sprintf(`  - name: up1
+    host: 127.0.0.1
+    ports: [%d, %d]
+    tls: none
+    timeout: 60s
+    greeting_timeout: 1s
+`, silent.Port(), up.Port())))
+	p := start(t, 1, "serve", "-c", cfg)
+	for i := range 5 {
+		sendOne(t, p, e, fmt.Sprint("m", i))
+	}
+	waitFor(t, 15*time.Second, "five messages through the second port (the first never greets)", func() bool { return len(up.Messages()) == 5 })
+	waitFor(t, 5*time.Second, "IN-FLIGHT 0 and the port remembered in `sluice upstreams`", func() bool {
+		r := upstreamsTable(t, cfg, "up1")
+		return r.inFlight == 0 && r.port == strconv.Itoa(up.Port())
+	})
+	if n := silent.AcceptCount(); n != 1 {
+		t.Fatalf("the silent port was dialled %d times, want once", n)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	p = start(t, 1, "serve", "-c", cfg)
+	sendOne(t, p, e, "after-restart")
+	waitFor(t, 15*time.Second, "the message after the restart", func() bool { return len(up.Messages()) == 6 })
+	if n := silent.AcceptCount(); n != 1 {
+		t.Errorf("after a restart the silent port was dialled again (%d in all): the remembered port was not read back", n)
+	}
+}
+
+// TestUpstreamRetryWhileBreakerOpen (issue 8 item 17, issue 9 item 6):
+// `queue retry --all` and `queue flush` while the only upstream's breaker is
+// open spend no retry step and push nothing later; a SIGHUP keeps the open
+// breaker; a refused reload leaves sluice_upstream_up alone.
+func TestUpstreamRetryWhileBreakerOpen(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.Fail(testsmtp.StageMail, 454, [3]int{4, 7, 0}, "Throttling failure: Maximum sending rate exceeded.")
+	ups := fmt.Sprintf(`  - name: up1
+    host: 127.0.0.1
+    ports: [%d]
+    tls: none
+    breaker_backoff: 1h
+`, up.Port())
+	cfg := e.config(fmt.Sprintf(upYAML, ups))
+	p := start(t, 1, "serve", "-c", cfg)
+	metrics := p.httpAddr()
+	sendOne(t, p, e, "m1")
+	attempts := func() (int, time.Time) {
+		out, _, _ := runCmd(t, "", "queue", "list", "--json", "-c", cfg)
+		var m struct {
+			Attempts    int       `json:"attempts"`
+			NextAttempt time.Time `json:"next_attempt"`
+		}
+		if json.Unmarshal([]byte(strings.TrimSpace(out)), &m) != nil {
+			return -1, time.Time{}
+		}
+		return m.Attempts, m.NextAttempt
+	}
+	waitFor(t, 10*time.Second, "the first attempt, throttled", func() bool { n, _ := attempts(); return n == 1 })
+	waitFor(t, 10*time.Second, "the breaker open in `sluice upstreams`", func() bool { return upstreamsTable(t, cfg, "up1").breaker == "open" })
+	if v := metric(t, metrics, `sluice_upstream_up{upstream="up1"}`); v != 0 {
+		t.Fatalf("sluice_upstream_up = %v with the breaker open", v)
+	}
+
+	for _, args := range [][]string{{"queue", "retry", "--all"}, {"queue", "flush"}, {"queue", "retry", "--all"}} {
+		if _, stderr, code := runCmd(t, "", append(args, "-c", cfg)...); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, stderr)
+		}
+		// The worker takes the message, sees the breaker open, and puts it
+		// back at the breaker's reopening (in about an hour).
+		waitFor(t, 10*time.Second, "the message rescheduled to the breaker's reopening", func() bool {
+			_, next := attempts()
+			return time.Until(next) > 50*time.Minute
+		})
+	}
+	if n, next := attempts(); n != 1 {
+		t.Errorf("after retry --all and flush with the breaker open: %d attempts (next in %v), want 1", n, time.Until(next).Round(time.Minute))
+	}
+	if got := up.AcceptCount(); got != 1 {
+		t.Errorf("the open upstream was dialled %d times, want once", got)
+	}
+
+	// A refused reload keeps the gauge; an accepted one keeps the breaker.
+	os.WriteFile(cfg, []byte("hostname: [broken"), 0o600)
+	p.signal(syscall.SIGHUP)
+	if !p.waitLog("reload refused", 10*time.Second) {
+		t.Fatal("no `reload refused` log line")
+	}
+	if v := metric(t, metrics, `sluice_upstream_up{upstream="up1"}`); v != 0 {
+		t.Errorf("a refused reload set sluice_upstream_up to %v", v)
+	}
+	e.config(fmt.Sprintf(upYAML, ups))
+	p.signal(syscall.SIGHUP)
+	if !p.waitLog("msg=reloaded", 10*time.Second) {
+		t.Fatal("no `reloaded` log line")
+	}
+	if r := upstreamsTable(t, cfg, "up1"); r.breaker != "open" {
+		t.Errorf("after SIGHUP the breaker is %s, want still open", r.breaker)
+	}
+	if v := metric(t, metrics, `sluice_upstream_up{upstream="up1"}`); v != 0 {
+		t.Errorf("after SIGHUP sluice_upstream_up = %v, want 0 (still open)", v)
+	}
+}
