@@ -166,7 +166,10 @@ func TestOpsQueueImport(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
+	// A temporary refusal that is neither throttling nor a connection
+	// failure: every attempt counts and the breaker stays closed (while it
+	// is open, due messages wait without spending an attempt).
+	up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "try again later")
 	cfgA := filepath.Join(e.dir, "a.yaml")
 	if err := os.Rename(e.opsConfig(opsOpts{upPort: up.Port(), stateDir: "{{DIR}}/a"}), cfgA); err != nil {
 		t.Fatal(err)
@@ -231,7 +234,7 @@ func TestOpsQueueImport(t *testing.T) {
 		}
 	}
 
-	up.SetMode(testsmtp.Serve)
+	up.ClearFailures()
 	start(t, 1, "serve", "-c", cfgB)
 	waitFor(t, 30*time.Second, "B's queue empty", func() bool { return len(opsQueueList(t, cfgB)) == 0 })
 	var datas [][]byte
