@@ -150,13 +150,13 @@ func TestDKIMRotation(t *testing.T) {
 	}
 
 	p := start(t, 1, "serve", "-c", cfg)
-	send := func(id string) {
+	sendID := func(id string) {
 		t.Helper()
 		if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "rotation")); err != nil {
 			t.Fatalf("%s: %v", id, err)
 		}
 	}
-	send("m1")
+	sendID("m1")
 	msgs := up.WaitMessages(t, 1, 10*time.Second)
 	if sels := verifyWith(t, dnsSrv.Addr, msgs[0].Data); strings.Join(sels, ",") != today+"r,"+today+"e" {
 		t.Fatalf("m1 signed by %v", sels)
@@ -164,7 +164,7 @@ func TestDKIMRotation(t *testing.T) {
 
 	// m2 waits in the queue (the upstream defers it) across the rotation.
 	up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "try later")
-	send("m2")
+	sendID("m2")
 	waitFor(t, 30*time.Second, "m2 deferred", func() bool { return strings.Contains(p.stderr.String(), "msg=deferred") })
 
 	// Second rotate while serve runs: pending; mail keeps the old selectors.
@@ -199,8 +199,29 @@ func TestDKIMRotation(t *testing.T) {
 	if st := dkimStatus(t, cfg); st[today+"r2"].DNS != "mismatch" || st[today+"r2"].State != "pending" {
 		t.Fatalf("status after a wrong key: %+v", st[today+"r2"])
 	}
-	send("m3")
+	sendID("m3")
 	msgs = up.Messages()
+	// Mail keeps flowing, over new connections, while the keys switch.
+	stop := make(chan struct{})
+	flowDone := make(chan []string)
+	go func() {
+		var ids []string
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				flowDone <- ids
+				return
+			default:
+			}
+			id := fmt.Sprintf("flow%d", i)
+			if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "during the switch")); err != nil {
+				t.Errorf("%s during the key switch: %v", id, err)
+				flowDone <- ids
+				return
+			}
+			ids = append(ids, id+"@example.com")
+		}
+	}()
 	// Right key: the daemon activates the generation by itself.
 	dnsSrv.SetValue(r2, gen2[r2])
 	// (Each earlier change of the state file reloaded the keys too: wait
@@ -208,9 +229,11 @@ func TestDKIMRotation(t *testing.T) {
 	if !p.waitLog("msg=dkim_key_active", 30*time.Second) || !p.waitLog("example.com="+today+"r2,"+today+"e2", 30*time.Second) {
 		t.Fatalf("the daemon did not activate the new keys:\n%s", p.stderr.String())
 	}
-	send("m4")
+	sendID("m4")
+	close(stop)
+	flow := <-flowDone
 	up.ClearFailures()
-	all := up.WaitMessages(t, len(msgs)+3, 60*time.Second)
+	all := up.WaitMessages(t, len(msgs)+3+len(flow), 60*time.Second)
 	byID := map[string][]byte{}
 	for _, m := range all {
 		for id := range messageIDs([][]byte{m.Data}) {
@@ -218,6 +241,18 @@ func TestDKIMRotation(t *testing.T) {
 		}
 	}
 	old, cur := today+"r,"+today+"e", today+"r2,"+today+"e2"
+	// Every message sent during the switch arrived, signed by one whole
+	// generation or the other, every signature verifying.
+	for _, id := range flow {
+		if byID[id] == nil {
+			t.Errorf("%s was answered 250 but never arrived", id)
+			continue
+		}
+		if sels := strings.Join(verifyWith(t, dnsSrv.Addr, byID[id]), ","); sels != old && sels != cur {
+			t.Errorf("%s signed by %s", id, sels)
+		}
+	}
+	t.Logf("%d messages sent while the keys switched", len(flow))
 	for id, want := range map[string]string{"m2@example.com": old, "m3@example.com": old, "m4@example.com": cur} {
 		if sels := verifyWith(t, dnsSrv.Addr, byID[id]); strings.Join(sels, ",") != want {
 			t.Errorf("%s signed by %v, want %s", id, sels, want)
