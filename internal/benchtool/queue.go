@@ -21,9 +21,9 @@ import (
 // (/readyz no longer says "recovering" and sluice_queue_messages counts
 // every message), the RSS, and `sluice queue list` — the first ten lines
 // through a pipe that closes, as `| head` does, then the whole listing to
-// /dev/null — with its time and peak memory. Then the sink comes up, the
-// queue is flushed, and the drain is timed; every accepted message must
-// arrive exactly once.
+// /dev/null — with its time and peak memory. Then the sink comes up,
+// sluice is restarted and the queue flushed, and the drain is timed; every
+// accepted message must arrive exactly once.
 func queueMode(o *options, bin, dir, cfgPath string, st setup, cl *client, runID string, stdout io.Writer) error {
 	sinkAddr := "127.0.0.1:" + strconv.Itoa(st.SinkPort)
 	httpBase := "http://" + st.HTTP
@@ -90,14 +90,24 @@ func queueMode(o *options, bin, dir, cfgPath string, st setup, cl *client, runID
 	fmt.Fprintf(stdout, "  queue list | head: first line %s, 10 lines %s, peak RSS %s; whole list %s, peak RSS %s\n",
 		secs(first), secs(headDur), mb(headRSS), secs(allDur), mb(allRSS))
 
-	// The drain: the sink comes up where the upstream was, and the queue
-	// is flushed so nothing waits for its retry time.
+	// The drain: sluice stops, the sink comes up where the upstream was,
+	// sluice starts again (breakers live in memory, so one opened while the
+	// upstream was down does not hold the drain back) and the queue is
+	// flushed so nothing waits for its retry time.
+	if err := sl.stop(60 * time.Second); err != nil {
+		fmt.Fprintln(stdout, "  stop: "+err.Error())
+	}
 	snk, err := startSinkAt(sinkAddr)
 	if err != nil {
 		return err
 	}
 	defer snk.close()
 	up := time.Now()
+	sl, err = startSluice(bin, cfgPath, filepath.Join(dir, "sluice-drain.log"), st.Listen, 15*time.Minute)
+	if err != nil {
+		return err
+	}
+	relisten := time.Since(up)
 	if out, err := exec.Command(bin, "queue", "flush", "-c", cfgPath).CombinedOutput(); err != nil {
 		fmt.Fprintf(stdout, "  queue flush: %v: %s\n", err, strings.TrimSpace(string(out)))
 	}
@@ -113,8 +123,8 @@ func queueMode(o *options, bin, dir, cfgPath string, st setup, cl *client, runID
 	if n > 1 && last.After(firstAt) {
 		rate = float64(n) / last.Sub(firstAt).Seconds()
 	}
-	fmt.Fprintf(stdout, "  drain: %d of %d arrived; first %s after the sink came up, %.0f msg/s from first to last; peak RSS %s; lost %d, duplicates %d\n",
-		n, res.nAcc, secs(firstAt.Sub(up)), rate, mb(mem.HWM), lost, dups)
+	fmt.Fprintf(stdout, "  drain: restarted with the sink up, listening after %s; %d of %d arrived; first %s after the start, %.0f msg/s from first to last; peak RSS %s; lost %d, duplicates %d\n",
+		secs(relisten), n, res.nAcc, secs(firstAt.Sub(up)), rate, mb(mem.HWM), lost, dups)
 	if !all || lost > 0 || dups > 0 {
 		return &exitError{code: 1}
 	}
