@@ -7,13 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/sluicemail/sluice/journal"
@@ -136,54 +135,58 @@ func show(sp *spool.Spool, id string, now time.Time, full bool) (*Detail, error)
 	return d, nil
 }
 
-// FormatList renders infos as the `sluice queue list` table.
-func FormatList(infos []Info) string {
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tATTEMPTS\tNEXT\tSTATE\tSENDER\tRECIPIENTS\tLAST ERROR")
-	now := time.Now()
-	for _, in := range infos {
-		next := "now"
-		if in.NextAttempt != nil && in.NextAttempt.After(now) {
-			next = "in " + in.NextAttempt.Sub(now).Round(time.Second).String()
-		}
-		state := "queued"
-		if in.Held {
-			state, next = "held", "-"
-		}
-		var rc []string
-		pending := 0
-		for _, r := range in.Recipients {
-			if r.State == StatePending {
-				pending++
-				rc = append(rc, r.Address)
-			}
-		}
-		if more := len(in.Recipients) - pending; more > 0 {
-			rc = append(rc, fmt.Sprintf("(+%d done)", more))
-		}
-		sender := in.Sender
-		if sender == "" {
-			sender = "<>"
-		}
-		lastErr := in.LastError
-		if len(lastErr) > 60 {
-			lastErr = lastErr[:57] + "..."
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", in.ID, (time.Duration(in.AgeSeconds) * time.Second).String(),
-			in.Size, in.Attempts, next, state, sender, strings.Join(rc, ","), lastErr)
-	}
-	tw.Flush()
-	fmt.Fprintf(&b, "%d message(s)\n", len(infos))
-	return b.String()
-}
-
 // ErrNoDaemon means no serve process listens on the control socket.
 var ErrNoDaemon = errors.New("queue: no daemon listening on the control socket")
 
-type ctlRequest struct {
-	Cmd  string   `json:"cmd"`
-	Args []string `json:"args"`
+// Action is one thing `sluice queue` asks of the queue.
+type Action string
+
+const (
+	ActionRetry   Action = "retry"   // due now (ID, or All)
+	ActionHold    Action = "hold"    // no attempt until released
+	ActionRelease Action = "release" // due now again
+	ActionDelete  Action = "delete"  // gone; pending recipients bounce unless Silent
+	ActionFlush   Action = "flush"   // every message due now (retry with All)
+)
+
+// Request is one action, as the command line builds it, the control socket
+// carries it (JSON) and the queue runs it: typed fields, never flag
+// strings parsed again on the daemon's side.
+type Request struct {
+	Action Action `json:"action"`
+	ID     string `json:"id,omitempty"`     // the message; empty with All and flush
+	All    bool   `json:"all,omitempty"`    // retry: every message
+	Silent bool   `json:"silent,omitempty"` // delete: no bounce
+}
+
+// Check says what is wrong with r, on either side of the socket.
+func (r Request) Check() error {
+	switch r.Action {
+	case ActionFlush:
+		if r.ID != "" || r.Silent {
+			return errors.New("queue: flush takes no ID and no --silent")
+		}
+		return nil
+	case ActionRetry, ActionHold, ActionRelease, ActionDelete:
+	default:
+		return fmt.Errorf("queue: unknown action %q", r.Action)
+	}
+	if r.Silent && r.Action != ActionDelete {
+		return fmt.Errorf("queue: --silent is for delete, not %s", r.Action)
+	}
+	if r.All {
+		if r.Action != ActionRetry || r.ID != "" {
+			return fmt.Errorf("queue: --all is for retry without an ID")
+		}
+		return nil
+	}
+	if r.ID == "" {
+		return fmt.Errorf("queue: %s needs one queue ID", r.Action)
+	}
+	if !spool.ValidID(r.ID) {
+		return fmt.Errorf("queue: %q is not a queue ID", r.ID)
+	}
+	return nil
 }
 
 type ctlReply struct {
@@ -191,10 +194,12 @@ type ctlReply struct {
 	Err string `json:"error,omitempty"`
 }
 
-// Control sends one action (retry ID|--all, hold ID, release ID,
-// delete ID [--silent], flush) to the running daemon. When none listens it
+// Control sends one request to the running daemon. When none listens it
 // returns an error wrapping ErrNoDaemon; Do then applies it to the files.
-func Control(socketPath string, cmd string, args ...string) (string, error) {
+func Control(socketPath string, req Request) (string, error) {
+	if err := req.Check(); err != nil {
+		return "", err
+	}
 	c, err := net.DialTimeout("unix", socketPath, 2*time.Second)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
@@ -204,11 +209,15 @@ func Control(socketPath string, cmd string, args ...string) (string, error) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := json.NewEncoder(c).Encode(ctlRequest{Cmd: cmd, Args: args}); err != nil {
-		return "", fmt.Errorf("queue: control socket %s: %w", socketPath, err)
-	}
+	// The reply is read even when the request could not be written: a
+	// daemon that refuses a peer answers why, and the reason is what the
+	// operator needs, not the broken pipe.
+	werr := json.NewEncoder(c).Encode(req)
 	var rep ctlReply
 	if err := json.NewDecoder(c).Decode(&rep); err != nil {
+		if werr != nil {
+			err = werr
+		}
 		return "", fmt.Errorf("queue: control socket %s: %w", socketPath, err)
 	}
 	if rep.Err != "" {
@@ -217,49 +226,37 @@ func Control(socketPath string, cmd string, args ...string) (string, error) {
 	return rep.Out, nil
 }
 
-// Do performs an action through the daemon's control socket, or, when no
+// Do performs a request through the daemon's control socket, or, when no
 // daemon listens, directly on the spool files (Apply). opts needs Dir and
 // ControlSocket; Config, Hostname and Sign shape bounces made offline.
-func Do(opts Options, cmd string, args ...string) (string, error) {
+func Do(opts Options, req Request) (string, error) {
 	if opts.ControlSocket != "" {
-		out, err := Control(opts.ControlSocket, cmd, args...)
+		out, err := Control(opts.ControlSocket, req)
 		if !errors.Is(err, ErrNoDaemon) {
 			return out, err
 		}
 	}
-	return Apply(opts, cmd, args...)
+	return Apply(opts, req)
 }
 
-// Apply performs an action directly on the spool files. Use it only when no
+// Apply performs a request directly on the spool files. Use it only when no
 // daemon runs (Do decides): a running daemon keeps its schedule in memory.
-func Apply(opts Options, cmd string, args ...string) (string, error) {
+func Apply(opts Options, req Request) (string, error) {
+	if err := req.Check(); err != nil {
+		return "", err
+	}
 	q, err := newQueue(opts)
 	if err != nil {
 		return "", err
 	}
 	defer q.Close()
-	return q.action(cmd, args, true)
+	return q.action(req, true)
 }
 
-// action runs one operation; offline, it works on the files alone.
-func (q *Queue) action(cmd string, args []string, offline bool) (string, error) {
-	silent, all := false, false
-	var ids []string
-	for _, a := range args {
-		switch a {
-		case "--silent", "-silent":
-			silent = true
-		case "--all", "-all":
-			all = true
-		default:
-			ids = append(ids, a)
-		}
-	}
-	if cmd == "flush" {
-		cmd, all = "retry", true
-	}
-	if all && cmd == "retry" {
-		ids = q.allIDs(offline)
+// action runs one checked request; offline, it works on the files alone.
+func (q *Queue) action(req Request, offline bool) (string, error) {
+	if req.Action == ActionFlush || req.All {
+		ids := q.allIDs(offline)
 		for _, id := range ids {
 			if err := q.retry(id, offline); err != nil {
 				return "", err
@@ -267,37 +264,29 @@ func (q *Queue) action(cmd string, args []string, offline bool) (string, error) 
 		}
 		return fmt.Sprintf("%d message(s) scheduled now\n", len(ids)), nil
 	}
-	if len(ids) != 1 {
-		return "", fmt.Errorf("queue: %s needs one queue ID", cmd)
-	}
-	id := ids[0]
-	if !spool.ValidID(id) {
-		return "", fmt.Errorf("queue: %q is not a queue ID", id)
-	}
+	id := req.ID
 	m, err := q.spool.Read(id)
 	if err != nil {
 		return "", fmt.Errorf("queue: no message %s", id)
 	}
 	env := m.Env
-	switch cmd {
-	case "retry":
+	switch req.Action {
+	case ActionRetry:
 		err = q.retry(id, offline)
-	case "hold":
+	case ActionHold:
 		err = q.setHold(id, true, offline)
-	case "release":
+	case ActionRelease:
 		err = q.setHold(id, false, offline)
-	case "delete":
-		err = q.remove(id, silent, offline)
-	default:
-		return "", fmt.Errorf("queue: unknown action %q", cmd)
+	case ActionDelete:
+		err = q.remove(id, req.Silent, offline)
 	}
 	if err != nil {
 		return "", err
 	}
-	if ev := map[string]string{"hold": "held", "release": "released", "delete": "deleted"}[cmd]; ev != "" && env != nil {
+	if ev := map[Action]string{ActionHold: "held", ActionRelease: "released", ActionDelete: "deleted"}[req.Action]; ev != "" && env != nil {
 		q.journal(journal.Event{Event: ev, QueueID: id, MessageID: env.MessageID, Sender: env.From, By: "cli"})
 	}
-	return fmt.Sprintf("%s: %s done\n", id, cmd), nil
+	return fmt.Sprintf("%s: %s done\n", id, req.Action), nil
 }
 
 func (q *Queue) allIDs(offline bool) []string {
@@ -467,23 +456,35 @@ func (q *Queue) serveControl(ctx context.Context, ln net.Listener) {
 func (q *Queue) handleControl(c net.Conn) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	// The request is read first, even from a peer about to be refused: its
+	// write then succeeds and the client reads the refusal, rather than a
+	// broken pipe.
+	var req Request
+	dec := json.NewDecoder(bufio.NewReader(io.LimitReader(c, 64<<10)))
+	dec.DisallowUnknownFields()
+	derr := dec.Decode(&req)
 	// The socket's mode admits only its owner (and root); the peer check is
 	// a second lock in case the file's mode or directory are loosened.
 	if uid, ok := peerUID(c); ok && uid != 0 && uid != os.Getuid() {
-		json.NewEncoder(c).Encode(ctlReply{Err: "queue: permission denied"})
+		q.log.Warn("queue: control socket peer refused", "uid", uid, "daemon_uid", os.Getuid())
+		json.NewEncoder(c).Encode(ctlReply{Err: fmt.Sprintf("queue: permission denied: uid %d may not act on the queue of a daemon running as uid %d (run as that user or root)", uid, os.Getuid())})
 		return
 	}
-	var req ctlRequest
-	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
-		json.NewEncoder(c).Encode(ctlReply{Err: "queue: bad request"})
+	if derr == nil {
+		derr = req.Check()
+	}
+	if derr != nil {
+		q.log.Warn("queue: control socket bad request", "err", derr.Error())
+		json.NewEncoder(c).Encode(ctlReply{Err: "queue: bad request: " + derr.Error()})
 		return
 	}
-	out, err := q.action(req.Cmd, req.Args, false)
+	out, err := q.action(req, false)
 	rep := ctlReply{Out: out}
 	if err != nil {
 		rep.Err = err.Error()
 	}
-	q.log.Info("queue: control action", "cmd", req.Cmd, "args", strings.Join(req.Args, " "), "err", rep.Err)
+	q.log.Info("queue: control action", "action", req.Action, "id", req.ID, "all", req.All, "silent", req.Silent, "err", rep.Err)
 	json.NewEncoder(c).Encode(rep)
 }
 

@@ -3,6 +3,8 @@ package queue
 import (
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,10 +58,6 @@ func TestListJSONFields(t *testing.T) {
 	if d := time.Until(*in.NextAttempt); d < 50*time.Minute || d > 70*time.Minute {
 		t.Errorf("next attempt in %v, want about an hour", d)
 	}
-	table := FormatList(infos)
-	if !strings.Contains(table, id) || !strings.Contains(table, "bob@example.org") || !strings.Contains(table, "1 message(s)") {
-		t.Errorf("table:\n%s", table)
-	}
 	det, err := Show(dir, id)
 	if err != nil {
 		t.Fatal(err)
@@ -90,29 +88,29 @@ func TestOperationsThroughControlSocket(t *testing.T) {
 	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)
 	waitFor(t, "first attempt", func() bool { return len(up.deliveries()) == 1 })
 
-	ctl := func(cmd string, args ...string) {
+	ctl := func(a Action, id string) {
 		t.Helper()
-		if _, err := Control(opts.ControlSocket, cmd, args...); err != nil {
-			t.Fatalf("%s %v: %v", cmd, args, err)
+		if _, err := Control(opts.ControlSocket, Request{Action: a, ID: id}); err != nil {
+			t.Fatalf("%s %s: %v", a, id, err)
 		}
 	}
 	// retry: attempted again at once instead of in an hour.
-	ctl("retry", id)
+	ctl(ActionRetry, id)
 	waitFor(t, "retried attempt", func() bool { return len(up.deliveries()) == 2 })
 
-	ctl("hold", id)
+	ctl(ActionHold, id)
 	if d, _ := Show(dir, id); !d.Held {
 		t.Error("hold not recorded in the spool")
 	}
-	ctl("flush") // a held message stays held
-	ctl("release", id)
+	ctl(ActionFlush, "") // a held message stays held
+	ctl(ActionRelease, id)
 	waitFor(t, "attempt after release", func() bool { return len(up.deliveries()) == 3 })
 	if d, _ := Show(dir, id); d.Held {
 		t.Error("release not recorded")
 	}
 
 	// delete bounces the pending recipient.
-	ctl("delete", id)
+	ctl(ActionDelete, id)
 	waitFor(t, "deletion report", func() bool { return q.Len() == 0 && len(up.deliveries()) == 4 })
 	_, status, _ := parseDSN(t, up.deliveries()[3].Data)
 	if !strings.Contains(status, "Final-Recipient: rfc822; bob@example.org") {
@@ -121,10 +119,10 @@ func TestOperationsThroughControlSocket(t *testing.T) {
 	if _, err := Show(dir, id); err == nil {
 		t.Error("deleted message still shown")
 	}
-	if _, err := Control(opts.ControlSocket, "hold", "0123456789ABCDEF"); err == nil {
+	if _, err := Control(opts.ControlSocket, Request{Action: ActionHold, ID: "0123456789ABCDEF"}); err == nil {
 		t.Error("hold of an unknown ID succeeded")
 	}
-	if _, err := Control(opts.ControlSocket, "explode", id); err == nil {
+	if _, err := Control(opts.ControlSocket, Request{Action: "explode", ID: id}); err == nil {
 		t.Error("unknown action accepted")
 	}
 }
@@ -144,12 +142,12 @@ func TestOperationsWithoutDaemon(t *testing.T) {
 	silent := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"dave@example.org"}}, "", testMsg)
 	q.Close()
 
-	if _, err := Control(opts.ControlSocket, "hold", keep); !errors.Is(err, ErrNoDaemon) {
+	if _, err := Control(opts.ControlSocket, Request{Action: ActionHold, ID: keep}); !errors.Is(err, ErrNoDaemon) {
 		t.Fatalf("Control without daemon = %v, want ErrNoDaemon", err)
 	}
-	for _, c := range [][]string{{"hold", keep}, {"delete", gone}, {"delete", silent, "--silent"}} {
-		if _, err := Do(opts, c[0], c[1:]...); err != nil {
-			t.Fatalf("%v: %v", c, err)
+	for _, r := range []Request{{Action: ActionHold, ID: keep}, {Action: ActionDelete, ID: gone}, {Action: ActionDelete, ID: silent, Silent: true}} {
+		if _, err := Do(opts, r); err != nil {
+			t.Fatalf("%+v: %v", r, err)
 		}
 	}
 	infos, err := List(dir)
@@ -171,8 +169,63 @@ func TestOperationsWithoutDaemon(t *testing.T) {
 	if d := up.deliveries()[0]; d.From != "" || !strings.Contains(string(d.Data), "carol@example.org") {
 		t.Errorf("delivered %+v, want the report for carol", d)
 	}
-	if _, err := Do(opts, "release", keep); err != nil {
+	if _, err := Do(opts, Request{Action: ActionRelease, ID: keep}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "released message delivered", func() bool { return q2.Len() == 0 })
+}
+
+// TestRequestCheck: the one place that says which requests make sense, for
+// the command line and the daemon alike.
+func TestRequestCheck(t *testing.T) {
+	t.Parallel()
+	const id = "0123456789ABCDEF"
+	for _, c := range []struct {
+		r  Request
+		ok bool
+	}{
+		{Request{Action: ActionRetry, ID: id}, true},
+		{Request{Action: ActionRetry, All: true}, true},
+		{Request{Action: ActionFlush}, true},
+		{Request{Action: ActionHold, ID: id}, true},
+		{Request{Action: ActionRelease, ID: id}, true},
+		{Request{Action: ActionDelete, ID: id, Silent: true}, true},
+		{Request{Action: ActionRetry}, false},
+		{Request{Action: ActionRetry, ID: id, All: true}, false},
+		{Request{Action: ActionHold, All: true}, false},
+		{Request{Action: ActionHold, ID: id, Silent: true}, false},
+		{Request{Action: ActionFlush, ID: id}, false},
+		{Request{Action: ActionDelete, ID: "../../etc/passwd"}, false},
+		{Request{Action: "explode", ID: id}, false},
+		{Request{}, false},
+	} {
+		if err := c.r.Check(); (err == nil) != c.ok {
+			t.Errorf("%+v: Check() = %v, want ok=%v", c.r, err, c.ok)
+		}
+	}
+}
+
+// TestControlSocketRefusesOldRequests: the daemon decodes the typed request
+// strictly; the flag-string form of before is a bad request, not a guess.
+func TestControlSocketRefusesOldRequests(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	opts, _ := testOptions(t, dir, &fakeUpstream{})
+	opts.ControlSocket = filepath.Join(t.TempDir(), "control.sock")
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, q)
+	waitFor(t, "control socket", func() bool { _, err := os.Stat(opts.ControlSocket); return err == nil })
+	c, err := net.Dial("unix", opts.ControlSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, `{"cmd":"retry","args":["--all"]}`+"\n")
+	var rep ctlReply
+	if err := json.NewDecoder(c).Decode(&rep); err != nil || !strings.HasPrefix(rep.Err, "queue: bad request: ") {
+		t.Errorf("old request: %+v %v, want a bad request", rep, err)
+	}
 }

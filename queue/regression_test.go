@@ -24,7 +24,7 @@ func TestDeleteFreshMessageClosesItsDescriptor(t *testing.T) {
 	if fresh == nil {
 		t.Fatal("fresh message holds no descriptor; test premise gone")
 	}
-	if _, err := q.action("delete", []string{id, "--silent"}, false); err != nil {
+	if _, err := q.action(Request{Action: ActionDelete, ID: id, Silent: true}, false); err != nil {
 		t.Fatal(err)
 	}
 	if q.Len() != 0 {

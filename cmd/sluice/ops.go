@@ -8,6 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/policy"
@@ -52,7 +55,7 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 			}
 			return nil
 		}
-		fmt.Fprint(stdout, queue.FormatList(infos))
+		fmt.Fprint(stdout, formatList(infos, time.Now()))
 		return nil
 	case "show":
 		if len(pos) != 2 {
@@ -77,12 +80,15 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		}
 		return runImport(cfg, pos[1], stdout, stderr)
 	case "retry", "hold", "release", "delete", "flush":
-		rest := pos[1:]
-		if *all {
-			rest = append(rest, "--all")
+		req := queue.Request{Action: queue.Action(pos[0]), All: *all, Silent: *silent}
+		if len(pos) > 2 {
+			return usageErr(stderr, queueUsage)
 		}
-		if *silent {
-			rest = append(rest, "--silent")
+		if len(pos) == 2 {
+			req.ID = pos[1]
+		}
+		if err := req.Check(); err != nil {
+			return usageErr(stderr, "%v\n%s", err, queueUsage)
 		}
 		jr := &offlineJournal{cfg: cfg}
 		defer jr.Close()
@@ -92,11 +98,53 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 			Hostname:      cfg.Hostname,
 			ControlSocket: filepath.Join(cfg.StateDir, "control.sock"),
 			Journal:       jr,
-		}, pos[0], rest...)
+		}, req)
 		fmt.Fprint(stdout, out)
 		return err
 	}
 	return usageErr(stderr, queueUsage)
+}
+
+// formatList renders infos as the `sluice queue list` table, ages and next
+// attempts relative to now.
+func formatList(infos []queue.Info, now time.Time) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tATTEMPTS\tNEXT\tSTATE\tSENDER\tRECIPIENTS\tLAST ERROR")
+	for _, in := range infos {
+		next := "now"
+		if in.NextAttempt != nil && in.NextAttempt.After(now) {
+			next = "in " + in.NextAttempt.Sub(now).Round(time.Second).String()
+		}
+		state := "queued"
+		if in.Held {
+			state, next = "held", "-"
+		}
+		var rc []string
+		pending := 0
+		for _, r := range in.Recipients {
+			if r.State == queue.StatePending {
+				pending++
+				rc = append(rc, r.Address)
+			}
+		}
+		if more := len(in.Recipients) - pending; more > 0 {
+			rc = append(rc, fmt.Sprintf("(+%d done)", more))
+		}
+		sender := in.Sender
+		if sender == "" {
+			sender = "<>"
+		}
+		lastErr := in.LastError
+		if len(lastErr) > 60 {
+			lastErr = lastErr[:57] + "..."
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", in.ID, (time.Duration(in.AgeSeconds) * time.Second).String(),
+			in.Size, in.Attempts, next, state, sender, strings.Join(rc, ","), lastErr)
+	}
+	tw.Flush()
+	fmt.Fprintf(&b, "%d message(s)\n", len(infos))
+	return b.String()
 }
 
 // stateConfig is the configuration of the commands that only look at
