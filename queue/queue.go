@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +45,11 @@ type Options struct {
 	// ControlSocket is the unix socket Run serves `sluice queue` actions on
 	// (e.g. state_dir/control.sock, mode 0600). "": no socket.
 	ControlSocket string
+	// RecoverInBackground: Open lists the spool and returns; the messages
+	// are read and scheduled in the background (Recovering), while new mail
+	// is accepted and delivered. The daemon sets it so its listeners answer
+	// at once whatever the queue holds.
+	RecoverInBackground bool
 	// MinFreeSpace overrides Config.MinFreeSpace when > 0 (bytes).
 	MinFreeSpace uint64
 	// DrainTimeout bounds how long in-flight deliveries may run after Run's
@@ -100,6 +106,10 @@ type Queue struct {
 	hooks   *webhooks
 	closeMu sync.Mutex
 	closed  bool
+
+	recovering atomic.Bool
+	recovered  chan struct{} // background recovery: closed when it ended
+	stopping   atomic.Bool   // Close was called: background recovery stops
 }
 
 var (
@@ -128,16 +138,38 @@ func Open(opts Options) (*Queue, error) {
 			return nil, fmt.Errorf("queue: control socket %s: %w", opts.ControlSocket, err)
 		}
 	}
-	if err := q.recover(); err != nil {
+	sn, err := q.spool.Scan()
+	if err == nil && !opts.RecoverInBackground {
+		err = q.recover(sn)
+	}
+	if err != nil {
 		q.spool.Close()
 		if q.ctl != nil {
 			q.ctl.Close()
 		}
 		return nil, err
 	}
+	if opts.RecoverInBackground {
+		q.recovering.Store(true)
+		q.recovered = make(chan struct{})
+		go func() {
+			defer close(q.recovered)
+			defer q.recovering.Store(false)
+			start := time.Now()
+			if err := q.recover(sn); err != nil {
+				q.log.Error("queue: recovering the spool", "err", err)
+				return
+			}
+			q.log.Info("queue: spool recovered", "messages", q.Len(), "seconds", time.Since(start).Seconds())
+		}()
+	}
 	q.registerGauges()
 	return q, nil
 }
+
+// Recovering reports whether a background recovery is still reading the
+// spool (/readyz says so); mail accepted meanwhile is safe and delivered.
+func (q *Queue) Recovering() bool { return q.recovering.Load() }
 
 // newQueue prepares directories and the group committer without recovering;
 // the offline operations use it to write into a spool no daemon serves.
@@ -210,6 +242,10 @@ func (q *Queue) Close() error {
 	defer q.closeMu.Unlock()
 	if !q.closed {
 		q.closed = true
+		q.stopping.Store(true)
+		if q.recovered != nil {
+			<-q.recovered
+		}
 		q.spool.Close()
 		q.mu.Lock()
 		for _, e := range q.entries { // fresh messages never attempted

@@ -377,3 +377,54 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("FreeSpace = %d, %v", free, err)
 	}
 }
+
+// TestRecoverInBackground: the daemon's Open lists the spool and returns;
+// messages are scheduled as they are read while new mail is committed and
+// delivered. Every message, old and new, is delivered exactly once; a Close
+// in the middle of a background recovery loses nothing.
+func TestRecoverInBackground(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	up := &fakeUpstream{}
+	opts, _ := testOptions(t, dir, up)
+	q1, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const old = 150
+	want := map[string]bool{}
+	for range old {
+		want[enqueue(t, q1, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)] = true
+	}
+	q1.Close() // never run: every message stays queued
+
+	// Closed at once: what the recovery did not reach is still there.
+	opts.RecoverInBackground = true
+	q2, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q2.Close()
+
+	q3, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, q3)
+	for range 20 { // accepted while the old ones are being read
+		want[enqueue(t, q3, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)] = true
+	}
+	waitFor(t, "recovery and delivery", func() bool { return !q3.Recovering() && q3.Len() == 0 })
+	got := map[string]int{}
+	for _, d := range up.deliveries() {
+		got[d.ID]++
+	}
+	for id := range want {
+		if got[id] != 1 {
+			t.Errorf("%s delivered %d times, want once", id, got[id])
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d messages delivered, want %d", len(got), len(want))
+	}
+}

@@ -111,42 +111,45 @@ func (q *Queue) scheduleLocked(e *entry, t time.Time) {
 	}
 }
 
-// recover loads the spool (spool.Recover: drafts deleted, corrupt files
-// moved aside, finished messages removed) and schedules every message.
-// Messages already due are spread over a window so a restart after an
-// outage is not a burst.
-func (q *Queue) recover() error {
+// recover reads the snapshot (spool.Snapshot.Recover: drafts deleted,
+// corrupt files moved aside, finished messages removed) and schedules each
+// message as it is read. Messages already due are spread over a window that
+// grows with their number (5 ms each, at most a minute), so a restart after
+// an outage is not a burst; workers still bound concurrency.
+func (q *Queue) recover(sn *spool.Snapshot) error {
 	now := q.now()
-	var due []*entry
-	err := q.spool.Recover(func(m *spool.Message) {
+	due, n := 0, 0
+	err := sn.Recover(func(m *spool.Message) bool {
+		if q.stopping.Load() {
+			return false
+		}
 		st := m.State()
 		e := &entry{id: m.ID, env: m.Env, attempts: st.Attempts, next: st.Next, held: st.Held, warned: st.Warned, rcpt: make([]bool, len(m.Env.To)), index: -1}
 		for i, to := range m.Env.To {
 			e.rcpt[i] = st.RcptState(to) != StatePending
 		}
 		if e.next.IsZero() || !e.next.After(now) {
-			due = append(due, e)
+			due++
+			window := min(time.Duration(due)*5*time.Millisecond, time.Minute)
+			e.next = now.Add(time.Duration(q.rnd() * float64(window)))
 		}
-		q.entries[m.ID] = e
-		if !e.held {
-			heap.Push(&q.due, e)
+		q.mu.Lock()
+		if q.entries[m.ID] == nil { // else a control action got there first
+			q.entries[m.ID] = e
+			if !e.held {
+				heap.Push(&q.due, e)
+			}
+			n++
 		}
+		q.mu.Unlock()
+		q.poke()
+		return true
 	})
 	if err != nil {
 		return err
 	}
-	// Spread due messages over up to a minute (5 ms each): workers still
-	// bound concurrency; the spread keeps a backlog from hitting an upstream
-	// in one wave and gives fresh mail a chance in between.
-	window := min(time.Duration(len(due))*5*time.Millisecond, time.Minute)
-	for _, e := range due {
-		e.next = now.Add(time.Duration(q.rnd() * float64(window)))
-		if e.index >= 0 {
-			heap.Fix(&q.due, e.index)
-		}
-	}
-	if len(q.entries) > 0 {
-		q.log.Info("queue: recovered spool", "messages", len(q.entries), "due", len(due))
+	if n > 0 {
+		q.log.Info("queue: recovered spool", "messages", n, "due", due)
 	}
 	return nil
 }

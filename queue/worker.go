@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -139,6 +140,13 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	// spool.Attempt holds the rule and its exception.
 	a, err := q.spool.Attempt(e.id, e.fresh, Record{At: now, N: n, Next: next})
 	e.fresh = nil
+	if errors.Is(err, os.ErrNotExist) {
+		// Deleted by a control action while recovery was scheduling it.
+		q.mu.Lock()
+		delete(q.entries, e.id)
+		q.mu.Unlock()
+		return
+	}
 	if err != nil {
 		// Not recorded, so not attempted: try again later.
 		q.log.Error("queue: cannot record attempt; delivery postponed", "queue_id", e.id, "err", err)

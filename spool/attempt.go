@@ -40,13 +40,16 @@ func (s *Spool) Attempt(id string, fresh *Fresh, rec Record) (*Attempt, error) {
 		fresh.f, fresh.prefix = nil, nil
 		return a, nil
 	}
-	rec.T = "attempt"
-	if err := s.Record(id, true, rec); err != nil {
-		return nil, err
-	}
+	// Opened first: a message deleted meanwhile gets no log (the error
+	// wraps os.ErrNotExist). Opening is not attempting.
 	f, err := s.fs.OpenFile(s.path(id), os.O_RDONLY, 0)
 	if err != nil {
 		return nil, fmt.Errorf("spool: open %s: %w", id, err)
+	}
+	rec.T = "attempt"
+	if err := s.Record(id, true, rec); err != nil {
+		f.Close()
+		return nil, err
 	}
 	tr, msgLen, err := readTrailer(f)
 	if err != nil {

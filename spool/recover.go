@@ -3,6 +3,7 @@ package spool
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 )
 
@@ -14,9 +15,28 @@ import (
 // files back into the pool, emptied. Everything it changed is made durable
 // before it returns and before a free file is written over.
 func (s *Spool) Recover(fn func(*Message)) error {
+	sn, err := s.Scan()
+	if err != nil {
+		return err
+	}
+	return sn.Recover(func(m *Message) bool { fn(m); return true })
+}
+
+// Snapshot is the spool's directory listing taken before this process
+// wrote anything: what recovery works through. Taking it first lets a
+// daemon accept mail while it recovers in the background — every name
+// written after the snapshot is this process's own, and not in it.
+type Snapshot struct {
+	s     *Spool
+	names []string
+	have  map[string]bool
+}
+
+// Scan lists the spool for Snapshot.Recover (one readdir, no file read).
+func (s *Spool) Scan() (*Snapshot, error) {
 	names, err := s.fs.ReadDir(s.dir)
 	if err != nil {
-		return fmt.Errorf("spool: read %s: %w", s.dir, err)
+		return nil, fmt.Errorf("spool: read %s: %w", s.dir, err)
 	}
 	have := make(map[string]bool, len(names))
 	for _, n := range names {
@@ -28,6 +48,19 @@ func (s *Spool) Recover(fn func(*Message)) error {
 	for _, n := range staged {
 		have[n] = true
 	}
+	return &Snapshot{s: s, names: names, have: have}, nil
+}
+
+// Len is the number of names in the snapshot (messages, logs, free files).
+func (sn *Snapshot) Len() int { return len(sn.names) }
+
+// Recover is Spool.Recover over the snapshot; fn returning false stops it
+// (the spool is closing): what was done so far is safe, the rest is done at
+// the next start. A message that went away meanwhile (deleted by a control
+// action) is skipped.
+func (sn *Snapshot) Recover(fn func(*Message) bool) error {
+	s, names, have := sn.s, sn.names, sn.have
+	sn.names, sn.have = nil, nil // a million names need not outlive recovery
 	var free []string
 	for _, name := range names {
 		switch {
@@ -44,6 +77,9 @@ func (s *Spool) Recover(fn func(*Message)) error {
 			s.moveCorrupt(name, errNotID)
 		default:
 			m, err := s.Read(name)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
 			if errors.Is(err, ErrCorrupt) {
 				s.moveCorrupt(name, err)
 				if have[name+stateSuffix] {
@@ -72,7 +108,9 @@ func (s *Spool) Recover(fn func(*Message)) error {
 				}
 				continue
 			}
-			fn(m)
+			if !fn(m) {
+				return nil
+			}
 		}
 	}
 	// One directory fsync covers every removal and rename above, and the

@@ -149,6 +149,9 @@ func (d *daemon) run(cfg *config.Config) (err error) {
 		Logger:        d.log,
 		Journal:       &d.jsink,
 		Suppress:      d.supp.list,
+		// Listeners and /healthz answer at once whatever the queue holds;
+		// /readyz says "recovering" until every message is scheduled.
+		RecoverInBackground: true,
 	})
 	if err != nil {
 		return err
@@ -339,8 +342,11 @@ func (d *daemon) serveHTTP(addr string) (*http.Server, error) {
 }
 
 // readiness: every listener bound (they are, once serving), the spool
-// writable, and at least one upstream whose breaker is not open.
+// recovered and writable, and at least one upstream whose breaker is not open.
 func (d *daemon) readiness() error {
+	if d.queue.Recovering() {
+		return errors.New("recovering the spool")
+	}
 	if err := d.queue.Writable(); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluicemail/sluice/internal/testsmtp"
+	"github.com/sluicemail/sluice/spool"
 )
 
 // mountTmpfs mounts a tmpfs of size at a new directory under dir (skips
@@ -247,4 +250,94 @@ func TestOpsQueueImport(t *testing.T) {
 			t.Errorf("%s delivered %d times, want once", id, got[id])
 		}
 	}
+}
+
+// noSyncFS is the real file system without fsyncs: a test writes a large
+// spool in a second (durability is not what it tests).
+type noSyncFS struct{ spool.FS }
+
+type noSyncFile struct{ spool.File }
+
+func (noSyncFile) Sync() error { return nil }
+
+func (f noSyncFS) OpenFile(name string, flag int, perm fs.FileMode) (spool.File, error) {
+	file, err := f.FS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return noSyncFile{file}, nil
+}
+
+// TestOpsListensWhileRecovering (issue 14 item 4, in part): with 5,000
+// messages queued, the listeners answer and /healthz is up before the
+// recovery ends; /readyz says "recovering" meanwhile; mail accepted during
+// recovery and every queued message are delivered exactly once.
+func TestOpsListensWhileRecovering(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
+	const n = 5000
+	sp, err := spool.Open(filepath.Join(e.dir, "state", "spool"), spool.Options{FS: noSyncFS{spool.OS}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		d, err := sp.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(d, message("app@example.com", "r@example.org", fmt.Sprintf("q%d", i), "queued\r\n"))
+		fr, err := d.Commit(&spool.Envelope{From: "app@example.com", To: []string{"r@example.org"}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fr.Close()
+	}
+	sp.Close()
+
+	p := start(t, 1, "serve", "-c", cfg)
+	if strings.Contains(p.stderr.String(), "spool recovered") {
+		t.Fatalf("the listeners answered only after recovering %d messages", n)
+	}
+	code, body := httpGet(t, "http://"+p.httpAddr()+"/healthz")
+	if code != http.StatusOK {
+		t.Errorf("/healthz %d during recovery", code)
+	}
+	sawRecovering := false
+	if code, body := httpGet(t, "http://"+p.httpAddr()+"/readyz"); code == http.StatusServiceUnavailable && strings.Contains(body, "recovering") {
+		sawRecovering = true
+	}
+	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "during", "x\r\n")); err != nil {
+		t.Fatalf("mail during recovery: %v", err)
+	}
+	if !p.waitLog("spool recovered", 60*time.Second) {
+		t.Fatal("recovery did not end within 60 s")
+	}
+	if !sawRecovering && !strings.Contains(p.stderr.String(), "spool recovered") {
+		t.Errorf("/readyz never said recovering: %s", body)
+	}
+	for _, l := range strings.Split(p.stderr.String(), "\n") {
+		if strings.Contains(l, "spool recovered") {
+			t.Log(l)
+		}
+	}
+	msgs := up.WaitMessages(t, n+1, 120*time.Second)
+	var datas [][]byte
+	for _, m := range msgs {
+		datas = append(datas, m.Data)
+	}
+	got := messageIDs(datas)
+	if len(got) != n+1 {
+		t.Errorf("%d distinct messages delivered, want %d", len(got), n+1)
+	}
+	for id, c := range got {
+		if c != 1 {
+			t.Errorf("%s delivered %d times", id, c)
+		}
+	}
+	waitFor(t, 30*time.Second, "/readyz 200 after recovery", func() bool {
+		code, _ := httpGet(t, "http://"+p.httpAddr()+"/readyz")
+		return code == http.StatusOK
+	})
 }
