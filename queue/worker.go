@@ -155,7 +155,8 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	}
 	msg := &upstream.Message{
 		ID: e.id, From: e.env.From, To: pending, Size: a.Size(), Route: e.env.Route, RequireTLS: e.env.RequireTLS,
-		Open: openPooled(a.Open),
+		SMTPUTF8: e.env.SMTPUTF8,
+		Open:     openPooled(a.Open),
 	}
 	res := q.opts.Deliverer.Deliver(ctx, msg)
 

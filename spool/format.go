@@ -49,6 +49,10 @@ type Envelope struct {
 	RcptOpts map[string]RcptDSN `json:"rcpt_opts,omitempty"`
 	// RequireTLS (RFC 8689): deliver only over TLS-only upstreams.
 	RequireTLS bool `json:"requiretls,omitempty"`
+	// SMTPUTF8 (RFC 6531): the message needs it (a UTF-8 address, or UTF-8
+	// headers from a client that declared it); only upstreams that offer
+	// it may carry the message.
+	SMTPUTF8 bool `json:"smtputf8,omitempty"`
 	// Bounce marks a DSN made by the queue; its own failures are dropped.
 	Bounce bool `json:"bounce,omitempty"`
 }

@@ -28,6 +28,10 @@ type Message struct {
 	// RequireTLS (RFC 8689): only upstreams that never fall back to
 	// plaintext (tls: starttls or implicit, or a local maildir) may carry it.
 	RequireTLS bool
+	// SMTPUTF8 (RFC 6531): the message needs it; only upstreams that offer
+	// it take the message (API upstreams and maildir do), else it fails
+	// with 5.6.7.
+	SMTPUTF8 bool
 	// Open returns the whole message (DKIM-Signature prefix, headers, body;
 	// CRLF line endings). It may be called more than once (failover, retry).
 	Open func() (io.ReadCloser, error)

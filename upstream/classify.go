@@ -142,6 +142,16 @@ func throttleText(text string) bool {
 	return false
 }
 
+// errNoSMTPUTF8 marks a message that needs SMTPUTF8 meeting an upstream
+// that does not offer it: the next upstream may, so it fails over; when
+// none does, the message bounces with 5.6.7 (RFC 6531 §3.4).
+var errNoSMTPUTF8 = errors.New("SMTPUTF8 is required, but was not offered")
+
+func noSMTPUTF8(upstream string) *Error {
+	return &Error{Upstream: upstream, Stage: StageMail, Code: 554, Enhanced: [3]int{5, 6, 7},
+		Message: errNoSMTPUTF8.Error() + " by this upstream", Err: errNoSMTPUTF8}
+}
+
 // connectionLost reports whether e leaves the connection unusable: no reply
 // at all (network error, timeout) or a 421, the server closing it.
 func (e *Error) connectionLost() bool { return e.Code == 0 || e.Code == 421 }

@@ -24,6 +24,7 @@ type client struct {
 	conn     net.Conn // what c writes to: for write deadlines while sending the body
 	port     int
 	tls      string // negotiated TLS version ("TLS 1.3") or "none", for the journal
+	utf8     bool   // the server offered SMTPUTF8
 	lastUsed time.Time
 }
 
@@ -139,7 +140,14 @@ func (u *upstream) handshake(ctx context.Context, raw net.Conn, port int) (*clie
 		c.Close()
 		return nil, e
 	}
-	return &client{c: c, conn: conn, port: port, tls: tlsName(conn), lastUsed: u.d.now()}, nil
+	utf8, _ := c.Extension("SMTPUTF8")
+	u.mu.Lock()
+	u.utf8 = notOffered
+	if utf8 {
+		u.utf8 = offered
+	}
+	u.mu.Unlock()
+	return &client{c: c, conn: conn, port: port, tls: tlsName(conn), utf8: utf8, lastUsed: u.d.now()}, nil
 }
 
 // startTLS speaks banner, EHLO (with our hostname) and STARTTLS on the raw
@@ -318,9 +326,13 @@ func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 	name := u.cfg.Name
 	c := cl.c
 	out := txOutcome{rcptErrs: make([]error, len(rcpts)), port: cl.port, tls: cl.tls}
+	if m.SMTPUTF8 && !cl.utf8 {
+		out.err, out.reusable = noSMTPUTF8(name), true
+		return out
+	}
 	var mo *smtp.MailOptions
-	if m.Size > 0 {
-		mo = &smtp.MailOptions{Size: m.Size}
+	if m.Size > 0 || m.SMTPUTF8 {
+		mo = &smtp.MailOptions{Size: m.Size, UTF8: m.SMTPUTF8}
 	}
 	if err := c.Mail(m.From, mo); err != nil {
 		out.err = newError(name, StageMail, err)

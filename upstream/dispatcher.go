@@ -72,9 +72,19 @@ type upstream struct {
 	port      int // remembered port, 0: none
 	portAt    time.Time
 	reprobing bool
+	utf8      offer // whether the last session offered SMTPUTF8
 	lastErr   string
 	lastErrAt time.Time
 }
+
+// offer is what an upstream said of an extension at its last EHLO.
+type offer int
+
+const (
+	unknown offer = iota
+	offered
+	notOffered
+)
 
 // New prepares the upstreams' TLS, limiters and pools from validated
 // config (defaults filled). It opens no connection and starts nothing.
@@ -365,12 +375,18 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *Message) Result {
 		}
 		cands = tlsOnly
 	}
+	unavailable := false // an upstream was passed over for its open breaker
 	for _, u := range cands {
 		if ctx.Err() != nil {
 			break
 		}
+		if m.SMTPUTF8 && u.utf8Offer() == notOffered {
+			last = noSMTPUTF8(u.cfg.Name) // known from its last EHLO: no connection
+			continue
+		}
 		probe, ok := u.allow()
 		if !ok {
+			unavailable = true
 			continue
 		}
 		rcpts := make([]string, len(pending))
@@ -405,7 +421,9 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *Message) Result {
 			break
 		}
 	}
-	if last == nil {
+	if last == nil || (unavailable && errors.Is(last, errNoSMTPUTF8)) {
+		// An upstream that might offer SMTPUTF8 waits behind its breaker:
+		// not a reason to bounce yet.
 		if ctx.Err() != nil {
 			last = &Error{Stage: StageDial, Err: ctx.Err()}
 		} else {
@@ -439,6 +457,8 @@ func attemptOf(u *upstream, rcpts []string, out txOutcome, d time.Duration) Atte
 // failover says whether the next upstream may be tried after e.
 func (d *Dispatcher) failover(u *upstream, e *Error) bool {
 	switch {
+	case errors.Is(e.Err, errNoSMTPUTF8):
+		return true // the next upstream may offer it
 	case e.PossibleDuplicate:
 		return false
 	case e.Throttled:
@@ -535,6 +555,17 @@ func hasErr(errs []error) bool {
 		}
 	}
 	return false
+}
+
+// utf8Offer says whether u offered SMTPUTF8 at its last EHLO. API
+// upstreams and maildir always take UTF-8.
+func (u *upstream) utf8Offer() offer {
+	if u.maildir {
+		return offered
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.utf8
 }
 
 // allow reports whether u may be tried now and whether this is the

@@ -68,6 +68,8 @@ type Options struct {
 	// LoginPrompts replaces the LOGIN challenges (default "Username:", "Password:").
 	LoginPrompts [2]string
 	Mode         Mode
+	// SMTPUTF8 offers the extension (RFC 6531).
+	SMTPUTF8 bool
 	// NoLeakCheck turns off the cleanup check that every connection was
 	// ended by the client (for tests that abandon connections on purpose).
 	NoLeakCheck bool
@@ -82,6 +84,7 @@ type Message struct {
 	At      time.Time
 	TLS     bool
 	User    string // the authenticated user, "" without AUTH
+	UTF8    bool   // MAIL carried the SMTPUTF8 parameter
 }
 
 // Rule is a reply the server gives instead of accepting.
@@ -151,6 +154,7 @@ func Start(t testing.TB, opts Options) *Server {
 		s.srv.Domain = "testsmtp.invalid"
 	}
 	s.srv.AllowInsecureAuth = true // AUTH tests run on plaintext too
+	s.srv.EnableSMTPUTF8 = opts.SMTPUTF8
 	s.srv.ErrorLog = nopLogger{}
 	s.srv.ReadTimeout = 30 * time.Second
 	s.srv.WriteTimeout = 30 * time.Second
@@ -423,6 +427,7 @@ type session struct {
 	num  int
 	user string
 	from string
+	utf8 bool
 	to   []string
 }
 
@@ -471,7 +476,7 @@ func (s *Server) stall(stage Stage) {
 	}
 }
 
-func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+func (se *session) Mail(from string, o *smtp.MailOptions) error {
 	if se.authRequired() && se.user == "" {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 	}
@@ -480,6 +485,7 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 		return err
 	}
 	se.from = from
+	se.utf8 = o != nil && o.UTF8
 	return nil
 }
 
@@ -512,7 +518,7 @@ func (se *session) Data(r io.Reader) error {
 		return err
 	}
 	_, isTLS := se.c.TLSConnectionState()
-	m := Message{From: se.from, To: append([]string(nil), se.to...), Data: b, Session: se.num, At: time.Now(), TLS: isTLS, User: se.user}
+	m := Message{From: se.from, To: append([]string(nil), se.to...), Data: b, Session: se.num, At: time.Now(), TLS: isTLS, User: se.user, UTF8: se.utf8}
 	se.s.mu.Lock()
 	se.s.msgs = append(se.s.msgs, m)
 	se.s.mu.Unlock()
