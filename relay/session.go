@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/policy"
 )
 
@@ -151,6 +152,13 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			// queued for it, so it costs the sender nothing.
 			l.Refused()
 			s.reject("suppressed", "rcpt", to, "kind", e.Kind, "added", e.Added.Format(time.RFC3339))
+			if s.srv.journal != nil {
+				s.mu.Lock()
+				from := s.tx.from
+				s.mu.Unlock()
+				s.srv.journal.Append(journal.Event{Time: s.srv.now(), Event: journal.Suppressed, Sender: from,
+					Recipient: to, Reason: e.Describe()})
+			}
 			return replySuppressed(to, e)
 		}
 	}

@@ -331,6 +331,9 @@ func (d *daemon) serveHTTP(addr string) (*http.Server, error) {
 		}
 		io.WriteString(w, "ready\n")
 	})
+	if h := d.hooks(); h != nil {
+		mux.Handle("/hooks/", h)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("http: %w", err)

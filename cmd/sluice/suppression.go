@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"time"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/hooks"
 	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/suppress"
 )
@@ -209,4 +211,20 @@ func (s *suppression) Close() {
 	if s.stores != nil {
 		s.stores.Close()
 	}
+}
+
+// hooks is the providers' webhook handler (nil when hooks.token is unset).
+func (d *daemon) hooks() http.Handler {
+	if d.cfg.Hooks.Token == "" || d.supp.index == nil {
+		return nil
+	}
+	return hooks.New(hooks.Options{
+		Token:             d.cfg.Hooks.Token,
+		MailgunSigningKey: d.cfg.Hooks.MailgunSigningKey,
+		Index:             d.supp.index,
+		List:              d.supp.list,
+		DSN:               d.queue.BounceReported,
+		Journal:           &d.jsink,
+		Logger:            d.log,
+	})
 }

@@ -28,6 +28,7 @@ var allowed = map[string][]string{
 	"suppress": {"config", "journal"},
 	"queue":    {"config", "upstream", "journal", "spool", "suppress"},
 	"relay":    {"config", "policy", "signing", "queue", "journal", "suppress"},
+	"hooks":    {"config", "journal", "queue", "suppress"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {
