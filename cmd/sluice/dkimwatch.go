@@ -141,13 +141,17 @@ func (w *dkimWatch) check(ctx context.Context, cfg *config.Config) {
 		}
 		all = append(all, st...)
 	}
-	cctx, cancel := context.WithTimeout(ctx, time.Minute)
-	static, err := keyStatuses(cctx, staticOnly(cfg), res.LookupTXT, "")
-	cancel()
-	if err != nil {
-		log.Error("dkim check", "err", err.Error())
+	// Static keys are checked too (metrics, a record gone missing), except
+	// the --dev key: example.test is never in DNS.
+	if !w.d.dev {
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		static, err := keyStatuses(cctx, staticOnly(cfg), res.LookupTXT, "")
+		cancel()
+		if err != nil {
+			log.Error("dkim check", "err", err.Error())
+		}
+		all = append(all, static...)
 	}
-	all = append(all, static...)
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
