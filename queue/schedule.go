@@ -124,6 +124,7 @@ func (q *Queue) recover(sn *spool.Snapshot) error {
 			return false
 		}
 		st := m.State()
+		m.Env.ID = m.ID // one copy of the ID per queued message, not two
 		e := &entry{id: m.ID, env: m.Env, attempts: st.Attempts, next: st.Next, held: st.Held, warned: st.Warned, rcpt: make([]bool, len(m.Env.To)), index: -1}
 		for i, to := range m.Env.To {
 			e.rcpt[i] = st.RcptState(to) != StatePending
