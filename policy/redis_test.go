@@ -24,7 +24,9 @@ func TestRedisSharedLimits(t *testing.T) {
 	c := newClock()
 	regA := &metrics.Registry{}
 	newShared := func(reg *metrics.Registry) *Engine {
-		e, err := New(redisConfig("redis://"+srv.Addr+"/0", true), Options{Now: c.Now, Metrics: reg})
+		// A generous Redis timeout: under a loaded -race run the default
+		// one fails open and the shared limit is (rightly) not enforced.
+		e, err := New(redisConfig("redis://"+srv.Addr+"/0", true), Options{Now: c.Now, Metrics: reg, RedisTimeout: 10 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
