@@ -104,11 +104,9 @@ func TestCheckConfig(t *testing.T) {
 func TestQueueListByStateDir(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	e.keygen()
 	up := testsmtp.Start(t, testsmtp.Options{})
 	up.SetMode(testsmtp.Refuse)
-	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
-	p := start(t, 2, "serve", "-c", cfg)
+	_, p := e.startBase(up)
 	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "waiting", "x"))
 	if err != nil {
 		t.Fatal(err)

@@ -21,20 +21,11 @@ import (
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
-const managedYAML = `hostname: relay.test
-state_dir: {{DIR}}/state
+const managedYAML = `state_dir: {{DIR}}/state
 shutdown_timeout: 5s
-tls:
-  cert_file: {{CERT}}
-  key_file: {{KEY}}
-listeners:
-  - name: submission
-    address: 127.0.0.1:0
-    tls: starttls
-    auth: required
+{{BASE}}
 users:
-  - name: app
-    password_hash: "{{HASH}}"
+{{APP}}
 policies:
   default:
     allowed_senders: ["*@example.com"]

@@ -26,6 +26,7 @@ import (
 
 	"github.com/sluicemail/sluice/internal/certs"
 	"github.com/sluicemail/sluice/internal/passwd"
+	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
 // The integration tests run the real binary, built once.
@@ -98,9 +99,19 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// config writes sluice.yaml: the given YAML with {{DIR}}, {{CERT}}, {{KEY}},
-// {{HASH}} replaced.
+// configParts are the pieces scenario configs share: {{BASE}} the host
+// name, the env's certificate and the STARTTLS submission listener (more
+// listeners may follow it), {{APP}} the user app with the test password.
+var configParts = strings.NewReplacer(
+	"{{BASE}}", "hostname: relay.test\ntls:\n  cert_file: {{CERT}}\n  key_file: {{KEY}}\n"+
+		"listeners:\n  - name: submission\n    address: 127.0.0.1:0\n    tls: starttls\n    auth: required",
+	"{{APP}}", "  - name: app\n    password_hash: \"{{HASH}}\"",
+)
+
+// config writes sluice.yaml: the given YAML with {{BASE}} and {{APP}}
+// expanded and {{DIR}}, {{CERT}}, {{KEY}}, {{HASH}} replaced.
 func (e *env) config(y string) string {
+	y = configParts.Replace(y)
 	y = strings.NewReplacer("{{DIR}}", e.dir, "{{CERT}}", e.certFile, "{{KEY}}", e.keyFile, "{{HASH}}", e.hash).Replace(y)
 	p := filepath.Join(e.dir, "sluice.yaml")
 	if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
@@ -465,4 +476,78 @@ func waitQueueEmpty(t *testing.T, e *env) {
 		}
 		return strings.TrimSpace(out) == ""
 	})
+}
+
+// startBase makes e's DKIM keys and runs a daemon on baseYAML (two
+// listeners, every message dual-signed) with up as its one upstream; it
+// returns the config file and the process.
+func (e *env) startBase(up *testsmtp.Server) (string, *proc) {
+	e.t.Helper()
+	e.keygen()
+	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
+	return cfg, start(e.t, 2, "serve", "-c", cfg)
+}
+
+// submitter is a client load: connections sending messages and keeping
+// the Message-IDs answered 250.
+type submitter struct {
+	mu       sync.Mutex
+	accepted map[string]bool
+	errs     []error
+	wg       sync.WaitGroup
+}
+
+// submit opens conns connections as app, each sending per messages
+// (per < 0: until an error) with Message-IDs prefix-C-I@example.com; every
+// connection stops at its first error, and all stop once limit (if > 0)
+// messages were accepted.
+func submit(addr string, cfg *tls.Config, conns, per int, prefix string, limit int) *submitter {
+	s := &submitter{accepted: map[string]bool{}}
+	for c := range conns {
+		s.wg.Go(func() {
+			cl, err := login(addr, cfg, nil, "app", password)
+			if err != nil {
+				s.fail(err)
+				return
+			}
+			defer cl.Close()
+			for i := 0; per < 0 || i < per; i++ {
+				id := fmt.Sprintf("%s-%d-%d", prefix, c, i)
+				if _, err := transact(cl, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, prefix)); err != nil {
+					s.fail(fmt.Errorf("%s: %w", id, err))
+					return
+				}
+				s.mu.Lock()
+				s.accepted[id+"@example.com"] = true
+				n := len(s.accepted)
+				s.mu.Unlock()
+				if limit > 0 && n >= limit {
+					return
+				}
+			}
+		})
+	}
+	return s
+}
+
+func (s *submitter) fail(err error) {
+	s.mu.Lock()
+	s.errs = append(s.errs, err)
+	s.mu.Unlock()
+}
+
+// count is how many messages were accepted so far.
+func (s *submitter) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.accepted)
+}
+
+// wait waits for every connection to end and returns the accepted
+// Message-IDs and the errors that ended connections.
+func (s *submitter) wait() (map[string]bool, []error) {
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.accepted, s.errs
 }

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,24 +17,15 @@ import (
 )
 
 // baseYAML: {{UP}} is replaced with the upstreams block.
-const baseYAML = `hostname: relay.test
-state_dir: {{DIR}}/state
+const baseYAML = `state_dir: {{DIR}}/state
 shutdown_timeout: 5s
-tls:
-  cert_file: {{CERT}}
-  key_file: {{KEY}}
-listeners:
-  - name: submission
-    address: 127.0.0.1:0
-    tls: starttls
-    auth: required
+{{BASE}}
   - name: submissions
     address: 127.0.0.1:0
     tls: implicit
     auth: required
 users:
-  - name: app
-    password_hash: "{{HASH}}"
+{{APP}}
 policies:
   default:
     allowed_senders: ["*@example.com"]
@@ -180,41 +170,15 @@ print("ok")
 func TestDurabilityKill9(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	e.keygen()
 	up := testsmtp.Start(t, testsmtp.Options{})
 	up.SetMode(testsmtp.Refuse)
-	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
-	p := start(t, 2, "serve", "-c", cfg)
+	cfg, p := e.startBase(up)
 
 	const conns, per = 10, 20
-	var mu sync.Mutex
-	accepted := map[string]bool{}
-	var wg sync.WaitGroup
-	for c := 0; c < conns; c++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cl, err := login(p.addrs["submission"], e.tlsConfig(), nil, "app", password)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer cl.Close()
-			for i := 0; i < per; i++ {
-				id := fmt.Sprintf("k9-%d-%d", c, i)
-				if _, err := transact(cl, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "durable")); err != nil {
-					t.Errorf("%s: %v", id, err)
-					return
-				}
-				mu.Lock()
-				accepted[id+"@example.com"] = true
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	sub := submit(p.addrs["submission"], e.tlsConfig(), conns, per, "k9", 0)
+	accepted, errs := sub.wait()
 	if len(accepted) != conns*per {
-		t.Fatalf("%d accepted, want %d", len(accepted), conns*per)
+		t.Fatalf("%d accepted, want %d; errors: %v", len(accepted), conns*per, errs)
 	}
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.wait(10 * time.Second)
@@ -337,55 +301,22 @@ func TestDevMode(t *testing.T) {
 func TestDurabilityKill9WhileDelivering(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	e.keygen()
 	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
-	p := start(t, 2, "serve", "-c", cfg)
+	cfg, p := e.startBase(up)
 
-	const conns = 10
-	var mu sync.Mutex
-	accepted := map[string]bool{}
-	var wg sync.WaitGroup
-	for c := 0; c < conns; c++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cl, err := login(p.addrs["submission"], e.tlsConfig(), nil, "app", password)
-			if err != nil {
-				return // the kill may come first
-			}
-			defer cl.Close()
-			for i := 0; ; i++ {
-				id := fmt.Sprintf("flow-%d-%d", c, i)
-				if _, err := transact(cl, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "flowing")); err != nil {
-					return // killed: this one was not answered 250
-				}
-				mu.Lock()
-				accepted[id+"@example.com"] = true
-				n := len(accepted)
-				mu.Unlock()
-				if n >= 400 {
-					return
-				}
-			}
-		}()
-	}
+	sub := submit(p.addrs["submission"], e.tlsConfig(), 10, -1, "flow", 400)
 	// Kill once a good share has been accepted and delivered: a run that
 	// accepted little proves little, so it fails rather than passes.
 	const minAccepted = 150
 	waitFor(t, 60*time.Second, fmt.Sprintf("%d messages answered 250 before the kill", minAccepted), func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(accepted) >= minAccepted
+		return sub.count() >= minAccepted
 	})
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.wait(10 * time.Second)
-	wg.Wait()
+	accepted, _ := sub.wait() // the kill ends every connection with an error
 
 	start(t, 2, "serve", "-c", cfg)
-	mu.Lock()
 	want := len(accepted)
-	mu.Unlock()
 	if want < minAccepted {
 		t.Fatalf("%d messages accepted before the kill, want at least %d", want, minAccepted)
 	}

@@ -54,20 +54,11 @@ type opsOpts struct {
 // opsYAML: one STARTTLS listener, HTTP on a kernel-chosen port (the daemon
 // logs `msg="http listening" address=…`), one upstream. The default policy
 // also allows the null sender, so tests can submit bounces' kind of mail.
-const opsYAML = `hostname: relay.test
-state_dir: %s
+const opsYAML = `state_dir: %s
 shutdown_timeout: %s
-tls:
-  cert_file: {{CERT}}
-  key_file: {{KEY}}
-listeners:
-  - name: submission
-    address: 127.0.0.1:0
-    tls: starttls
-    auth: required
+{{BASE}}
 users:
-  - name: app
-    password_hash: "{{HASH}}"
+{{APP}}
 %spolicies:
   default:
     allowed_senders: ["*@example.com", "<>"]

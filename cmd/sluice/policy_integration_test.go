@@ -31,23 +31,14 @@ import (
 
 // polYAML is the scenario config: {{UP}} is the upstream's port,
 // {{LISTENERS}} extra listeners, {{RL}} a ratelimit block.
-const polYAML = `hostname: relay.test
-state_dir: {{DIR}}/state
+const polYAML = `state_dir: {{DIR}}/state
 shutdown_timeout: 2s
-tls:
-  cert_file: {{CERT}}
-  key_file: {{KEY}}
 http:
   address: 127.0.0.1:0
-listeners:
-  - name: submission
-    address: 127.0.0.1:0
-    tls: starttls
-    auth: required
+{{BASE}}
 {{LISTENERS}}
 users:
-  - name: app
-    password_hash: "{{HASH}}"
+{{APP}}
   - name: limited
     password_hash: "{{HASH}}"
     policy: limited

@@ -95,6 +95,15 @@ func onlyMessage(t *testing.T, up *testsmtp.Server, addr string) testsmtp.Messag
 	return rest[0]
 }
 
+// sendmailT injects msg with `sendmail -t` and returns what went upstream.
+func sendmailT(t *testing.T, up *testsmtp.Server, addr, msg string) testsmtp.Message {
+	t.Helper()
+	if _, stderr, code := runCmd(t, msg, "sendmail", "--server", addr, "-t", "-f", "app@example.com"); code != 0 {
+		t.Fatalf("sendmail -t: exit %d: %s", code, stderr)
+	}
+	return onlyMessage(t, up, addr)
+}
+
 // TestSendmailHeaderRecipients: -t reads every To:, Cc: and Bcc: field (any
 // case, a comment before the address), delivers to all of them, and no
 // Bcc: reaches the upstream.
@@ -112,10 +121,7 @@ func TestSendmailHeaderRecipients(t *testing.T) {
 		"BCC: (comment) b4@dest.test,\n  \"quoted..b5\"@dest.test\n" +
 		"Bcc:\n" +
 		"Subject: many fields\n\nhello\n"
-	if _, stderr, code := runCmd(t, msg, "sendmail", "--server", addr, "-t", "-f", "app@example.com"); code != 0 {
-		t.Fatalf("sendmail -t: exit %d: %s", code, stderr)
-	}
-	m := onlyMessage(t, up, addr)
+	m := sendmailT(t, up, addr, msg)
 	want := []string{"u2@dest.test", "u3@dest.test", "u4@dest.test", "u4b@dest.test", "u5@dest.test", "b2@dest.test", "b3@dest.test", "b4@dest.test", "quoted..b5@dest.test"}
 	if got := strings.ReplaceAll(fmt.Sprint(m.To), `"`, ""); got != fmt.Sprint(want) {
 		t.Errorf("RCPT TO %v, want %v", m.To, want)
@@ -137,10 +143,7 @@ func TestSendmailResentRecipients(t *testing.T) {
 		"Resent-Bcc: rb1@dest.test\n" +
 		"Resent-bcc: rb2@dest.test\n" +
 		"From: <orig@example.com>\nTo: orig@dest.test\nBcc: ob@dest.test\nSubject: forwarded\n\nhello\n"
-	if _, stderr, code := runCmd(t, msg, "sendmail", "--server", addr, "-t", "-f", "app@example.com"); code != 0 {
-		t.Fatalf("sendmail -t: exit %d: %s", code, stderr)
-	}
-	m := onlyMessage(t, up, addr)
+	m := sendmailT(t, up, addr, msg)
 	if want := "[r1@dest.test rb1@dest.test rb2@dest.test]"; fmt.Sprint(m.To) != want {
 		t.Errorf("RCPT TO %v, want %s", m.To, want)
 	}

@@ -87,12 +87,10 @@ func traceJSON(t *testing.T, stateDir, query string) map[string][]traceEvent {
 func TestTraceTimelines(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	e.keygen()
 	up := testsmtp.Start(t, testsmtp.Options{})
 	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "bad@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
 	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "slow@example.org", Code: 451, Enhanced: [3]int{4, 2, 0}, Message: "try later", Times: 1})
-	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
-	p := start(t, 2, "serve", "-c", cfg)
+	cfg, p := e.startBase(up)
 	state := filepath.Join(e.dir, "state")
 
 	type msg struct {
@@ -198,11 +196,9 @@ func TestTraceTimelines(t *testing.T) {
 func TestJournalKill9(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	e.keygen()
 	up := testsmtp.Start(t, testsmtp.Options{})
 	up.SetMode(testsmtp.Refuse)
-	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
-	p := start(t, 2, "serve", "-c", cfg)
+	cfg, p := e.startBase(up)
 	qid, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "k9j", "kill"))
 	if err != nil {
 		t.Fatal(err)

@@ -14,20 +14,11 @@ import (
 )
 
 // upYAML: one STARTTLS listener, HTTP, and the upstreams given.
-const upYAML = `hostname: relay.test
-state_dir: {{DIR}}/state
+const upYAML = `state_dir: {{DIR}}/state
 shutdown_timeout: 2s
-tls:
-  cert_file: {{CERT}}
-  key_file: {{KEY}}
-listeners:
-  - name: submission
-    address: 127.0.0.1:0
-    tls: starttls
-    auth: required
+{{BASE}}
 users:
-  - name: app
-    password_hash: "{{HASH}}"
+{{APP}}
 policies:
   default:
     allowed_senders: ["*@example.com"]
