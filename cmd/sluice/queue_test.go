@@ -22,7 +22,7 @@ func TestFormatList(t *testing.T) {
 	next := now.Add(90 * time.Second)
 	infos := []queue.Info{
 		{ID: "K1AAAAAAAAAAAAAA", Sender: "app@example.com", AgeSeconds: 125, Size: 2048, Attempts: 2, NextAttempt: &next,
-			LastError: strings.Repeat("451 4.3.0 try later ", 5),
+			LastError:  strings.Repeat("451 4.3.0 try later ", 5),
 			Recipients: []queue.RcptInfo{{Address: "a@example.org", State: queue.StatePending}, {Address: "b@example.org", State: queue.StateDelivered}}},
 		{ID: "K1BBBBBBBBBBBBBB", Held: true, AgeSeconds: 5, Size: 10,
 			Recipients: []queue.RcptInfo{{Address: "c@example.org", State: queue.StatePending}}},
