@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicemail/sluice/internal/testredis"
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
@@ -222,5 +223,86 @@ func TestHooksProviders(t *testing.T) {
 	out, stderr, code := runCmd(t, "", "trace", "custom-message-ID", "--json", "-c", cfg)
 	if code != 0 || !strings.Contains(out, `"event":"provider_event"`) || !strings.Contains(out, `"event":"dsn_sent"`) || !strings.Contains(out, `"kind":"delivery"`) {
 		t.Errorf("trace custom-message-ID: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+// TestHooksTwoInstancesRedis (DESIGN §6): two instances share one
+// redis-server. A message relayed by A bounces at SES; the report is posted
+// to B (and then to both, repeatedly): B matches it through the index in
+// Redis, one DSN is sent in all, and both instances refuse the address. An
+// upstream's own 5.1.1 on B suppresses at A too.
+func TestHooksTwoInstancesRedis(t *testing.T) {
+	t.Parallel()
+	r := testredis.Start(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "gone@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
+	extra := "ratelimit:\n  redis: " + r.URL + "\nhooks:\n  token: " + hookToken + "\n"
+	ea, eb := newEnv(t), newEnv(t)
+	cfgA := ea.opsConfig(opsOpts{upPort: up.Port(), extra: extra})
+	cfgB := eb.opsConfig(opsOpts{upPort: up.Port(), extra: extra})
+	a := start(t, 1, "serve", "-c", cfgA)
+	b := start(t, 1, "serve", "-c", cfgB)
+	today := time.Now().UTC().Format("2006-01-02")
+
+	data := "From: <john@example.com>\r\nTo: <jane@example.com>\r\nSubject: two\r\nMessage-ID: <custom-message-ID>\r\n\r\nbody\r\n"
+	if _, err := send(a.addrs["submission"], ea.tlsConfig(), "app", "john@example.com", []string{"jane@example.com"}, data); err != nil {
+		t.Fatal(err)
+	}
+	waitQueueEmpty(t, ea)
+	body := hookFixture(t, "ses-bounce.json")
+	// Posted to the instance that did not relay the message: B matches it
+	// through Redis and sends the DSN itself.
+	if code := hookPost(t, b.httpAddr(), "ses", body, "query", hookToken); code != 200 {
+		t.Fatalf("post to B: %d, want 200", code)
+	}
+	if !b.waitLog("msg=dsn_sent", 10*time.Second) {
+		t.Fatalf("B did not send the DSN:\n%s", b.stderr.String())
+	}
+	// Then repeated to both.
+	for _, p := range []*proc{a, b, a} {
+		if code := hookPost(t, p.httpAddr(), "ses", body, "query", hookToken); code != 200 {
+			t.Fatalf("post: %d, want 200", code)
+		}
+	}
+	waitQueueEmpty(t, ea)
+	waitQueueEmpty(t, eb)
+	dsns := dsnsFor(t, up, "john@example.com", "jane@example.com")
+	if len(dsns) != 1 {
+		t.Fatalf("%d DSNs across two instances and four posts, want exactly 1", len(dsns))
+	}
+	if st := dsns[0].rcpt("jane@example.com").Get("Status"); st != "5.1.1" {
+		t.Errorf("DSN Status %q, want 5.1.1", st)
+	}
+	want := "550 5.1.1 <jane@example.com>: suppressed after a hard bounce on " + today
+	for name, p := range map[string]*proc{"A": a, "B": b} {
+		e := ea
+		if name == "B" {
+			e = eb
+		}
+		if got := suppReply(suppRcpt(t, p.addrs["submission"], p, e, "jane@example.com")); got != want {
+			t.Errorf("instance %s: RCPT %q, want %q", name, got, want)
+		}
+	}
+
+	// An upstream's 5.1.1 on B lists the address for A.
+	if _, err := send(b.addrs["submission"], eb.tlsConfig(), "app", "app@example.com", []string{"gone@example.org"},
+		message("app@example.com", "gone@example.org", "two-gone", "bounces")); err != nil {
+		t.Fatal(err)
+	}
+	waitQueueEmpty(t, eb)
+	if got := suppReply(suppRcpt(t, a.addrs["submission"], a, ea, "gone@example.org")); !strings.HasPrefix(got, "550 5.1.1 <gone@example.org>: suppressed after a hard bounce on ") {
+		t.Errorf("instance A after B's upstream bounce: %q", got)
+	}
+
+	// Removed through B's socket, let through by A.
+	if out, stderr, code := suppCmd(t, "remove", "jane@example.com", "-c", cfgB); code != 0 {
+		t.Fatalf("remove via B: %d %s %s", code, out, stderr)
+	}
+	if got := suppReply(suppRcpt(t, a.addrs["submission"], a, ea, "jane@example.com")); got != "accepted" {
+		t.Fatalf("instance A after the removal: %s", got)
+	}
+	out, _, code := suppCmd(t, "list", "--json", "-c", cfgA)
+	if code != 0 || strings.Contains(out, "jane@example.com") || !strings.Contains(out, `"address":"gone@example.org"`) {
+		t.Errorf("list via A: exit %d\n%s", code, out)
 	}
 }
