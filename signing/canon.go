@@ -4,6 +4,7 @@ import (
 	"encoding"
 	"hash"
 	"strings"
+	"sync"
 )
 
 // This file is DKIM relaxed canonicalization (RFC 6376 §3.4.2, §3.4.4).
@@ -54,8 +55,12 @@ type relaxedBody struct {
 	out      []byte // batches bytes for h
 }
 
+// outBufs recycles relaxedBody's batch buffer: one per signed message was a
+// seventh of the bytes a relayed message allocated.
+var outBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
 func newRelaxedBody(h hash.Hash) *relaxedBody {
-	return &relaxedBody{h: h, out: make([]byte, 0, 4<<10)}
+	return &relaxedBody{h: h, out: (*outBufs.Get().(*[]byte))[:0]}
 }
 
 func (c *relaxedBody) Write(p []byte) (int, error) {
@@ -143,6 +148,11 @@ func (c *relaxedBody) Sum() ([]byte, error) {
 	c.pending = c.pending[:0]
 	if c.written {
 		c.h.Write([]byte("\r\n"))
+	}
+	if cap(c.out) == 4<<10 { // flushed above: give the batch buffer back
+		out := c.out[:0]
+		outBufs.Put(&out)
+		c.out = nil
 	}
 	return c.h.Sum(nil), nil
 }

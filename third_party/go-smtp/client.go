@@ -449,8 +449,9 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 	}
 
 	var sb strings.Builder
-	// A high enough power of 2 than 510+14+26+11+9+9+39+500
-	sb.Grow(2048)
+	// sluice: sized for the command as usually sent, not its 2 KiB maximum
+	// (two such buffers were a sixth of the bytes a relayed message allocated).
+	sb.Grow(len(from) + 64)
 	fmt.Fprintf(&sb, "MAIL FROM:<%s>", from)
 	if _, ok := c.ext["8BITMIME"]; ok {
 		sb.WriteString(" BODY=8BITMIME")
@@ -541,8 +542,8 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	}
 
 	var sb strings.Builder
-	// A high enough power of 2 than 510+29+501
-	sb.Grow(2048)
+	// sluice: sized for the command as usually sent, not its 2 KiB maximum.
+	sb.Grow(len(to) + 64)
 	fmt.Fprintf(&sb, "RCPT TO:<%s>", to)
 	if _, ok := c.ext["DSN"]; ok && opts != nil {
 		if len(opts.Notify) != 0 {
