@@ -51,7 +51,7 @@ func runDKIMRotate(args []string, stdout, stderr io.Writer) error {
 	if _, err := parseFlags(fs, args); err != nil || *domain == "" {
 		return usageErr(stderr, "usage: sluice dkim rotate --domain D [--selector S] [--force] [-c FILE]")
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := loadNoSecrets(*path)
 	if err != nil {
 		return err
 	}
@@ -83,7 +83,7 @@ func runDKIMActivate(args []string, stdout, stderr io.Writer) error {
 	if _, err := parseFlags(fs, args); err != nil || *domain == "" {
 		return usageErr(stderr, "usage: sluice dkim activate --domain D [-c FILE]")
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := loadNoSecrets(*path)
 	if err != nil {
 		return err
 	}
@@ -199,7 +199,7 @@ func runDKIMStatus(args []string, stdout, stderr io.Writer) error {
 	if _, err := parseFlags(fs, args); err != nil {
 		return usageErr(stderr, "usage: sluice dkim status [--domain D] [--json] [-c FILE]")
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := loadNoSecrets(*path)
 	if err != nil {
 		return err
 	}

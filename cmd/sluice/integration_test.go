@@ -270,10 +270,10 @@ func TestDevMode(t *testing.T) {
 		t.Errorf("no delivered line in the log")
 	}
 	var files []string
-	for i := 0; i < 200 && len(files) == 0; i++ {
+	waitFor(t, 10*time.Second, "a message in sluice-dev/mail", func() bool {
 		files, _ = filepath.Glob(filepath.Join(dir, "sluice-dev", "mail", "*.eml"))
-		time.Sleep(50 * time.Millisecond)
-	}
+		return len(files) > 0
+	})
 	if len(files) != 1 {
 		t.Fatalf("want one .eml in sluice-dev/mail, got %v", files)
 	}

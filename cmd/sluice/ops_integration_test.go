@@ -991,10 +991,9 @@ func TestOpsReloadUpstreams(t *testing.T) {
 		message("app@example.com", "r@example.org", "moved", "x")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && len(newUp.Messages())+len(oldUp.Messages()) == 0 {
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitFor(t, 10*time.Second, "the message at one of the upstreams", func() bool {
+		return len(newUp.Messages())+len(oldUp.Messages()) > 0
+	})
 	if n := len(oldUp.Messages()); n != 0 {
 		t.Errorf("after SIGHUP the message went to the upstream removed from the file (%d messages there)", n)
 	}
