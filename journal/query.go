@@ -25,6 +25,7 @@ type Trail struct {
 	QueueID   string
 	MessageID string
 	Sender    string
+	Subject   string
 	Events    []Event
 }
 
@@ -367,7 +368,7 @@ func makeTrail(id string, hits []hit) Trail {
 	for _, h := range hits {
 		t.Events = append(t.Events, h.e)
 		if h.e.Event == Accepted || t.MessageID == "" && t.Sender == "" {
-			t.MessageID, t.Sender = h.e.MessageID, h.e.Sender
+			t.MessageID, t.Sender, t.Subject = h.e.MessageID, h.e.Sender, h.e.Subject
 		}
 	}
 	return t

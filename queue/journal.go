@@ -118,3 +118,16 @@ func replyOf(err error) (int, string, string) {
 	}
 	return ue.Code, enh, strings.Join(strings.Fields(ue.Message), " ")
 }
+
+// Held returns the number of messages on hold (for the status page).
+func (q *Queue) Held() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for _, e := range q.entries {
+		if e.held {
+			n++
+		}
+	}
+	return n
+}

@@ -178,7 +178,8 @@ func (s *session) Data(r io.Reader) error {
 	mAccepted.Inc()
 	if s.srv.journal != nil {
 		ev := journal.Event{Time: now, Event: journal.Accepted, QueueID: draft.ID, MessageID: env.MessageID, Sender: tx.from,
-			User: s.user, IP: s.ip, Listener: s.l.cfg.Name, Recipients: env.To, Size: cr.n, Route: route.Upstreams}
+			User: s.user, IP: s.ip, Listener: s.l.cfg.Name, Recipients: env.To, Size: cr.n, Route: route.Upstreams,
+			Subject: decodeSubject(headerValue(fields, "Subject"))}
 		if signer != nil {
 			ev.DKIM = signer.Selectors()
 		}

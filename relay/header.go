@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"mime"
 	"net/mail"
 	"strings"
 )
@@ -103,6 +104,17 @@ func headerValue(fields []field, name string) string {
 	}
 	return ""
 }
+
+// decodeSubject decodes RFC 2047 words for the journal; undecodable text
+// is kept as it came.
+func decodeSubject(s string) string {
+	if d, err := subjectDecoder.DecodeHeader(s); err == nil {
+		return d
+	}
+	return s
+}
+
+var subjectDecoder = &mime.WordDecoder{}
 
 // value returns the unfolded value of the field.
 func (f field) value() string {

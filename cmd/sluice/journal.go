@@ -5,9 +5,11 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/journal"
+	"github.com/sluicemail/sluice/statuspage"
 )
 
 // journalDir is where state_dir keeps the delivery journal.
@@ -69,4 +71,36 @@ func (o *offlineJournal) Close() {
 	if o.j != nil {
 		o.j.Close()
 	}
+}
+
+// statusPage is the page of http.status (DESIGN §8.3), fed by the running
+// daemon; users follow SIGHUP reloads.
+func (d *daemon) statusPage() *statuspage.Handler {
+	return statuspage.New(statuspage.Options{
+		Hostname: d.cfg.Hostname,
+		Version:  version,
+		Users: func() map[string]string {
+			d.keysMu.RLock()
+			defer d.keysMu.RUnlock()
+			return d.cfg.HTTP.StatusUsers
+		},
+		Upstreams: func() []statuspage.Upstream {
+			var out []statuspage.Upstream
+			for _, s := range d.disp.p.Load().Status() {
+				out = append(out, statuspage.Upstream{Name: s.Name, Breaker: s.Breaker, Port: s.Port, InFlight: s.InFlight, LastError: s.LastError, LastAt: s.LastErrorAt})
+			}
+			return out
+		},
+		Queue: func() statuspage.Queue {
+			return statuspage.Queue{Messages: d.queue.Len(), Oldest: d.queue.Oldest(), Held: d.queue.Held()}
+		},
+		Journal: func() statuspage.Journal {
+			if j := d.jsink.j.Load(); j != nil {
+				return j
+			}
+			return nil
+		},
+		Now:    time.Now,
+		Logger: d.log,
+	})
 }

@@ -324,6 +324,9 @@ func (d *daemon) serveHTTP(addr string) (*http.Server, error) {
 		metrics.Default.WriteText(w)
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	if d.cfg.HTTP.Status {
+		d.statusPage().Register(mux)
+	}
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.readiness(); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)

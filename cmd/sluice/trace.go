@@ -116,6 +116,7 @@ func eventFields(e journal.Event) [][2]string {
 	num("size", e.Size)
 	add("dkim", strings.Join(e.DKIM, ","))
 	add("route", strings.Join(e.Route, ","))
+	add("subject", e.Subject)
 	add("recipient", e.Recipient)
 	add("upstream", e.Upstream)
 	add("host", e.Host)
