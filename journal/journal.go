@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sluicemail/sluice/internal/metrics"
@@ -56,6 +57,10 @@ type Options struct {
 	SegmentSize  int64
 	SegmentAge   time.Duration
 	SyncInterval time.Duration // default DefaultSyncInterval
+	// MinFreeSpace: below this many free bytes on the journal's file
+	// system, events are dropped rather than written, so the journal never
+	// takes the last space the spool needs (queue.min_free_space).
+	MinFreeSpace uint64
 	Now          func() time.Time
 	Logger       *slog.Logger
 }
@@ -106,6 +111,10 @@ type Journal struct {
 	closed  bool
 	lastErr time.Time
 	stats   stats
+	// paused: free space is below MinFreeSpace; checked every second and
+	// after every checkEvery bytes written.
+	paused    bool
+	sinceFree int64
 
 	seal chan *segment
 	quit chan struct{}
@@ -247,6 +256,16 @@ func (j *Journal) Append(e Event) {
 		bufPool.Put(bp)
 		return
 	}
+	if j.opts.MinFreeSpace > 0 && j.sinceFree >= checkEvery {
+		j.checkSpaceLocked()
+	}
+	if j.paused {
+		mErrors.Inc()
+		j.mu.Unlock()
+		*bp = line
+		bufPool.Put(bp)
+		return
+	}
 	a := j.act
 	if a.size > 0 && (a.size+int64(len(line)) > j.opts.SegmentSize || j.now().Sub(a.created) >= j.opts.SegmentAge) {
 		if err := j.rotateLocked(); err != nil {
@@ -257,6 +276,7 @@ func (j *Journal) Append(e Event) {
 	off := a.size
 	n, err := a.f.Write(line)
 	a.size += int64(n)
+	j.sinceFree += int64(n)
 	if err != nil {
 		j.errorLocked("write", err)
 	} else {
@@ -278,6 +298,25 @@ func (j *Journal) Append(e Event) {
 	if err == nil {
 		mEvents.Inc()
 	}
+}
+
+// checkEvery is how many bytes may be written between free-space checks.
+const checkEvery = 32 << 10
+
+// checkSpaceLocked pauses or resumes writing by the free space left.
+func (j *Journal) checkSpaceLocked() {
+	j.sinceFree = 0
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(j.dir, &st); err != nil {
+		return
+	}
+	low := st.Bavail*uint64(st.Bsize) < j.opts.MinFreeSpace
+	if low && !j.paused {
+		j.log.Warn("journal: paused, the disk is nearly full; events are not recorded until space is free", "dir", j.dir, "min_free_space", j.opts.MinFreeSpace)
+	} else if !low && j.paused {
+		j.log.Info("journal: resumed")
+	}
+	j.paused = low
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
@@ -379,6 +418,9 @@ func (j *Journal) loop() {
 			j.mu.Lock()
 			if err != nil {
 				j.errorLocked("fsync", err)
+			}
+			if j.opts.MinFreeSpace > 0 {
+				j.checkSpaceLocked()
 			}
 			if j.act.size > 0 && j.now().Sub(j.act.created) >= j.opts.SegmentAge {
 				if err := j.rotateLocked(); err != nil {

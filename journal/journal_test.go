@@ -290,3 +290,22 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	})
 }
+
+// Below MinFreeSpace the journal writes nothing: its events never take
+// the space the spool keeps for itself.
+func TestPausedWhenTheDiskIsLow(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	c := newClock()
+	j, err := Open(Options{Dir: dir, Retention: time.Hour, MaxSize: 1e9, Now: c.now, MinFreeSpace: 1 << 62})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 { // past the first free-space check
+		message(j, c, fmt.Sprintf("%016d", i), "m@app.example", "s@example.com", "a@dest.example")
+	}
+	if n := j.Size(); n > checkEvery+4096 {
+		t.Errorf("journal wrote %d bytes with the disk below its floor", n)
+	}
+	j.Close()
+}

@@ -27,7 +27,10 @@ func openJournal(cfg *config.Config, log *slog.Logger) (*journal.Journal, error)
 		Dir:       journalDir(cfg),
 		Retention: jc.Retention,
 		MaxSize:   int64(jc.MaxSize),
-		Logger:    log,
+		// The journal leaves the spool's floor alone: below it, events
+		// are dropped before the spool's own records are refused.
+		MinFreeSpace: uint64(max(cfg.Queue.MinFreeSpace, 0)),
+		Logger:       log,
 	})
 }
 
