@@ -28,11 +28,12 @@ var (
 // the key of the field the secret fills. Paths such as cert_file are not here:
 // they are values in their own right.
 var secretFiles = map[reflect.Type]map[string]string{
-	reflect.TypeFor[Upstream](): {"password_file": "password", "username_file": "username"},
-	reflect.TypeFor[OAuth2]():   {"client_secret_file": "client_secret", "refresh_token_file": "refresh_token", "client_id_file": "client_id"},
-	reflect.TypeFor[User]():     {"password_hash_file": "password_hash"},
-	reflect.TypeFor[Queue]():    {"webhook_secret_file": "webhook_secret"},
-	reflect.TypeFor[Hooks]():    {"token_file": "token", "mailgun_signing_key_file": "mailgun_signing_key"},
+	reflect.TypeFor[Upstream](): {"password_file": "password", "username_file": "username",
+		"secret_access_key_file": "secret_access_key", "api_key_file": "api_key", "client_secret_file": "client_secret"},
+	reflect.TypeFor[OAuth2](): {"client_secret_file": "client_secret", "refresh_token_file": "refresh_token", "client_id_file": "client_id"},
+	reflect.TypeFor[User]():   {"password_hash_file": "password_hash"},
+	reflect.TypeFor[Queue]():  {"webhook_secret_file": "webhook_secret"},
+	reflect.TypeFor[Hooks]():  {"token_file": "token", "mailgun_signing_key_file": "mailgun_signing_key"},
 }
 
 // maxNodes bounds the work of one decode: aliases can make a small document

@@ -279,7 +279,10 @@ func (u *Upstream) setDefaults(unset func(key string) bool) {
 	dur(&u.Timeout, "timeout", DefaultUpstreamTimeout)
 	dur(&u.ConnectTimeout, "connect_timeout", DefaultConnectTimeout)
 	dur(&u.GreetingTimeout, "greeting_timeout", DefaultGreetingTimeout)
-	if u.Type == UpstreamSMTP && len(u.Ports) == 0 && unset("ports") {
+	if u.API == APIMailgun {
+		str(&u.Region, "us")
+	}
+	if u.Type == UpstreamSMTP && u.API == "" && len(u.Ports) == 0 && unset("ports") {
 		// When the provider lacks the mode, Ports stays empty and
 		// validation says why.
 		u.Ports, _ = DefaultPorts(u.TLS, u.Profile)

@@ -182,13 +182,34 @@ type Upstream struct {
 	Timeout               time.Duration `yaml:"timeout"`          // per command; default 60s
 	ConnectTimeout        time.Duration `yaml:"connect_timeout"`  // default 15s
 	GreetingTimeout       time.Duration `yaml:"greeting_timeout"` // the 220 banner; default 20s
+
+	// HTTPS API upstreams (DESIGN §8.5): api names the provider; the SMTP
+	// keys above (host, ports, tls, auth) do not apply to them.
+	API             string `yaml:"api"`      // ses | mailgun | graph; "" for SMTP and maildir
+	Endpoint        string `yaml:"endpoint"` // base URL override (tests, private endpoints)
+	Region          string `yaml:"region"`   // ses: AWS region (required); mailgun: us (default) | eu
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey string `yaml:"secret_access_key"` // also secret_access_key_file; both empty: the AWS chain
+	Domain          string `yaml:"domain"`            // mailgun: the sending domain
+	APIKey          string `yaml:"api_key"`           // mailgun; also api_key_file
+	TenantID        string `yaml:"tenant_id"`         // graph
+	ClientID        string `yaml:"client_id"`         // graph
+	ClientSecret    string `yaml:"client_secret"`     // graph; also client_secret_file
+	User            string `yaml:"user"`              // graph: the mailbox that sends
 }
+
+// API upstream providers.
+const (
+	APISES     = "ses"
+	APIMailgun = "mailgun"
+	APIGraph   = "graph"
+)
 
 // TLSOnly reports whether the upstream never carries a message in
 // plaintext: STARTTLS or implicit TLS (neither falls back), or a local
 // maildir. Only such upstreams may carry a REQUIRETLS message (RFC 8689).
 func (u Upstream) TLSOnly() bool {
-	return u.Type == UpstreamMaildir || u.TLS == TLSStartTLS || u.TLS == TLSImplicit
+	return u.Type == UpstreamMaildir || u.API != "" || u.TLS == TLSStartTLS || u.TLS == TLSImplicit
 }
 
 // OAuth2 is how an xoauth2 upstream obtains access tokens.

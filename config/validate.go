@@ -507,6 +507,10 @@ func (v *validator) validateUpstreams(c *Config) {
 		if !ValidProfile(u.Profile) {
 			v.errorf(k+".profile", "%q is not one of generic, ses, sendgrid, postmark, mailgun", u.Profile)
 		}
+		if u.API != "" {
+			v.validateAPI(k, u)
+			continue
+		}
 		switch u.Type {
 		case UpstreamMaildir:
 			if u.Path == "" {
@@ -664,6 +668,51 @@ func (v *validator) validateStatus(c *Config) {
 		}
 		if !passwd.Supported(h.StatusUsers[n]) {
 			v.errorf("http.status_users."+n, "not a bcrypt or argon2id hash (make one with `sluice passwd`)")
+		}
+	}
+}
+
+// validateAPI checks an HTTPS API upstream (DESIGN §8.5).
+func (v *validator) validateAPI(k string, u Upstream) {
+	need := func(key, val string) {
+		if val == "" {
+			v.errorf(k+"."+key, "api: %s needs %s", u.API, key)
+		}
+	}
+	switch u.API {
+	case APISES:
+		need("region", u.Region)
+		if (u.AccessKeyID == "") != (u.SecretAccessKey == "") {
+			v.errorf(k+".access_key_id", "access_key_id and secret_access_key go together (neither: the AWS credential chain)")
+		}
+	case APIMailgun:
+		need("domain", u.Domain)
+		need("api_key", u.APIKey)
+		if !oneOf(u.Region, "us", "eu") {
+			v.errorf(k+".region", "%q is not one of us, eu", u.Region)
+		}
+	case APIGraph:
+		need("tenant_id", u.TenantID)
+		need("client_id", u.ClientID)
+		need("client_secret", u.ClientSecret)
+		need("user", u.User)
+	default:
+		v.errorf(k+".api", "%q is not one of ses, mailgun, graph", u.API)
+		return
+	}
+	if u.Type != UpstreamSMTP || u.Host != "" {
+		v.errorf(k+".api", "an API upstream takes no type or host (endpoint overrides the URL)")
+	}
+	if u.Endpoint != "" {
+		if eu, err := url.Parse(u.Endpoint); err != nil || (eu.Scheme != "https" && eu.Scheme != "http") || eu.Host == "" {
+			v.errorf(k+".endpoint", "%q is not an http(s) URL", u.Endpoint)
+		}
+	}
+	if u.TLSCAFile != "" {
+		if b, err := v.l.readFile(u.TLSCAFile); err != nil {
+			v.errorf(k+".tls_ca_file", "cannot read: %v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			v.errorf(k+".tls_ca_file", "%s holds no PEM certificate", u.TLSCAFile)
 		}
 	}
 }

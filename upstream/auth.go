@@ -49,7 +49,7 @@ func (a *xoauth2Client) Start() (string, []byte, error) {
 func (a *xoauth2Client) Next(_ []byte) ([]byte, error) { return []byte{}, nil }
 
 // tokenSource fetches and caches an OAuth2 access token from a refresh
-// token. Tokens and secrets never reach a log or an error text.
+// token, or with client credentials when there is none. Tokens and secrets never reach a log or an error text.
 type tokenSource struct {
 	cfg    config.OAuth2
 	client *http.Client
@@ -93,6 +93,10 @@ func (ts *tokenSource) get(ctx context.Context, force bool) (string, error) {
 		"grant_type":    {"refresh_token"},
 		"refresh_token": {ts.cfg.RefreshToken},
 		"client_id":     {ts.cfg.ClientID},
+	}
+	if ts.cfg.RefreshToken == "" {
+		// An application's own token (Microsoft Graph): client credentials.
+		form = url.Values{"grant_type": {"client_credentials"}, "client_id": {ts.cfg.ClientID}}
 	}
 	if ts.cfg.ClientSecret != "" {
 		form.Set("client_secret", ts.cfg.ClientSecret)

@@ -63,6 +63,8 @@ type upstream struct {
 	limiter *rate.Limiter // nil: unlimited
 	tokens  *tokenSource
 	maildir bool
+	api     apiSender    // an HTTPS API upstream; nil for SMTP and maildir
+	http    *http.Client // the API's client
 	pool    *pool
 
 	discover sync.Mutex // held while a delivery finds the first working port
@@ -158,6 +160,10 @@ func (d *Dispatcher) newUpstream(c config.Upstream) (*upstream, error) {
 	if c.TLSInsecureSkipVerify {
 		u.tls.InsecureSkipVerify = true
 		d.log.Warn("upstream TLS certificate is not verified (tls_insecure_skip_verify)", "upstream", c.Name)
+	}
+	if c.API != "" {
+		u.tls.ServerName = "" // the endpoint URL's host
+		return u, u.newAPI(context.Background())
 	}
 	if c.AuthMechanism == config.AuthXOAUTH2 {
 		u.tokens = &tokenSource{cfg: c.OAuth2, now: d.now, client: &http.Client{Timeout: c.ConnectTimeout + c.Timeout}}
@@ -497,6 +503,9 @@ func (u *upstream) deliver(ctx context.Context, m *Message, rcpts []string) txOu
 			return failed(err)
 		}
 	}
+	if u.api != nil {
+		return u.deliverAPI(ctx, m, rcpts)
+	}
 	if cl := u.pool.take(u.d.now().Add(-u.d.opts.IdleTimeout)); cl != nil {
 		out := u.transactCtx(ctx, cl, m, rcpts)
 		if out.mailOK || (out.err != nil && !out.err.connectionLost()) {
@@ -560,7 +569,7 @@ func hasErr(errs []error) bool {
 // utf8Offer says whether u offered SMTPUTF8 at its last EHLO. API
 // upstreams and maildir always take UTF-8.
 func (u *upstream) utf8Offer() offer {
-	if u.maildir {
+	if u.maildir || u.api != nil {
 		return offered
 	}
 	u.mu.Lock()

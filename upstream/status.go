@@ -39,6 +39,9 @@ func (d *Dispatcher) Status() []Status {
 		if u.maildir {
 			st.Host = u.cfg.Path
 		}
+		if u.api != nil {
+			st.Host = "api:" + u.cfg.API
+		}
 		out = append(out, st)
 	}
 	return out
