@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -70,6 +71,29 @@ func (osFS) ReadDir(name string) ([]string, error) {
 // SyncDir fsyncs a directory of the real file system (for the queue's
 // other durable files, e.g. webhook events).
 func SyncDir(dir string) error { return syncDir(OS, dir) }
+
+// walkDir reads a directory 1,024 names at a time (Spool.Walk).
+func (osFS) walkDir(dir string, fn func(names []string) error) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("spool: read %s: %w", dir, err)
+	}
+	defer f.Close()
+	for {
+		names, err := f.Readdirnames(1024)
+		if len(names) > 0 {
+			if err := fn(names); err != nil {
+				return err
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("spool: read %s: %w", dir, err)
+		}
+	}
+}
 
 // syncDir fsyncs a directory with a descriptor of its own.
 func syncDir(fsys FS, dir string) error {

@@ -168,6 +168,35 @@ func (s *Spool) IDs() ([]string, error) {
 	return ids, nil
 }
 
+// Walk calls fn with each committed message's ID in directory order, reading
+// the directory a block of names at a time, so a million queued messages
+// cost no more memory than ten (for `queue list` while serve runs). An
+// error from fn stops the walk and is returned.
+func (s *Spool) Walk(fn func(id string) error) error {
+	w, ok := s.fs.(interface {
+		walkDir(dir string, fn func(names []string) error) error
+	})
+	if !ok { // another FS: one listing
+		names, err := s.fs.ReadDir(s.dir)
+		if err != nil {
+			return fmt.Errorf("spool: read %s: %w", s.dir, err)
+		}
+		return walkNames(names, fn)
+	}
+	return w.walkDir(s.dir, func(names []string) error { return walkNames(names, fn) })
+}
+
+func walkNames(names []string, fn func(string) error) error {
+	for _, n := range names {
+		if ValidID(n) {
+			if err := fn(n); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Read reads a committed message's envelope, prefix and state log; the
 // error wraps os.ErrNotExist when it is not (or no longer) in the spool.
 func (s *Spool) Read(id string) (*Message, error) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func openTemp(t *testing.T, o Options) *Spool {
@@ -218,4 +219,35 @@ func FuzzStateLog(f *testing.F) {
 		}
 		_ = Fold(again)
 	})
+}
+
+// TestWalkReadsInBlocks: Walk returns every message ID once, across the
+// 1,024-name blocks it reads the directory in, and nothing else.
+func TestWalkReadsInBlocks(t *testing.T) {
+	t.Parallel()
+	s := openTemp(t, Options{})
+	want := map[string]bool{}
+	for i := range 2500 {
+		id := NewID(time.Unix(int64(i), 0))
+		want[id] = true
+		if err := os.WriteFile(filepath.Join(s.Dir(), id), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if i%10 == 0 { // logs, drafts and free files are not messages
+			os.WriteFile(filepath.Join(s.Dir(), id+stateSuffix), nil, 0o600)
+			os.WriteFile(filepath.Join(s.Dir(), freePrefix+id), nil, 0o600)
+		}
+	}
+	got := map[string]int{}
+	if err := s.Walk(func(id string) error { got[id]++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Errorf("Walk gave %d IDs, want %d", len(got), len(want))
+	}
+	for id, n := range got {
+		if !want[id] || n != 1 {
+			t.Errorf("Walk gave %s %d times (a message: %v)", id, n, want[id])
+		}
+	}
 }

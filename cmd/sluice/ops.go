@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -42,18 +43,18 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	dir := filepath.Join(cfg.StateDir, "spool")
 	switch pos[0] {
 	case "list":
+		if *asJSON { // streamed as read, in directory order: the first line at once
+			bw := bufio.NewWriter(stdout)
+			enc := json.NewEncoder(bw)
+			err := queue.Walk(dir, func(i queue.Info) error { return enc.Encode(i) })
+			if ferr := bw.Flush(); err == nil {
+				err = ferr
+			}
+			return err
+		}
 		infos, err := queue.List(dir)
 		if err != nil {
 			return err
-		}
-		if *asJSON {
-			enc := json.NewEncoder(stdout)
-			for _, i := range infos {
-				if err := enc.Encode(i); err != nil {
-					return err
-				}
-			}
-			return nil
 		}
 		fmt.Fprint(stdout, formatList(infos, time.Now()))
 		return nil
