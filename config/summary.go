@@ -109,6 +109,14 @@ func Summary(c *Config) string {
 			fmt.Fprintf(w, "  %s\tmaildir %s\t\tpriority %d/weight %d\n", u.Name, u.Path, u.Priority, u.Weight)
 			continue
 		}
+		if u.API != "" {
+			where := "api " + u.API
+			if u.Endpoint != "" {
+				where += " " + u.Endpoint
+			}
+			fmt.Fprintf(w, "  %s\t%s\thttps\t%s\tpriority %d/weight %d\n", u.Name, where, u.Profile, u.Priority, u.Weight)
+			continue
+		}
 		ports := make([]string, len(u.Ports))
 		for i, p := range u.Ports {
 			ports[i] = strconv.Itoa(p)
