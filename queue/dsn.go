@@ -253,6 +253,20 @@ func (q *Queue) BounceReported(b ProviderBounce) (string, error) {
 	if b.Sender == "" {
 		return "", fmt.Errorf("queue: no report for a null-sender message (%s)", b.QueueID)
 	}
+	from := q.opts.Config.BounceFrom
+	if from == "" {
+		from = "MAILER-DAEMON@" + q.opts.Hostname
+	}
+	var rb [12]byte
+	rand.Read(rb[:])
+	d := providerDSN(b, q.opts.Hostname, from, q.now(), rb)
+	env := &Envelope{From: b.Sender, Route: b.Route}
+	return q.enqueueBounce(d.QueueID, env, from, d.build(), d.MessageID)
+}
+
+// providerDSN is the report for b; time and randomness come in, so the
+// golden test fixes them.
+func providerDSN(b ProviderBounce, hostname, from string, now time.Time, rb [12]byte) *dsn {
 	status := b.Status
 	if !strings.HasPrefix(status, "5.") {
 		status = "5.0.0"
@@ -261,13 +275,6 @@ func (q *Queue) BounceReported(b ProviderBounce) (string, error) {
 	if diag == "" {
 		diag = "permanent failure reported by " + b.Provider
 	}
-	from := q.opts.Config.BounceFrom
-	if from == "" {
-		from = "MAILER-DAEMON@" + q.opts.Hostname
-	}
-	var rb [12]byte
-	rand.Read(rb[:])
-	now := q.now()
 	arrival := b.Received
 	if arrival.IsZero() {
 		arrival = now
@@ -281,16 +288,14 @@ func (q *Queue) BounceReported(b ProviderBounce) (string, error) {
 		fmt.Fprintf(&orig, "Message-ID: <%s>\r\n", oneLine(b.MessageID))
 	}
 	fmt.Fprintf(&orig, "To: <%s>\r\n", oneLine(b.Recipient))
-	d := &dsn{
-		Hostname: q.opts.Hostname, From: from, To: b.Sender, QueueID: id,
+	return &dsn{
+		Hostname: hostname, From: from, To: b.Sender, QueueID: id,
 		Arrival: arrival, Date: now,
-		MessageID: fmt.Sprintf("%s.%s@%s", id, hex.EncodeToString(rb[:4]), q.opts.Hostname),
-		Boundary:  id + "/" + hex.EncodeToString(rb[4:]) + "/" + q.opts.Hostname,
+		MessageID: fmt.Sprintf("%s.%s@%s", id, hex.EncodeToString(rb[:4]), hostname),
+		Boundary:  id + "/" + hex.EncodeToString(rb[4:]) + "/" + hostname,
 		Rcpts:     []dsnRcpt{{Addr: b.Recipient, Action: "failed", Status: status, Diag: diag, Remote: oneLine(b.Remote)}},
 		Original:  orig.Bytes(),
 	}
-	env := &Envelope{From: b.Sender, Route: b.Route}
-	return q.enqueueBounce(id, env, from, d.build(), d.MessageID)
 }
 
 func (q *Queue) enqueueBounce(origID string, env *Envelope, from string, msg []byte, msgID string) (string, error) {

@@ -57,6 +57,18 @@ func TestDSNGolden(t *testing.T) {
 	} {
 		golden(t, tc.name, tc.d.build())
 	}
+	// A provider's later report (SES, through the webhook): the original
+	// left the spool long ago, so its Message-ID stands for its headers.
+	pb := ProviderBounce{QueueID: "0SZ5V4M7K1ABCDEF", MessageID: "custom-message-ID", Sender: "john@example.com",
+		Received: arrival, Recipient: "jane@example.com", Status: "5.1.1", Diag: "550 5.1.1 <jane@example.com>... User",
+		Remote: "email.example.com", Provider: "ses"}
+	d := providerDSN(pb, "relay.example.com", "MAILER-DAEMON@relay.example.com", arrival.Add(3*time.Hour), [12]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
+	golden(t, "dsn-provider.golden", d.build())
+	// No enhanced status, or a 4.x.x one: the report says 5.0.0, it is final.
+	pb.Status, pb.Diag = "4.2.0", ""
+	if r := providerDSN(pb, "h", "f@h", arrival, [12]byte{}).Rcpts[0]; r.Status != "5.0.0" || r.Diag != "permanent failure reported by ses" {
+		t.Errorf("provider DSN without a status: %+v", r)
+	}
 }
 
 func TestWantsDSN(t *testing.T) {
