@@ -88,6 +88,8 @@ type Policy struct {
 	MaxRecipients  int // 0: unlimited
 	RemoveHeaders  []string
 	RequireDKIM    bool
+	KeepBcc        bool     // keep Bcc:/Resent-Bcc: (removed before signing otherwise)
+	PercentHack    bool     // accept % and ! in recipients' local parts
 	Upstreams      []string // this policy's route; empty: every upstream
 	RateMessages   config.Rate
 	RateRecipients config.Rate
@@ -268,6 +270,8 @@ func compilePolicy(name string, c *config.Policy) (*Policy, error) {
 		MaxRecipients:  c.MaxRecipients,
 		RemoveHeaders:  slices.Clone(c.RemoveHeaders),
 		RequireDKIM:    c.RequireDKIM,
+		KeepBcc:        c.KeepBcc,
+		PercentHack:    c.AllowPercentHack,
 		Upstreams:      slices.Clone(c.Upstreams),
 		RateMessages:   c.Rate.Messages,
 		RateRecipients: c.Rate.Recipients,

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -64,13 +65,20 @@ func (s *session) Data(r io.Reader) error {
 		from = []string{tx.from}
 		added = append(added, "From: <"+tx.from+">\r\n")
 	}
-	sender, _, perr := addresses(fields, "Sender")
-	if perr != nil {
-		s.reject("header_from", "data", "malformed sender")
-		return ReplyHeaderFromDenied
+	// Sender: and the Resent- fields name who sends just as From: does
+	// (a resent message shows Resent-From: as its author), so each must be
+	// one the user may send as.
+	senders := append([]string(nil), from...)
+	for _, name := range []string{"Sender", "Resent-From", "Resent-Sender"} {
+		addrs, _, perr := addresses(fields, name)
+		if perr != nil {
+			s.reject("header_from", "data", "malformed "+strings.ToLower(name))
+			return ReplyHeaderFromDenied
+		}
+		senders = append(senders, addrs...)
 	}
-	if d := pol.CheckHeaderFrom(s.user, append(from, sender...)); d != nil {
-		return s.deny(d, "data", strings.Join(from, ","))
+	if d := pol.CheckHeaderFrom(s.user, senders); d != nil {
+		return s.deny(d, "data", strings.Join(senders, ","))
 	}
 
 	draft, err := s.srv.queue.Begin()
@@ -124,22 +132,29 @@ func (s *session) Data(r io.Reader) error {
 	defer bw.Reset(nil)
 	bw.WriteString(s.received(draft.ID, now, tx.rcpts))
 	for _, f := range fields {
-		if !removed(pol.RemoveHeaders, f.name) {
-			bw.Write(f.raw)
+		if removed(pol.RemoveHeaders, f.name) || (!pol.KeepBcc && isBcc(f.name)) {
+			continue
 		}
+		bw.Write(f.raw)
 	}
 	for _, a := range added {
 		bw.WriteString(a)
 	}
 	bw.WriteString("\r\n")
+	// Body lines longer than 998 bytes are folded (docs/configuration.md
+	// "Limits"), before signing, so the signature covers what is sent.
+	fold := &lineFolder{w: bw}
 	var last byte = '\n' // an empty body needs no extra line end
 	if len(first) > 0 {
-		bw.Write(first)
+		fold.Write(first)
 		last = first[len(first)-1]
 	}
-	last, err = copyBody(bw, br, bufs.copy, last, func() bool { return cr.n > pol.MaxMessageSize })
+	last, err = copyBody(fold, br, bufs.copy, last, func() bool { return cr.n > pol.MaxMessageSize })
 	if err == nil && last != '\n' {
-		_, err = bw.WriteString("\r\n")
+		_, err = fold.Write([]byte("\r\n"))
+	}
+	if err == nil {
+		err = fold.flushHold() // only after an error-free body, for safety
 	}
 	if err != nil {
 		return s.dataError(err)
@@ -186,7 +201,7 @@ func (s *session) Data(r io.Reader) error {
 		s.srv.journal.Append(ev) // one write(2): it survives kill -9 once the 250 is sent
 	}
 	mAcceptSecs.Observe(time.Since(endOfData).Seconds())
-	log.Info("accepted", "from", tx.from, "rcpts", len(tx.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route.Upstreams, ","))
+	log.Info("accepted", "from", tx.from, "rcpts", len(tx.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route.Upstreams, ","), "folded_lines", fold.folds)
 	return replyQueued(draft.ID)
 }
 
@@ -219,7 +234,7 @@ var errTooLarge = errors.New("relay: message exceeds the policy's size limit")
 // copyBody copies the body and returns the last byte written; it stops as
 // soon as tooLarge says the user's limit is passed, so a message over the
 // limit never fills the spool.
-func copyBody(w *bufio.Writer, r *bufio.Reader, buf []byte, last byte, tooLarge func() bool) (byte, error) {
+func copyBody(w io.Writer, r *bufio.Reader, buf []byte, last byte, tooLarge func() bool) (byte, error) {
 	for {
 		n, err := r.Read(buf)
 		if tooLarge() {
@@ -248,7 +263,13 @@ func (s *session) dataError(err error) error {
 	case errors.Is(err, errBareCR):
 		s.reject("bare_cr", "data", "")
 		return ReplyBareCR
-	case errors.Is(err, smtp.ErrDataTooLarge), errors.Is(err, errHeaderTooLarge), errors.Is(err, errTooLarge):
+	case errors.Is(err, errHeaderTooLarge):
+		s.reject("header_size", "data", "")
+		return ReplyHeaderTooLarge
+	case errors.Is(err, errHeaderLine):
+		s.reject("header_line", "data", "")
+		return ReplyBadHeaderLine
+	case errors.Is(err, smtp.ErrDataTooLarge), errors.Is(err, errTooLarge):
 		s.reject("size", "data", "")
 		return ReplyTooLarge
 	case errors.As(err, &we):
@@ -262,6 +283,100 @@ func (s *session) dataError(err error) error {
 	s.log.Info("rejected", "reason", "data_read", "err", err)
 	mRejected.Inc("data_read")
 	return ReplyTimeout
+}
+
+// isBcc: blind-copy fields, removed before signing unless the policy keeps
+// them (clients such as curl, swaks and smtplib leave them in; Postfix drops
+// them too, message_drop_headers).
+func isBcc(name string) bool {
+	return strings.EqualFold(name, "Bcc") || strings.EqualFold(name, "Resent-Bcc")
+}
+
+// lineFolder writes the body, breaking a line longer than maxLineBytes
+// (RFC 5321: 998 bytes before CRLF) with a CRLF, as Postfix's
+// smtp_line_length_limit does; the break goes before the UTF-8 character
+// that would cross the limit, so no character is split. The last three
+// bytes before the limit are held until it is known whether the line ends
+// or crosses it. Its input is CRLF-normalised, so a CR comes only before an
+// LF; the final CRLF must be written through it too.
+type lineFolder struct {
+	w     io.Writer
+	col   int // bytes on the current line, CR and LF not counted
+	hold  []byte
+	folds int
+}
+
+const holdFrom = maxLineBytes - 3 // a UTF-8 character has at most 4 bytes
+
+func (f *lineFolder) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if c := p[0]; c == '\r' || c == '\n' {
+			if err := f.flushHold(); err != nil {
+				return 0, err
+			}
+			if _, err := f.w.Write(p[:1]); err != nil {
+				return 0, err
+			}
+			if c == '\n' {
+				f.col = 0
+			}
+			p = p[1:]
+			continue
+		}
+		if f.col < holdFrom { // a run that stays below the held bytes
+			k := bytes.IndexByte(p, '\r')
+			if k < 0 {
+				k = len(p)
+			}
+			k = min(k, holdFrom-f.col)
+			if _, err := f.w.Write(p[:k]); err != nil {
+				return 0, err
+			}
+			f.col += k
+			p = p[k:]
+			continue
+		}
+		if f.col < maxLineBytes {
+			f.hold = append(f.hold, p[0])
+			f.col++
+			p = p[1:]
+			continue
+		}
+		// p[0] is byte 999 of the line: break before the character it
+		// belongs to (or before it, when the held bytes are no character).
+		seq := append(f.hold, p[0])
+		x := len(seq) - 1
+		for x > 0 && seq[x]&0xC0 == 0x80 {
+			x--
+		}
+		if x == 0 && seq[0]&0xC0 == 0x80 {
+			x = len(seq) - 1
+		}
+		if _, err := f.w.Write(seq[:x]); err != nil {
+			return 0, err
+		}
+		if _, err := f.w.Write([]byte("\r\n")); err != nil {
+			return 0, err
+		}
+		if _, err := f.w.Write(seq[x:]); err != nil {
+			return 0, err
+		}
+		f.folds++
+		f.col = len(seq) - x
+		f.hold = f.hold[:0]
+		p = p[1:]
+	}
+	return n, nil
+}
+
+func (f *lineFolder) flushHold() error {
+	if len(f.hold) == 0 {
+		return nil
+	}
+	_, err := f.w.Write(f.hold)
+	f.hold = f.hold[:0]
+	return err
 }
 
 func removed(list []string, name string) bool {
@@ -283,6 +398,9 @@ func (s *session) received(id string, now time.Time, rcpts []string) string {
 		with += "A"
 	}
 	helo := sanitize(s.conn.Hostname())
+	if len(helo) > maxHeloBytes { // a later EHLO (the first is refused)
+		helo = helo[:maxHeloBytes] + "..."
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (Sluice) with %s id %s", helo, s.ip, s.st.cfg.Hostname, with, id)
 	if st, ok := s.conn.TLSConnectionState(); ok {

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"crypto"
 	"io"
 	"net"
 	"regexp"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+	"unicode/utf8"
+
+	"github.com/sluicemail/sluice/signing"
 )
 
 // FuzzCRLF: the normaliser's output never holds a bare CR or LF; it fails
@@ -65,10 +69,84 @@ func FuzzHeader(f *testing.F) {
 		got.Write(first)
 		rest, _ := io.ReadAll(br)
 		got.Write(rest)
-		if !bytes.Equal(got.Bytes(), in) {
+		// Long header lines are folded (a CRLF before a space): the same
+		// bytes once line breaks are ignored, and no header line too long.
+		unfold := func(b []byte) []byte { return bytes.ReplaceAll(b, []byte("\r\n"), nil) }
+		if !bytes.Equal(unfold(got.Bytes()), unfold(in)) {
 			t.Fatalf("lossy: %q became %q", in, got.Bytes())
 		}
+		for _, fl := range fields {
+			for _, line := range bytes.Split(fl.raw, []byte("\r\n")) {
+				if len(line) > maxLineBytes {
+					t.Fatalf("header line of %d bytes left unfolded: %.60q", len(line), line)
+				}
+			}
+		}
 	})
+}
+
+// FuzzHeaderLinear: reading and checking the header section costs time
+// linear in its size: a header made of the fuzzed line repeated 8 times as
+// often is processed at no less than a quarter of the bytes per
+// millisecond (a quadratic step would make it an eighth). Issue 8 found one
+// field folded over 85,000 lines costing 11 s.
+func FuzzHeaderLinear(f *testing.F) {
+	for _, s := range []string{" (c)\r\n", " a@example.com,\r\n", "X-A: b\r\n", "\t=?utf-8?q?x?=\r\n", "Resent-From: <a@b.c>\r\n"} {
+		f.Add([]byte(s))
+	}
+	keys := signing.NewKeyring([]signing.Key{{Domain: "example.com", Selector: "e1", Signer: mustEd25519(f)}})
+	f.Fuzz(func(t *testing.T, unit []byte) {
+		if len(unit) == 0 || len(unit) > 200 || !bytes.HasSuffix(unit, []byte("\r\n")) || bytes.Count(unit, []byte("\n")) != 1 || bytes.ContainsAny(unit[:len(unit)-2], "\r\n\x00") {
+			return
+		}
+		rate := func(n int) float64 {
+			in := bytes.Repeat(unit, n)
+			in = append(append([]byte("From: a@example.com\r\nTo: r@example.org\r\nSubject: x\r\n"), in...), "\r\nbody\r\n"...)
+			best := time.Duration(1<<63 - 1)
+			for range 3 {
+				t0 := time.Now()
+				processHeader(t, keys, in)
+				best = min(best, time.Since(t0))
+			}
+			return float64(len(in)) / float64(max(best, time.Microsecond).Milliseconds()+1)
+		}
+		// Within one field's limit, so a folded field is processed whole.
+		n := max(8, (maxFieldBytes-200)/len(unit))
+		small, large := rate(n/8), rate(n)
+		if large < small/4 {
+			t.Fatalf("unit %q: %.0f bytes/ms at %d lines, %.0f at %d: not linear", unit, small, n/8, large, n)
+		}
+	})
+}
+
+// processHeader runs what DATA does with a header section: read it, parse
+// the address fields, and feed it to a DKIM signer.
+func processHeader(t *testing.T, keys *signing.Keyring, in []byte) {
+	br := bufio.NewReader(bytes.NewReader(in))
+	fields, _, _, err := readHeader(br)
+	if err != nil {
+		return
+	}
+	for _, name := range []string{"From", "Sender", "Resent-From", "Resent-Sender", "To"} {
+		addresses(fields, name)
+	}
+	s, err := keys.NewSigner("example.com", "")
+	if err != nil || s == nil {
+		t.Fatalf("signer: %v", err)
+	}
+	for _, fl := range fields {
+		s.Write(fl.raw)
+	}
+	s.Write([]byte("\r\nbody\r\n"))
+	s.Close()
+}
+
+func mustEd25519(f *testing.F) crypto.Signer {
+	k, err := signing.GenerateKey("ed25519", 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return k
 }
 
 var replyLine = regexp.MustCompile(`^[2-5][0-9][0-9][ -]`)
@@ -110,6 +188,52 @@ func FuzzSession(f *testing.F) {
 			if strings.Contains(line, "Internal server error") || strings.HasPrefix(line, "554 5.0.0") {
 				t.Fatalf("internal error leaked to the client: %q", line)
 			}
+		}
+	})
+}
+
+// FuzzLineFolder: body lines over 998 bytes are broken, nothing else
+// changes (the input is the output without the added CRLFs), valid UTF-8
+// stays valid on every line, and how the input is split into writes does
+// not matter.
+func FuzzLineFolder(f *testing.F) {
+	f.Add([]byte(strings.Repeat("a", 2500)+"\r\n"+strings.Repeat("é", 700)), uint16(7))
+	f.Add([]byte(strings.Repeat("x", 998)+"\r\n"+strings.Repeat("y", 999)), uint16(1000))
+	f.Add([]byte(strings.Repeat("€", 400)+"\r\n"), uint16(3))
+	f.Fuzz(func(t *testing.T, in []byte, chunk uint16) {
+		in, err := io.ReadAll(newCRLFReader(bytes.NewReader(in)))
+		if err != nil {
+			return
+		}
+		in = append(in, "\r\n"...)
+		var out bytes.Buffer
+		fl := &lineFolder{w: &out}
+		for c, rest := max(1, int(chunk)), in; len(rest) > 0; {
+			k := min(c, len(rest))
+			fl.Write(rest[:k])
+			rest = rest[k:]
+		}
+		var whole bytes.Buffer
+		(&lineFolder{w: &whole}).Write(in)
+		if !bytes.Equal(out.Bytes(), whole.Bytes()) {
+			t.Fatalf("chunked writes differ from one write")
+		}
+		lines := bytes.Split(bytes.TrimSuffix(out.Bytes(), []byte("\r\n")), []byte("\r\n"))
+		var joined []byte
+		for _, l := range lines {
+			if len(l) > maxLineBytes {
+				t.Fatalf("line of %d bytes", len(l))
+			}
+			if utf8.Valid(in) && !utf8.Valid(l) {
+				t.Fatalf("a character was split: %q", l)
+			}
+			joined = append(joined, l...)
+		}
+		if want := bytes.ReplaceAll(in, []byte("\r\n"), nil); !bytes.Equal(joined, want) {
+			t.Fatalf("content changed")
+		}
+		if fl.folds != len(lines)-bytes.Count(in, []byte("\r\n")) {
+			t.Fatalf("%d folds counted, %d made", fl.folds, len(lines)-bytes.Count(in, []byte("\r\n")))
 		}
 	})
 }

@@ -13,10 +13,24 @@ import (
 // errBareCR is returned by crlfReader for a CR not followed by LF, or a NUL.
 var errBareCR = errors.New("relay: bare CR or NUL in message")
 
-// errHeaderTooLarge: the header section exceeds maxHeaderBytes.
+// errHeaderTooLarge: one header field exceeds maxFieldBytes, or the header
+// section maxHeaderBytes.
 var errHeaderTooLarge = errors.New("relay: header section too large")
 
-const maxHeaderBytes = 1 << 20
+// errHeaderLine: a header line over maxLineBytes with no whitespace to
+// fold it at, or a line without a colon among the header fields.
+var errHeaderLine = errors.New("relay: malformed header line")
+
+// Header limits (docs/configuration.md "Limits"). One field may hold 100 KiB
+// (Postfix's header_size_limit: long To: lists fit, a field folded over a
+// megabyte does not), the section 1 MiB; both are held in memory while the
+// header is checked. A line holds at most 998 bytes before its CRLF
+// (RFC 5321 §4.5.3.1.6).
+const (
+	maxFieldBytes  = 100 << 10
+	maxHeaderBytes = 1 << 20
+	maxLineBytes   = 998
+)
 
 // crlfReader normalises line endings of DATA (DESIGN §1): a bare LF becomes
 // CRLF (legacy senders and printers emit them; Postfix does the same), and a
@@ -89,10 +103,12 @@ func (c *crlfReader) transform(dst, src []byte) ([]byte, error) {
 }
 
 // field is one header field as received: its name and its raw bytes
-// (including continuation lines and the final CRLF).
+// (including continuation lines and the final CRLF); colon is the offset of
+// the colon in raw ("From : x", obsolete syntax, is the field From).
 type field struct {
-	name string
-	raw  []byte
+	name  string
+	raw   []byte
+	colon int
 }
 
 // headerValue returns the value of the first field called name, "" when absent.
@@ -118,16 +134,20 @@ var subjectDecoder = &mime.WordDecoder{}
 
 // value returns the unfolded value of the field.
 func (f field) value() string {
-	v := f.raw[len(f.name)+1:]
+	v := f.raw[f.colon+1:]
 	v = bytes.ReplaceAll(v, []byte("\r\n"), nil)
 	return strings.TrimSpace(string(v))
 }
 
 // readHeader reads the header section from br (whose lines end in CRLF).
 // It returns the fields, whether a blank separator line was consumed, and
-// the first line of the body when the section ended at a line that is
-// neither a field nor a continuation (the caller writes it before the rest).
-// Each line is read once, with no look-ahead: this runs for every message.
+// the first line(s) of the body when the section ended at a line that is
+// neither a field nor a continuation (a client that sent no blank line;
+// the caller writes them before the rest). A line without a colon that is
+// followed by another field is not the body's start but a malformed
+// header: it is refused rather than ending the section early (the fields
+// after it would escape the header checks). Each line is read once and
+// appended once: the work is linear in the header's size.
 func readHeader(br *bufio.Reader) (fields []field, sep bool, first []byte, err error) {
 	total := 0
 	for {
@@ -147,15 +167,56 @@ func readHeader(br *bufio.Reader) (fields []field, sep bool, first []byte, err e
 			return fields, true, nil, nil
 		case (line[0] == ' ' || line[0] == '\t') && len(fields) > 0:
 			f := &fields[len(fields)-1]
-			f.raw = append(f.raw, line...)
-		default:
-			name, ok := fieldName(line)
-			if !ok || line[len(line)-1] != '\n' {
-				return fields, false, append([]byte(nil), line...), nil
+			if len(f.raw)+len(line) > maxFieldBytes {
+				return fields, false, nil, errHeaderTooLarge
 			}
-			fields = append(fields, field{name: name, raw: append([]byte(nil), line...)})
+			if f.raw, err = appendFolded(f.raw, line); err != nil {
+				return fields, false, nil, err
+			}
+		default:
+			name, colon, ok := fieldName(line)
+			if !ok || line[len(line)-1] != '\n' {
+				return headerEnd(br, fields, line)
+			}
+			raw, err := appendFolded(nil, line)
+			if err != nil {
+				return fields, false, nil, err
+			}
+			fields = append(fields, field{name: name, raw: raw, colon: colon})
 		}
 	}
+}
+
+// headerEnd decides what a line that is not a field means: the body's first
+// line (the client sent no blank line), unless a field follows it.
+func headerEnd(br *bufio.Reader, fields []field, line []byte) ([]field, bool, []byte, error) {
+	first := append([]byte(nil), line...)
+	if line[len(line)-1] != '\n' {
+		return fields, false, first, nil // the last line, unterminated
+	}
+	next, err := readLine(br)
+	if err != nil {
+		return fields, false, nil, err
+	}
+	if _, _, ok := fieldName(next); ok && len(fields) > 0 {
+		return fields, false, nil, errHeaderLine
+	}
+	return fields, false, append(first, next...), nil
+}
+
+// appendFolded appends one header line to dst, folding it at whitespace
+// (CRLF before a space or tab) while it is longer than maxLineBytes; a
+// line that cannot be folded so is errHeaderLine.
+func appendFolded(dst, line []byte) ([]byte, error) {
+	for len(line) > maxLineBytes+2 || (len(line) > maxLineBytes && line[len(line)-1] != '\n') {
+		i := bytes.LastIndexAny(line[1:maxLineBytes+1], " \t") + 1
+		if i <= 0 {
+			return dst, errHeaderLine
+		}
+		dst = append(append(dst, line[:i]...), '\r', '\n')
+		line = line[i:]
+	}
+	return append(dst, line...), nil
 }
 
 func readLine(br *bufio.Reader) ([]byte, error) {
@@ -165,7 +226,7 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 		for err == bufio.ErrBufferFull {
 			line, err = br.ReadSlice('\n')
 			buf = append(buf, line...)
-			if len(buf) > maxHeaderBytes {
+			if len(buf) > maxFieldBytes {
 				return nil, errHeaderTooLarge
 			}
 		}
@@ -177,18 +238,25 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 	return line, err
 }
 
-// fieldName returns the name of a "Name: value" line (RFC 5322 ftext).
-func fieldName(line []byte) (string, bool) {
+// fieldName returns the name of a "Name: value" line (RFC 5322 ftext) and
+// the offset of its colon. Whitespace between name and colon is the
+// obsolete syntax (RFC 5322 §4.5) and still names the field: "From : x" is
+// a From field to every reader that accepts it, so it is checked as one.
+func fieldName(line []byte) (string, int, bool) {
 	i := bytes.IndexByte(line, ':')
 	if i <= 0 {
-		return "", false
+		return "", 0, false
 	}
-	for _, c := range line[:i] {
+	name := bytes.TrimRight(line[:i], " \t")
+	if len(name) == 0 {
+		return "", 0, false
+	}
+	for _, c := range name {
 		if c < 33 || c > 126 {
-			return "", false
+			return "", 0, false
 		}
 	}
-	return string(line[:i]), true
+	return string(name), i, true
 }
 
 // addresses parses the addresses of every field called name.

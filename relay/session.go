@@ -17,6 +17,9 @@ import (
 	"github.com/sluicemail/sluice/policy"
 )
 
+// maxHeloBytes bounds the EHLO name (a domain name has at most 255 bytes).
+const maxHeloBytes = 255
+
 // backend makes one session per EHLO for one listener.
 type backend struct {
 	srv *Server
@@ -25,6 +28,11 @@ type backend struct {
 
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	s := b.srv
+	// A host name has at most 255 bytes; a longer EHLO name would make an
+	// over-long Received: line.
+	if len(c.Hostname()) > maxHeloBytes {
+		return nil, ReplyHeloTooLong
+	}
 	ip := addrIP(c.Conn().RemoteAddr())
 	cid := strconv.FormatUint(s.cids.Add(1), 36)
 	_, isTLS := c.TLSConnectionState()

@@ -196,17 +196,24 @@ func (s *Signer) endHeader() {
 	if len(s.hdr) > 0 && (s.hdr[0] == ' ' || s.hdr[0] == '\t') {
 		s.err = ErrFoldedFirstLine
 	}
+	// One field is built in a buffer and made a string once: appending
+	// each continuation line to a string copied the field every time,
+	// quadratic in a field folded over many lines (issue 8 item 7).
+	var cur []byte
 	for _, line := range strings.SplitAfter(string(s.hdr), "\n") {
 		line = strings.TrimSuffix(line, "\n")
 		line = strings.TrimSuffix(line, "\r")
 		if line == "" {
 			break // the empty line that ends the header
 		}
-		if len(s.fields) > 0 && (line[0] == ' ' || line[0] == '\t') {
-			s.fields[len(s.fields)-1] += line + "\r\n"
-		} else {
-			s.fields = append(s.fields, line+"\r\n")
+		if cur != nil && line[0] != ' ' && line[0] != '\t' {
+			s.fields = append(s.fields, string(cur))
+			cur = cur[:0]
 		}
+		cur = append(append(cur, line...), "\r\n"...)
+	}
+	if cur != nil {
+		s.fields = append(s.fields, string(cur))
 	}
 	s.hdr = nil
 }

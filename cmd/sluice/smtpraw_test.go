@@ -59,3 +59,19 @@ func (s *rawClient) starttls(cfg *tls.Config) {
 func plainAuth(user, pw string) string {
 	return base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pw))
 }
+
+// write sends raw bytes.
+func (s *rawClient) write(b string) {
+	s.t.Helper()
+	if _, err := io.WriteString(s.c, b); err != nil {
+		s.t.Fatalf("write: %v", err)
+	}
+}
+
+// inStep asserts that the server sent nothing unasked since the last reply
+// read: the next reply must be the one to a NOOP sent now (an unsolicited
+// reply would come first, a closed connection gives none).
+func (s *rawClient) inStep() {
+	s.t.Helper()
+	s.cmd("NOOP", "250 2.0.0")
+}

@@ -1,0 +1,220 @@
+package main
+
+// DATA through the real binary, as raw transcripts: header limits and
+// checks, long lines, line endings, Bcc, BDAT and EHLO edge cases (issue 8;
+// DESIGN §1 "Line endings", §4, §8.7).
+
+import (
+	"bytes"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+const dataYAML = `hostname: relay.test
+state_dir: {{DIR}}/state
+tls:
+  cert_file: {{CERT}}
+  key_file: {{KEY}}
+listeners:
+  - name: plain
+    address: 127.0.0.1:0
+    tls: none
+    auth: none
+    trusted_networks: [127.0.0.0/8]
+  - name: keepbcc
+    address: 127.0.0.1:0
+    tls: none
+    auth: none
+    trusted_networks: [127.0.0.0/8]
+    policy: keepbcc
+policies:
+  default:
+    allowed_senders: ["*@example.com"]
+  keepbcc:
+    allowed_senders: ["*@example.com"]
+    keep_bcc: true
+queue:
+  retry: [300ms]
+upstreams:
+  - name: up1
+    host: 127.0.0.1
+    ports: [{{UP}}]
+    tls: none
+`
+
+// dataRelay starts sluice with dataYAML in front of up.
+func dataRelay(t *testing.T, up *testsmtp.Server) *proc {
+	e := newEnv(t)
+	return start(t, 2, "serve", "-c", e.config(strings.ReplaceAll(dataYAML, "{{UP}}", strconv.Itoa(up.Port()))))
+}
+
+// data runs MAIL, RCPT and DATA with body (which must end in CRLF) and
+// returns the reply to the end of data.
+func (s *rawClient) data(body string) string {
+	s.t.Helper()
+	s.cmd("MAIL FROM:<app@example.com>", "250")
+	s.cmd("RCPT TO:<r@example.org>", "250")
+	s.cmd("DATA", "354")
+	s.write(body + ".\r\n")
+	return s.reply()
+}
+
+// bySubject finds the upstream message whose Subject: is subject.
+func bySubject(t *testing.T, up *testsmtp.Server, subject string) []byte {
+	t.Helper()
+	var found []byte
+	waitFor(t, 20*time.Second, "message "+subject, func() bool {
+		for _, m := range up.Messages() {
+			if bytes.Contains(m.Data, []byte("\r\nSubject: "+subject+"\r\n")) {
+				found = m.Data
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+func TestDataHeaderLimits(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	p := dataRelay(t, up)
+	s := rawDial(t, p.addrs["plain"], nil)
+
+	// One field folded over 10,000 lines (60 KB) is fine, and quick.
+	t0 := time.Now()
+	if got := s.data("From: app@example.com\r\nSubject: folded\r\nX-Folded: a" + strings.Repeat("\r\n (c)", 10000) + "\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("10,000-line folded field: %q, want 250", got)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("10,000-line folded field took %v", d)
+	}
+	// Over 100 KiB in one field, or 1 MiB in all: a clear refusal.
+	if got := s.data("From: app@example.com\r\nX-Folded: a" + strings.Repeat("\r\n (c)", 85000) + "\r\n\r\nbody\r\n"); got != "552 5.3.4 Header section too large (at most 100 KiB a field, 1 MiB in all)" {
+		t.Errorf("85,000-line folded field: %q, want 552 5.3.4 header section too large", got)
+	}
+	if got := s.data("From: app@example.com\r\n" + strings.Repeat("X-Many: "+strings.Repeat("v", 90)+"\r\n", 12000) + "\r\nbody\r\n"); !strings.HasPrefix(got, "552 5.3.4 Header section too large") {
+		t.Errorf("1.2 MB of header fields: %q, want 552 5.3.4 header section too large", got)
+	}
+	s.inStep()
+	bySubject(t, up, "folded")
+}
+
+func TestDataHeaderChecks(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	p := dataRelay(t, up)
+	s := rawDial(t, p.addrs["plain"], nil)
+	// A line without a colon does not end the header section early: the
+	// From: after it would escape the check.
+	if got := s.data("Subject: nocolon\r\nX-Junk\r\nFrom: ceo@evil.test\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "554 5.6.0") {
+		t.Errorf("a header line without a colon before From: %q, want 554 5.6.0", got)
+	}
+	// "From : x" (obsolete syntax) is a From field and is checked.
+	if got := s.data("Subject: spaced\r\nFrom : ceo@evil.test\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "550 5.7.1") {
+		t.Errorf("From : ceo@evil.test: %q, want 550 5.7.1", got)
+	}
+	// Resent-From is checked like From.
+	if got := s.data("From: app@example.com\r\nResent-From: ceo@evil.test\r\nSubject: resent\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "550 5.7.1") {
+		t.Errorf("Resent-From: ceo@evil.test: %q, want 550 5.7.1", got)
+	}
+	// A client that sends no blank line still gets its body delivered.
+	if got := s.data("From: app@example.com\r\nSubject: noblank\r\nHello there\r\nsecond line\r\n"); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Errorf("no blank line: %q, want 250", got)
+	}
+	m := bySubject(t, up, "noblank")
+	if !bytes.Contains(m, []byte("\r\n\r\nHello there\r\nsecond line\r\n")) {
+		t.Errorf("no blank line: body not delivered as body:\n%s", m)
+	}
+	// Bcc: and Resent-Bcc: are removed before signing, unless kept.
+	bcc := "From: app@example.com\r\nTo: r@example.org\r\nBcc: secret@example.org\r\nResent-Bcc: other@example.org\r\nSubject: %s\r\n\r\nbody\r\n"
+	if got := s.data(strings.Replace(bcc, "%s", "bcc-dropped", 1)); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("bcc: %q", got)
+	}
+	if m := bySubject(t, up, "bcc-dropped"); bytes.Contains(m, []byte("secret@")) || bytes.Contains(m, []byte("other@")) {
+		t.Errorf("Bcc relayed:\n%s", m)
+	}
+	k := rawDial(t, p.addrs["keepbcc"], nil)
+	if got := k.data(strings.Replace(bcc, "%s", "bcc-kept", 1)); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("keep_bcc: %q", got)
+	}
+	if m := bySubject(t, up, "bcc-kept"); !bytes.Contains(m, []byte("\r\nBcc: secret@example.org\r\n")) || !bytes.Contains(m, []byte("\r\nResent-Bcc: other@example.org\r\n")) {
+		t.Errorf("keep_bcc: true removed Bcc:\n%s", m)
+	}
+}
+
+func TestDataLongLines(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	p := dataRelay(t, up)
+	s := rawDial(t, p.addrs["plain"], nil)
+	long := strings.Repeat("0123456789", 250) // 2,500 bytes
+	// Body lines over 998 bytes are folded, never answered 4xx or cut off;
+	// nothing is sent after the reply.
+	if got := s.data("From: app@example.com\r\nSubject: longbody\r\n\r\n" + long + "\r\nshort\r\n"); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("2,500-byte body line: %q, want 250", got)
+	}
+	s.inStep()
+	m := bySubject(t, up, "longbody")
+	for _, l := range bytes.Split(m, []byte("\r\n")) {
+		if len(l) > 998 {
+			t.Errorf("a %d-byte line reached the upstream", len(l))
+		}
+	}
+	if !bytes.Contains(bytes.ReplaceAll(m, []byte("\r\n"), nil), []byte(long+"short")) {
+		t.Errorf("long line not delivered whole (folded):\n%.300s", m)
+	}
+	// A long header line is folded at a space; one with no space is refused.
+	words := strings.Repeat("word ", 300)
+	if got := s.data("From: app@example.com\r\nSubject: longheader\r\nX-Words: " + words + "\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("1,500-byte header line with spaces: %q, want 250", got)
+	}
+	m = bySubject(t, up, "longheader")
+	if !bytes.Contains(bytes.ReplaceAll(m, []byte("\r\n"), nil), []byte("X-Words: "+words)) {
+		t.Errorf("long header line not folded at spaces:\n%.300s", m)
+	}
+	if got := s.data("From: app@example.com\r\nX-Token: " + long + "\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "554 5.6.0") {
+		t.Errorf("2,500-byte header line without a space: %q, want 554 5.6.0", got)
+	}
+	s.inStep()
+}
+
+func TestDataLineEndings(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	p := dataRelay(t, up)
+	s := rawDial(t, p.addrs["plain"], nil)
+	// A bare CR right after a leading dot is a bare CR.
+	if got := s.data("From: app@example.com\r\nSubject: dotcr\r\n\r\nline1\r\n.\rX\r\n"); !strings.HasPrefix(got, "554 5.6.0") {
+		t.Errorf("bare CR after a leading dot: %q, want 554 5.6.0", got)
+	}
+	s.inStep()
+	// A BDAT refused for a bad argument still consumes its chunk.
+	s.cmd("MAIL FROM:<app@example.com>", "250")
+	s.cmd("RCPT TO:<r@example.org>", "250")
+	s.write("BDAT 10 NOTLAST\r\nNOOP\r\nNOOP")
+	if got := s.reply(); !strings.HasPrefix(got, "501 5.5.4") {
+		t.Errorf("BDAT 10 NOTLAST: %q, want 501 5.5.4", got)
+	}
+	s.inStep() // the chunk's NOOPs were not run as commands
+	s.write("BDAT 3 LAST TOO\r\nabc")
+	if got := s.reply(); !strings.HasPrefix(got, "501 5.5.4") {
+		t.Errorf("BDAT with three arguments: %q, want 501 5.5.4", got)
+	}
+	s.inStep()
+}
+
+func TestDataLongEHLO(t *testing.T) {
+	t.Parallel()
+	up := testsmtp.Start(t, testsmtp.Options{})
+	p := dataRelay(t, up)
+	s := dialRaw(t, p.addrs["plain"], nil, "")
+	s.reply()
+	s.cmd("EHLO "+strings.Repeat("h", 1500)+".test", "501 5.5.2")
+	s.cmd("EHLO client.test", "250")
+	s.inStep()
+}
