@@ -87,8 +87,8 @@ func FuzzHeader(f *testing.F) {
 
 // FuzzHeaderLinear: reading and checking the header section costs time
 // linear in its size: a header made of the fuzzed line repeated 8 times as
-// often is processed at no less than a quarter of the bytes per
-// millisecond (a quadratic step would make it an eighth). Issue 8 found one
+// often is processed at no less than a fifth of the bytes per millisecond
+// (a quadratic step would make it an eighth). Issue 8 found one
 // field folded over 85,000 lines costing 11 s.
 func FuzzHeaderLinear(f *testing.F) {
 	for _, s := range []string{" (c)\r\n", " a@example.com,\r\n", "X-A: b\r\n", "\t=?utf-8?q?x?=\r\n", "Resent-From: <a@b.c>\r\n"} {
@@ -103,7 +103,7 @@ func FuzzHeaderLinear(f *testing.F) {
 			in := bytes.Repeat(unit, n)
 			in = append(append([]byte("From: a@example.com\r\nTo: r@example.org\r\nSubject: x\r\n"), in...), "\r\nbody\r\n"...)
 			best := time.Duration(1<<63 - 1)
-			for range 3 {
+			for range 5 { // the fastest of five: a busy moment is not a slope
 				t0 := time.Now()
 				processHeader(t, keys, in)
 				best = min(best, time.Since(t0))
@@ -113,7 +113,7 @@ func FuzzHeaderLinear(f *testing.F) {
 		// Within one field's limit, so a folded field is processed whole.
 		n := max(8, (maxFieldBytes-200)/len(unit))
 		small, large := rate(n/8), rate(n)
-		if large < small/4 {
+		if large < small/5 {
 			t.Fatalf("unit %q: %.0f bytes/ms at %d lines, %.0f at %d: not linear", unit, small, n/8, large, n)
 		}
 	})

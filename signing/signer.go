@@ -315,11 +315,21 @@ func signField(key Key, h []string, fields []string, bh []byte, t time.Time) (st
 	}
 	unsigned := formatField(algo, key, h, bh, t)
 
+	// Each name in h takes the next instance from the bottom of the header,
+	// as verifiers do for a name listed more than once. The instances are
+	// grouped by name once: searching the header again for each entry of h
+	// was quadratic in a header with thousands of one field (issue 8 item 7).
 	d := sha256.New()
-	picked := make(map[string]int)
+	byName := make(map[string][]string)
+	for _, f := range fields {
+		k := strings.ToLower(fieldName(f))
+		byName[k] = append(byName[k], f)
+	}
 	for _, name := range h {
-		if f := pick(fields, name, picked); f != "" {
-			d.Write([]byte(relaxedHeader(f)))
+		k := strings.ToLower(name)
+		if l := byName[k]; len(l) > 0 {
+			d.Write([]byte(relaxedHeader(l[len(l)-1])))
+			byName[k] = l[:len(l)-1]
 		}
 	}
 	d.Write([]byte(strings.TrimRight(relaxedHeader(unsigned+"b=\r\n"), "\r\n")))
@@ -336,24 +346,6 @@ func signField(key Key, h []string, fields []string, bh []byte, t time.Time) (st
 		return "", err
 	}
 	return unsigned + "b=" + foldBase64(base64.StdEncoding.EncodeToString(sig)) + "\r\n", nil
-}
-
-// pick returns the next instance of name from the bottom of the header, as
-// verifiers do for a name listed more than once; "" when none is left.
-func pick(fields []string, name string, picked map[string]int) string {
-	key := strings.ToLower(name)
-	skip := picked[key]
-	for i := len(fields) - 1; i >= 0; i-- {
-		if !strings.EqualFold(fieldName(fields[i]), name) {
-			continue
-		}
-		if skip == 0 {
-			picked[key]++
-			return fields[i]
-		}
-		skip--
-	}
-	return ""
 }
 
 // formatField writes every tag but b's value, folded below 78 columns:
