@@ -101,7 +101,7 @@ func FuzzHeaderLinear(f *testing.F) {
 		}
 		rate := func(n int) float64 {
 			in := bytes.Repeat(unit, n)
-			in = append(append([]byte("From: a@example.com\r\nTo: r@example.org\r\nSubject: x\r\n"), in...), "\r\nbody\r\n"...)
+			in = append(append([]byte("To: r@example.org\r\nSubject: x\r\nFrom: a@example.com\r\n"), in...), "\r\nbody\r\n"...)
 			best := time.Duration(1<<63 - 1)
 			for range 5 { // the fastest of five: a busy moment is not a slope
 				t0 := time.Now()
@@ -127,7 +127,7 @@ func processHeader(t *testing.T, keys *signing.Keyring, in []byte) {
 	if err != nil {
 		return
 	}
-	for _, name := range []string{"From", "Sender", "Resent-From", "Resent-Sender", "To"} {
+	for _, name := range []string{"From", "Sender", "Resent-From", "Resent-Sender"} {
 		addresses(fields, name)
 	}
 	s, err := keys.NewSigner("example.com", "")

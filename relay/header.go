@@ -259,6 +259,13 @@ func fieldName(line []byte) (string, int, bool) {
 	return string(name), i, true
 }
 
+// maxAddressField bounds a From:, Sender: or Resent- field that is
+// parsed: net/mail's list parser is quadratic in the number of addresses,
+// and no author list is near 16 KiB.
+const maxAddressField = 16 << 10
+
+var errAddressFieldTooLong = errors.New("relay: address field too long")
+
 // addresses parses the addresses of every field called name.
 func addresses(fields []field, name string) (addrs []string, present bool, err error) {
 	for _, f := range fields {
@@ -266,6 +273,9 @@ func addresses(fields []field, name string) (addrs []string, present bool, err e
 			continue
 		}
 		present = true
+		if len(f.raw) > maxAddressField {
+			return nil, true, errAddressFieldTooLong
+		}
 		list, perr := mail.ParseAddressList(f.value())
 		if perr != nil {
 			return nil, true, perr
