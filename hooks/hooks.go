@@ -37,6 +37,9 @@ type Options struct {
 	// DSN queues the report for a matched hard bounce (queue.BounceReported).
 	DSN     func(queue.ProviderBounce) (string, error)
 	Journal journal.Sink // nil: events are logged only
+	// Webhook posts complained and provider_bounce events to queue.webhook
+	// (queue.Queue.Webhook, which keeps only the listed events); nil: none.
+	Webhook func(queue.Event)
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
@@ -199,6 +202,14 @@ func (h *Handler) handle(ctx context.Context, e Event) error {
 		Sender: m.Sender, Recipient: e.Recipient, Provider: e.Provider, Kind: e.Kind, Text: text})
 	if e.Kind == KindDelivery {
 		return nil
+	}
+	if h.o.Webhook != nil {
+		ev := "provider_bounce"
+		if e.Kind == KindComplaint {
+			ev = "complained"
+		}
+		h.o.Webhook(queue.Event{Event: ev, QueueID: m.QueueID, MessageID: m.MessageID, Sender: m.Sender,
+			Recipient: e.Recipient, Status: e.Status, Diagnostic: text})
 	}
 	if h.o.List != nil {
 		kind := suppress.KindBounce

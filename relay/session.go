@@ -15,6 +15,7 @@ import (
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/policy"
+	"github.com/sluicemail/sluice/queue"
 )
 
 // maxHeloBytes bounds the EHLO name (a domain name has at most 255 bytes).
@@ -160,12 +161,15 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			// queued for it, so it costs the sender nothing.
 			l.Refused()
 			s.reject("suppressed", "rcpt", to, "kind", e.Kind, "added", e.Added.Format(time.RFC3339))
+			s.mu.Lock()
+			from := s.tx.from
+			s.mu.Unlock()
 			if s.srv.journal != nil {
-				s.mu.Lock()
-				from := s.tx.from
-				s.mu.Unlock()
 				s.srv.journal.Append(journal.Event{Time: s.srv.now(), Event: journal.Suppressed, Sender: from,
 					Recipient: to, Reason: e.Describe()})
+			}
+			if s.srv.queue != nil { // posted only when queue.webhook_events lists it
+				s.srv.queue.Webhook(queue.Event{Event: "suppressed", Sender: from, Recipient: to, Status: "5.1.1", Diagnostic: e.Describe()})
 			}
 			return replySuppressed(to, e)
 		}

@@ -225,6 +225,7 @@ func (d *daemon) hooks() http.Handler {
 		List:              d.supp.list,
 		DSN:               d.queue.BounceReported,
 		Journal:           &d.jsink,
+		Webhook:           d.queue.Webhook,
 		Logger:            d.log,
 	})
 }
