@@ -2,10 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -184,5 +190,59 @@ func TestUpstreamRetryWhileBreakerOpen(t *testing.T) {
 	}
 	if v := metric(t, metrics, `sluice_upstream_up{upstream="up1"}`); v != 0 {
 		t.Errorf("after SIGHUP sluice_upstream_up = %v, want 0 (still open)", v)
+	}
+}
+
+// TestUpstreamAPIWhenSMTPBlocked (DESIGN §8.5): every SMTP port of the
+// first upstream is closed; the Mailgun API upstream (a local HTTPS server
+// trusted through tls_ca_file) delivers the message, its bytes as signed.
+func TestUpstreamAPIWhenSMTPBlocked(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var mu sync.Mutex
+	var got [][]byte
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "api" || p != "key-test" || r.URL.Path != "/v3/example.com/messages.mime" {
+			http.Error(w, "Forbidden", http.StatusUnauthorized)
+			return
+		}
+		f, _, err := r.FormFile("message")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		b, _ := io.ReadAll(f)
+		mu.Lock()
+		got = append(got, b)
+		mu.Unlock()
+		io.WriteString(w, `{"message":"Queued. Thank you."}`)
+	}))
+	t.Cleanup(srv.Close)
+	ca := filepath.Join(e.dir, "api-ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	cfg := e.config(fmt.Sprintf(upYAML, fmt.Sprintf(`  - name: smtp
+    host: 127.0.0.1
+    ports: [%d, %d]
+    tls: none
+    priority: 10
+  - name: mailgun
+    api: mailgun
+    endpoint: %s
+    tls_ca_file: %s
+    domain: example.com
+    api_key: key-test
+    priority: 20
+`, testsmtp.ClosedPort(t), testsmtp.ClosedPort(t), srv.URL, ca)))
+	p := start(t, 1, "serve", "-c", cfg)
+	sendOne(t, p, e, "over-https")
+	waitFor(t, 15*time.Second, "the message through the API upstream", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(string(got[0]), "Message-ID: <over-https@example.com>") {
+		t.Errorf("stored message:\n%s", got[0])
 	}
 }
