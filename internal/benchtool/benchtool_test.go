@@ -145,9 +145,9 @@ func TestPercentile(t *testing.T) {
 
 func TestParseStatus(t *testing.T) {
 	t.Parallel()
-	in := "Name:\tsluice\nVmPeak:\t 1300000 kB\nVmHWM:\t   40960 kB\nVmRSS:\t   20480 kB\nThreads:\t7\n"
+	in := "Name:\tsluice\nVmPeak:\t 1300000 kB\nVmHWM:\t   40960 kB\nVmRSS:\t   20480 kB\nRssAnon:\t    8192 kB\nThreads:\t7\n"
 	m, err := parseStatus(bufio.NewScanner(strings.NewReader(in)))
-	if err != nil || m.HWM != 40<<20 || m.RSS != 20<<20 {
+	if err != nil || m.HWM != 40<<20 || m.RSS != 20<<20 || m.Anon != 8<<20 {
 		t.Fatalf("parseStatus = %+v, %v", m, err)
 	}
 	if _, err := parseStatus(bufio.NewScanner(strings.NewReader("VmRSS:\t1 kB\n"))); err == nil {

@@ -314,9 +314,9 @@ func loadMode(o *options, cl *client, sl *child, snk *sink, deadline time.Time, 
 	}
 	r.rss = mem.HWM
 	cpu1, _ := cpuSeconds(sl.pid())
-	r.notes = append(r.notes, fmt.Sprintf("accept %.2fs, e2e %.2fs, max latency %.1f ms, sessions %d; cpu: sluice %.1fs (%.2f ms/msg), benchtool+sink %.1fs",
+	r.notes = append(r.notes, fmt.Sprintf("accept %.2fs, e2e %.2fs, max latency %.1f ms, sessions %d; cpu: sluice %.1fs (%.2f ms/msg), benchtool+sink %.1fs; RSS now %s, of it private %s",
 		accDur.Seconds(), last.Sub(res.start).Seconds(), float64(percentile(lat, 100))/1e6, res.sessions,
-		cpu1-cpu0, (cpu1-cpu0)*1000/float64(res.nAcc), selfCPU()-self0))
+		cpu1-cpu0, (cpu1-cpu0)*1000/float64(res.nAcc), selfCPU()-self0, mb(mem.RSS), mb(mem.Anon)))
 	for _, e := range sortedErrs(res.errs) {
 		r.notes = append(r.notes, "error: "+e)
 	}
