@@ -51,7 +51,8 @@ type FileStore struct {
 	mu    sync.Mutex
 	m     map[string]fileItem
 	f     *os.File
-	lines int // lines in the log, live or dead
+	lines int       // lines in the log, live or dead
+	swept time.Time // last sweep of expired entries from m
 }
 
 type fileItem struct {
@@ -157,6 +158,16 @@ func (s *FileStore) appendLocked(l logLine) error {
 		}
 	}
 	s.lines++
+	if now := s.now(); now.Sub(s.swept) > time.Minute {
+		// Expired entries leave memory here (at most once a minute); the
+		// log sheds them at the next compaction, which this may trigger.
+		s.swept = now
+		for k, it := range s.m {
+			if !s.live(it, now) {
+				delete(s.m, k)
+			}
+		}
+	}
 	if s.lines > 2*len(s.m)+1024 {
 		// Failing to compact loses nothing: the log still holds it all.
 		_ = s.compactLocked()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -162,6 +163,35 @@ func TestFileStore(t *testing.T) {
 	defer s2.Close()
 	if _, ok, _ := s2.Get(ctx, "supp:after@x"); !ok {
 		t.Error("a write after compaction was lost")
+	}
+}
+
+// TestFileStoreForgets: entries that expire leave memory and, through a
+// compaction, the log, even when every key is written once (the index).
+func TestFileStoreForgets(t *testing.T) {
+	c := &clock{t: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}
+	path := filepath.Join(t.TempDir(), "s.log")
+	s, err := OpenFile(path, false, c.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	for i := range 20000 {
+		s.Put(ctx, "msg:"+strconv.Itoa(i), []byte("x"), time.Hour)
+		if i%1000 == 999 {
+			c.add(30 * time.Minute) // an hour later, the first half of each hour is gone
+		}
+	}
+	s.mu.Lock()
+	n := len(s.m)
+	s.mu.Unlock()
+	if n > 4000 {
+		t.Errorf("%d entries in memory with a 1h TTL and 1000 writes per 30 minutes; expired ones are kept", n)
+	}
+	st, _ := os.Stat(path)
+	if st.Size() > 20000*40/2 {
+		t.Errorf("log is %d bytes: never compacted", st.Size())
 	}
 }
 
