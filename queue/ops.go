@@ -385,6 +385,8 @@ func (q *Queue) remove(id string, silent, offline bool) error {
 		for i, to := range m.Env.To {
 			e.rcpt[i] = st.RcptState(to) != StatePending
 		}
+	} else if err := q.loadEnv(e); err != nil { // it waited without its envelope
+		return fmt.Errorf("queue: read %s: %w", id, err)
 	}
 	if !silent {
 		q.bounceDeleted(e)

@@ -277,16 +277,16 @@ func (q *Queue) Len() int {
 func (q *Queue) Oldest() time.Duration {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	var oldest time.Time
+	var oldest int64
 	for _, e := range q.entries {
-		if oldest.IsZero() || e.env.Received.Before(oldest) {
-			oldest = e.env.Received
+		if oldest == 0 || e.received < oldest {
+			oldest = e.received
 		}
 	}
-	if oldest.IsZero() {
+	if oldest == 0 {
 		return 0
 	}
-	return q.now().Sub(oldest)
+	return q.now().Sub(time.Unix(0, oldest))
 }
 
 // FreeSpace returns the bytes available to this process on the spool's file system.

@@ -26,8 +26,12 @@ func NextAttempt(retry []time.Duration, attempt int, rnd float64) time.Duration 
 
 // entry is a message in the scheduler.
 type entry struct {
-	id       string
+	id string
+	// env is held while the message is fresh or in flight; a message that
+	// waits in the queue drops it (finish) and each attempt reads it again
+	// (loadEnv), so a million queued messages cost ~200 bytes each, not ~500.
 	env      *Envelope
+	received int64 // env.Received in Unix nanoseconds, for Oldest
 	attempts int
 	next     time.Time
 	held     bool
@@ -72,6 +76,7 @@ func (h *entryHeap) Pop() any {
 // zero means now —, held and fast-path fields set by the caller).
 func (q *Queue) addEntry(e *entry) *entry {
 	e.rcpt, e.index = make([]bool, len(e.env.To)), -1
+	e.received = e.env.Received.UnixNano()
 	id, next, held := e.id, e.next, e.held
 	if next.IsZero() {
 		e.next = q.now()
@@ -84,6 +89,29 @@ func (q *Queue) addEntry(e *entry) *entry {
 	q.mu.Unlock()
 	q.poke()
 	return e
+}
+
+// loadEnv makes sure e.env is there, reading it from the spool when the
+// message waited in the queue without it; the error wraps os.ErrNotExist
+// when the message was deleted meanwhile.
+func (q *Queue) loadEnv(e *entry) error {
+	q.mu.Lock()
+	have := e.env != nil
+	q.mu.Unlock()
+	if have {
+		return nil
+	}
+	m, err := q.spool.Read(e.id)
+	if err != nil {
+		return err
+	}
+	m.Env.ID = e.id // one copy of the ID
+	q.mu.Lock()
+	if e.env == nil {
+		e.env = m.Env
+	}
+	q.mu.Unlock()
+	return nil
 }
 
 // poke wakes one idle worker to look at the heap.
@@ -124,8 +152,8 @@ func (q *Queue) recover(sn *spool.Snapshot) error {
 			return false
 		}
 		st := m.State()
-		m.Env.ID = m.ID // one copy of the ID per queued message, not two
-		e := &entry{id: m.ID, env: m.Env, attempts: st.Attempts, next: st.Next, held: st.Held, warned: st.Warned, rcpt: make([]bool, len(m.Env.To)), index: -1}
+		// No envelope in memory while it waits: the attempt reads it.
+		e := &entry{id: m.ID, received: m.Env.Received.UnixNano(), attempts: st.Attempts, next: st.Next, held: st.Held, warned: st.Warned, rcpt: make([]bool, len(m.Env.To)), index: -1}
 		for i, to := range m.Env.To {
 			e.rcpt[i] = st.RcptState(to) != StatePending
 		}

@@ -102,6 +102,18 @@ func (q *Queue) take() (*entry, time.Duration) {
 // attempt makes one delivery attempt of e, recorded before it is made.
 func (q *Queue) attempt(ctx context.Context, e *entry) {
 	now := q.now()
+	if err := q.loadEnv(e); err != nil {
+		q.mu.Lock()
+		e.inflight = false
+		if errors.Is(err, os.ErrNotExist) { // deleted meanwhile
+			delete(q.entries, e.id)
+		} else {
+			q.log.Error("queue: read spooled message; delivery postponed", "queue_id", e.id, "err", err)
+			q.scheduleLocked(e, now.Add(time.Minute))
+		}
+		q.mu.Unlock()
+		return
+	}
 	expiry := e.env.Received.Add(q.opts.Config.MaxAge)
 	// Made due (retry, flush, release) while every breaker of its route is
 	// open, a message is not attempted: that would spend a retry step and
@@ -302,6 +314,7 @@ func (q *Queue) finish(e *entry, final map[string]bool, next time.Time, a *spool
 		e.retryNow = false
 		next = q.now()
 	}
+	e.env = nil // read again at the next attempt: a queued message stays small
 	q.scheduleLocked(e, next)
 	q.mu.Unlock()
 	q.poke()
