@@ -672,9 +672,11 @@ func TestOpsReadyzBreakerOpen(t *testing.T) {
 	cfg := e.opsConfig(opsOpts{upPort: up.Port(), backoff: "1m"})
 	p := start(t, 1, "serve", "-c", cfg)
 	h := p.httpAddr()
-	if code, body := httpGet(t, "http://"+h+"/readyz"); code != 200 {
-		t.Fatalf("/readyz before any failure: %d %q, want 200", code, body)
-	}
+	// The spool is recovered in the background (503 "recovering" meanwhile).
+	waitFor(t, 15*time.Second, "/readyz 200 before any failure", func() bool {
+		code, _ := httpGet(t, "http://"+h+"/readyz")
+		return code == http.StatusOK
+	})
 	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
 		message("app@example.com", "r@example.org", "brk", "x")); err != nil {
 		t.Fatal(err)
