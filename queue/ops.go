@@ -1,20 +1,15 @@
 package queue
 
 import (
-	"bufio"
 	"container/heap"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
-	"path/filepath"
 	"sort"
-	"syscall"
 	"time"
 
+	"github.com/sluicemail/sluice/internal/control"
 	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/spool"
 )
@@ -144,7 +139,7 @@ func show(sp *spool.Spool, id string, now time.Time, full bool) (*Detail, error)
 }
 
 // ErrNoDaemon means no serve process listens on the control socket.
-var ErrNoDaemon = errors.New("queue: no daemon listening on the control socket")
+var ErrNoDaemon = control.ErrNoDaemon
 
 // Action is one thing `sluice queue` asks of the queue.
 type Action string
@@ -208,25 +203,9 @@ func Control(socketPath string, req Request) (string, error) {
 	if err := req.Check(); err != nil {
 		return "", err
 	}
-	c, err := net.DialTimeout("unix", socketPath, 2*time.Second)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return "", fmt.Errorf("%w (%s)", ErrNoDaemon, socketPath)
-		}
-		return "", fmt.Errorf("queue: control socket %s: %w", socketPath, err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	// The reply is read even when the request could not be written: a
-	// daemon that refuses a peer answers why, and the reason is what the
-	// operator needs, not the broken pipe.
-	werr := json.NewEncoder(c).Encode(req)
 	var rep ctlReply
-	if err := json.NewDecoder(c).Decode(&rep); err != nil {
-		if werr != nil {
-			err = werr
-		}
-		return "", fmt.Errorf("queue: control socket %s: %w", socketPath, err)
+	if err := control.Call(socketPath, req, &rep); err != nil {
+		return "", fmt.Errorf("queue: %w", err)
 	}
 	if rep.Err != "" {
 		return rep.Out, errors.New(rep.Err)
@@ -413,107 +392,14 @@ func (q *Queue) bounceDeleted(e *entry) {
 	q.sendDSN(e, rcpts)
 }
 
-// listenControl binds the control socket with mode 0600, replacing a stale
-// socket file left by a crash (but not a live daemon's).
-func (q *Queue) listenControl() (net.Listener, error) {
-	path := q.opts.ControlSocket
-	if _, err := os.Lstat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("queue: another daemon serves %s", path)
-		}
-		os.Remove(path)
-	}
-	// Bind inside a fresh 0700 directory, tighten the mode, then rename into
-	// place: the socket is never reachable with the umask's looser mode.
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".control-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	ln, err := net.Listen("unix", filepath.Join(tmp, "s"))
-	if err != nil {
-		return nil, err
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false) // serveControl removes path
-	if err := os.Chmod(filepath.Join(tmp, "s"), 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
-}
-
-func (q *Queue) serveControl(ctx context.Context, ln net.Listener) {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	defer os.Remove(q.opts.ControlSocket)
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() == nil {
-				q.log.Error("queue: control socket accept", "err", err)
-			}
-			return
-		}
-		go q.handleControl(c)
-	}
-}
-
-func (q *Queue) handleControl(c net.Conn) {
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	// The request is read first, even from a peer about to be refused: its
-	// write then succeeds and the client reads the refusal, rather than a
-	// broken pipe.
-	var req Request
-	dec := json.NewDecoder(bufio.NewReader(io.LimitReader(c, 64<<10)))
-	dec.DisallowUnknownFields()
-	derr := dec.Decode(&req)
-	// The socket's mode admits only its owner (and root); the peer check is
-	// a second lock in case the file's mode or directory are loosened.
-	if uid, ok := peerUID(c); ok && uid != 0 && uid != os.Getuid() {
-		q.log.Warn("queue: control socket peer refused", "uid", uid, "daemon_uid", os.Getuid())
-		json.NewEncoder(c).Encode(ctlReply{Err: fmt.Sprintf("queue: permission denied: uid %d may not act on the queue of a daemon running as uid %d (run as that user or root)", uid, os.Getuid())})
-		return
-	}
-	if derr == nil {
-		derr = req.Check()
-	}
-	if derr != nil {
-		q.log.Warn("queue: control socket bad request", "err", derr.Error())
-		json.NewEncoder(c).Encode(ctlReply{Err: "queue: bad request: " + derr.Error()})
-		return
-	}
+// handleControl runs one request from the control socket (control.Serve
+// has decoded it strictly, checked it and checked the peer).
+func (q *Queue) handleControl(_ context.Context, req Request) any {
 	out, err := q.action(req, false)
 	rep := ctlReply{Out: out}
 	if err != nil {
 		rep.Err = err.Error()
 	}
 	q.log.Info("queue: control action", "action", req.Action, "id", req.ID, "all", req.All, "silent", req.Silent, "err", rep.Err)
-	json.NewEncoder(c).Encode(rep)
-}
-
-func peerUID(c net.Conn) (int, bool) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return 0, false
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	var cred *syscall.Ucred
-	var cerr error
-	raw.Control(func(fd uintptr) {
-		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	})
-	if cerr != nil || cred == nil {
-		return 0, false
-	}
-	return int(cred.Uid), true
+	return rep
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/control"
 	"github.com/sluicemail/sluice/internal/metrics"
 	"github.com/sluicemail/sluice/journal"
 	"github.com/sluicemail/sluice/spool"
@@ -133,7 +134,7 @@ func Open(opts Options) (*Queue, error) {
 	// fall back to editing files under it. A second daemon on the same
 	// spool fails here.
 	if opts.ControlSocket != "" {
-		if q.ctl, err = q.listenControl(); err != nil {
+		if q.ctl, err = control.Listen(opts.ControlSocket); err != nil {
 			q.spool.Close()
 			return nil, fmt.Errorf("queue: control socket %s: %w", opts.ControlSocket, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicemail/sluice/internal/control"
 	"github.com/sluicemail/sluice/spool"
 	"github.com/sluicemail/sluice/upstream"
 )
@@ -44,7 +45,7 @@ func (q *Queue) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	if q.ctl != nil {
 		ln := q.ctl
-		wg.Go(func() { q.serveControl(ctx, ln) })
+		wg.Go(func() { control.Serve(ctx, ln, q.opts.ControlSocket, "queue", q.log, q.handleControl) })
 	}
 	if q.opts.Config.Webhook != "" {
 		wg.Go(func() { q.hooks.run(ctx) })

@@ -1,18 +1,14 @@
 package suppress
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/sluicemail/sluice/internal/control"
 )
 
 // Request is one `sluice suppression` command.
@@ -95,110 +91,38 @@ func oneLine(s string, max int) string {
 }
 
 // ErrNoDaemon means nothing listens on the control socket.
-var ErrNoDaemon = errors.New("suppress: no daemon listening on the control socket")
+var ErrNoDaemon = control.ErrNoDaemon
 
 // Control sends req to the daemon's socket.
 func Control(socket string, req Request) (Reply, error) {
-	c, err := net.DialTimeout("unix", socket, 2*time.Second)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return Reply{}, fmt.Errorf("%w (%s)", ErrNoDaemon, socket)
-		}
-		return Reply{}, fmt.Errorf("suppress: control socket %s: %w", socket, err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return Reply{}, fmt.Errorf("suppress: control socket %s: %w", socket, err)
-	}
 	var rep Reply
-	if err := json.NewDecoder(c).Decode(&rep); err != nil {
-		return Reply{}, fmt.Errorf("suppress: control socket %s: %w", socket, err)
+	if err := control.Call(socket, req, &rep); err != nil {
+		return Reply{}, fmt.Errorf("suppress: %w", err)
 	}
 	return rep, nil
 }
 
 // Serve answers commands on a unix socket at path (mode 0600, owner only)
-// until ctx is done. It is separate from the queue's control socket so each
+// until stopped. It is separate from the queue's control socket so each
 // protocol stays small.
 func Serve(ctx context.Context, path string, l *List) (func(), error) {
-	if _, err := os.Lstat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("suppress: another daemon serves %s", path)
-		}
-		os.Remove(path)
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".suppression-")
+	ln, err := control.Listen(path)
 	if err != nil {
-		return nil, fmt.Errorf("suppress: control socket: %w", err)
+		return nil, fmt.Errorf("suppress: control socket %s: %w", path, err)
 	}
-	defer os.RemoveAll(tmp)
-	ln, err := net.Listen("unix", filepath.Join(tmp, "s"))
-	if err != nil {
-		return nil, fmt.Errorf("suppress: control socket: %w", err)
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(filepath.Join(tmp, "s"), 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("suppress: control socket: %w", err)
-	}
-	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("suppress: control socket: %w", err)
-	}
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go handle(ctx, c, l)
-		}
+		control.Serve(ctx, ln, path, "suppress", l.log, func(ctx context.Context, req Request) any {
+			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			return Exec(rctx, l, req)
+		})
 	}()
 	stop := func() {
-		ln.Close()
+		cancel()
 		<-done
-		os.Remove(path)
 	}
 	return stop, nil
-}
-
-func handle(ctx context.Context, c net.Conn, l *List) {
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if uid, ok := peerUID(c); ok && uid != 0 && uid != os.Getuid() {
-		json.NewEncoder(c).Encode(Reply{Code: 1, Error: "suppress: permission denied"})
-		return
-	}
-	var req Request
-	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
-		json.NewEncoder(c).Encode(Reply{Code: 2, Error: "suppress: bad request"})
-		return
-	}
-	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	json.NewEncoder(c).Encode(Exec(rctx, l, req))
-}
-
-func peerUID(c net.Conn) (int, bool) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return 0, false
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	var cred *syscall.Ucred
-	var cerr error
-	raw.Control(func(fd uintptr) {
-		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	})
-	if cerr != nil || cred == nil {
-		return 0, false
-	}
-	return int(cred.Uid), true
 }
