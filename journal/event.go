@@ -238,6 +238,16 @@ func appendString(b []byte, s string) []byte {
 // NormalizeMessageID returns a Message-ID as the journal keeps it: trimmed,
 // without the angle brackets.
 func NormalizeMessageID(s string) string {
+	for { // to a fixed point, so normalizing twice changes nothing
+		n := normalizeOnce(s)
+		if n == s {
+			return n
+		}
+		s = n
+	}
+}
+
+func normalizeOnce(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.IndexByte(s, '<'); i >= 0 {
 		if j := strings.IndexByte(s[i:], '>'); j > 0 {

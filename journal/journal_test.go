@@ -263,8 +263,13 @@ func FuzzEncoding(f *testing.F) {
 		if strings.Count(string(line), "\n") != 1 {
 			t.Fatalf("not one line: %q", line)
 		}
-		// Valid UTF-8 survives unchanged (invalid bytes become U+FFFD).
-		if strings.ToValidUTF8(mid, "\ufffd") != got.MessageID {
+		// Valid UTF-8 survives unchanged; each invalid byte becomes U+FFFD
+		// (as encoding/json does).
+		var want strings.Builder
+		for _, r := range mid {
+			want.WriteRune(r) // range yields utf8.RuneError for each invalid byte
+		}
+		if want.String() != got.MessageID {
 			t.Fatalf("message id %q → %q", mid, got.MessageID)
 		}
 		if got.Code != code {
@@ -308,4 +313,27 @@ func TestPausedWhenTheDiskIsLow(t *testing.T) {
 		t.Errorf("journal wrote %d bytes with the disk below its floor", n)
 	}
 	j.Close()
+}
+
+// FuzzReadDamaged: a journal directory holding any bytes — a torn or
+// foreign .log, a corrupt .idx — never makes a trace panic or hang, and
+// NormalizeMessageID is idempotent.
+func FuzzReadDamaged(f *testing.F) {
+	line := appendJSON(nil, &Event{Time: t0, Event: Accepted, QueueID: "0ABCDEFGHJKMNPQR", MessageID: "m@x", Sender: "s@x", Recipients: []string{"r@x"}})
+	f.Add(line, []byte(idxMagic+"\x00\x00\x00\x00\x00\x00\x00\x01"), "r@x")
+	f.Add(append(line, `{"time":"x`...), []byte("junk"), "<m@x>")
+	f.Add([]byte{}, []byte{}, "<<a>>")
+	f.Fuzz(func(t *testing.T, log, idx []byte, q string) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "0000000001.log"), log, 0o600)
+		os.WriteFile(filepath.Join(dir, "0000000002.log"), log, 0o600)
+		os.WriteFile(filepath.Join(dir, "0000000002.idx"), idx, 0o600)
+		if _, err := TraceDir(dir, q, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		LookupDir(dir, q)
+		if n := NormalizeMessageID(q); NormalizeMessageID(n) != n {
+			t.Fatalf("NormalizeMessageID(%q) = %q, not idempotent", q, n)
+		}
+	})
 }
