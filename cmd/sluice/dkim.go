@@ -28,14 +28,19 @@ const dkimUsage = `usage: sluice dkim keygen --domain D --selector S [--algo rsa
        sluice dkim activate --domain D [-c FILE]
        sluice dkim status [--domain D] [--json] [-c FILE]`
 
-// managedEntry returns the config entry managing domain.
-func managedEntry(cfg *config.Config, domain string) (config.DKIMKey, error) {
+// managedEntry loads the configuration at path and returns it with the
+// entry managing domain.
+func managedEntry(path, domain string) (*config.Config, config.DKIMKey, error) {
+	cfg, err := loadNoSecrets(path)
+	if err != nil {
+		return nil, config.DKIMKey{}, err
+	}
 	for _, k := range cfg.DKIM {
 		if k.Managed && strings.EqualFold(strings.TrimSuffix(k.Domain, "."), strings.TrimSuffix(domain, ".")) {
-			return k, nil
+			return cfg, k, nil
 		}
 	}
-	return config.DKIMKey{}, fmt.Errorf("%s is not a managed domain in %s (add `- {domain: %s, managed: true}` under dkim:)", domain, cfg.Path, domain)
+	return nil, config.DKIMKey{}, fmt.Errorf("%s is not a managed domain in %s (add `- {domain: %s, managed: true}` under dkim:)", domain, cfg.Path, domain)
 }
 
 func newResolver(cfg *config.Config) (*dnsclient.Client, error) {
@@ -51,11 +56,7 @@ func runDKIMRotate(args []string, stdout, stderr io.Writer) error {
 	if _, err := parseFlags(fs, args); err != nil || *domain == "" {
 		return usageErr(stderr, "usage: sluice dkim rotate --domain D [--selector S] [--force] [-c FILE]")
 	}
-	cfg, err := loadNoSecrets(*path)
-	if err != nil {
-		return err
-	}
-	entry, err := managedEntry(cfg, *domain)
+	cfg, entry, err := managedEntry(*path, *domain)
 	if err != nil {
 		return err
 	}
@@ -83,11 +84,7 @@ func runDKIMActivate(args []string, stdout, stderr io.Writer) error {
 	if _, err := parseFlags(fs, args); err != nil || *domain == "" {
 		return usageErr(stderr, "usage: sluice dkim activate --domain D [-c FILE]")
 	}
-	cfg, err := loadNoSecrets(*path)
-	if err != nil {
-		return err
-	}
-	entry, err := managedEntry(cfg, *domain)
+	cfg, entry, err := managedEntry(*path, *domain)
 	if err != nil {
 		return err
 	}
