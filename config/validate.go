@@ -205,13 +205,7 @@ func (v *validator) validateListeners(c *Config) {
 	addrs := map[string]string{}
 	for i, ls := range c.Listeners {
 		k := fmt.Sprintf("listeners[%d]", i)
-		if ls.Name == "" {
-			v.errorf(k+".name", "must not be empty")
-		} else if prev, dup := names[ls.Name]; dup {
-			v.errorf(k+".name", "duplicate listener name %q (also %s)", ls.Name, prev)
-		} else {
-			names[ls.Name] = k
-		}
+		v.uniqueName(names, k, "listener", ls.Name)
 		if err := hostPort(ls.Address); err != nil {
 			v.errorf(k+".address", "%v", err)
 		} else if prev, dup := addrs[ls.Address]; dup && !strings.HasSuffix(ls.Address, ":0") {
@@ -473,6 +467,18 @@ func checkPrivateKey(b []byte) error {
 	return fmt.Errorf("%T keys cannot sign DKIM (use RSA or Ed25519)", k)
 }
 
+// uniqueName reports the name of entry k (a listener, an upstream) when it
+// is empty or another entry's (seen maps names to their entries' keys).
+func (v *validator) uniqueName(seen map[string]string, k, kind, name string) {
+	if name == "" {
+		v.errorf(k+".name", "must not be empty")
+	} else if prev, dup := seen[name]; dup {
+		v.errorf(k+".name", "duplicate %s name %q (also %s)", kind, name, prev)
+	} else {
+		seen[name] = k
+	}
+}
+
 func (v *validator) validateUpstreams(c *Config) {
 	if len(c.Upstreams) == 0 {
 		v.errorf("upstreams", "at least one upstream is required")
@@ -480,13 +486,7 @@ func (v *validator) validateUpstreams(c *Config) {
 	names := map[string]string{}
 	for i, u := range c.Upstreams {
 		k := fmt.Sprintf("upstreams[%d]", i)
-		if u.Name == "" {
-			v.errorf(k+".name", "must not be empty")
-		} else if prev, dup := names[u.Name]; dup {
-			v.errorf(k+".name", "duplicate upstream name %q (also %s)", u.Name, prev)
-		} else {
-			names[u.Name] = k
-		}
+		v.uniqueName(names, k, "upstream", u.Name)
 		if u.Priority < 0 {
 			v.errorf(k+".priority", "must not be negative")
 		}
