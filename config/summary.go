@@ -86,6 +86,9 @@ func Summary(c *Config) string {
 			if len(r.Users) > 0 {
 				match = append(match, "users "+strings.Join(r.Users, ","))
 			}
+			if len(r.RecipientDomains) > 0 {
+				match = append(match, "recipient domains "+strings.Join(r.RecipientDomains, ","))
+			}
 			fmt.Fprintf(&b, "  %s -> %s\n", strings.Join(match, " "), strings.Join(r.Upstreams, ","))
 		}
 	}

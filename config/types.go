@@ -119,11 +119,15 @@ type PolicyRate struct {
 	Recipients Rate `yaml:"recipients"`
 }
 
-// Route picks upstreams by sender domain or user, before the policy's list.
+// Route picks upstreams by sender domain, user or recipient domain, before
+// the policy's list. Every key given must match; a route with
+// RecipientDomains applies to the recipients in those domains only, so one
+// message may be split across routes (DESIGN §8.5).
 type Route struct {
-	SenderDomains []string `yaml:"sender_domains"`
-	Users         []string `yaml:"users"`
-	Upstreams     []string `yaml:"upstreams"`
+	SenderDomains    []string `yaml:"sender_domains"`
+	Users            []string `yaml:"users"`
+	RecipientDomains []string `yaml:"recipient_domains"`
+	Upstreams        []string `yaml:"upstreams"`
 }
 
 // DKIMKey is one signing key for one domain and selector (key_file), or,

@@ -585,8 +585,8 @@ func (v *validator) validateRoutes(c *Config) {
 	}
 	for i, r := range c.Routes {
 		k := fmt.Sprintf("routes[%d]", i)
-		if len(r.SenderDomains) == 0 && len(r.Users) == 0 {
-			v.errorf(k, "a route needs sender_domains or users")
+		if len(r.SenderDomains) == 0 && len(r.Users) == 0 && len(r.RecipientDomains) == 0 {
+			v.errorf(k, "a route needs sender_domains, users or recipient_domains")
 		}
 		for j, u := range r.Users {
 			if !users[u] {
@@ -596,6 +596,11 @@ func (v *validator) validateRoutes(c *Config) {
 		for j, d := range r.SenderDomains {
 			if d == "" || strings.ContainsAny(d, "@ \t") {
 				v.errorf(fmt.Sprintf("%s.sender_domains[%d]", k, j), "%q is not a domain", d)
+			}
+		}
+		for j, d := range r.RecipientDomains {
+			if !ValidDomainName(d) {
+				v.errorf(fmt.Sprintf("%s.recipient_domains[%d]", k, j), "%q is not a domain name", d)
 			}
 		}
 		if len(r.Upstreams) == 0 {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -9,8 +10,10 @@ import (
 // charging anything, for `sluice policy explain`: the policy, each check and
 // its result, the route and signing profile, the configured rate limits,
 // and the decision. from is checked as both envelope sender and header
-// From:. size <= 0 skips the size check. allowed is the decision.
-func (e *Engine) Explain(user, from, to string, size int64) (text string, allowed bool) {
+// From:. Each of to is checked and gets its route (recipient routes may
+// split the message, DESIGN §8.5). size <= 0 skips the size check. allowed
+// is the decision.
+func (e *Engine) Explain(user, from string, to []string, size int64) (text string, allowed bool) {
 	var b strings.Builder
 	var denied []string
 	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
@@ -30,7 +33,11 @@ func (e *Engine) Explain(user, from, to string, size int64) (text string, allowe
 		return b.String(), false
 	}
 	line("policy:      %s", p.Name)
-	from, to = trimAddr(from), trimAddr(to)
+	from = trimAddr(from)
+	to = slices.Clone(to)
+	for i := range to {
+		to[i] = trimAddr(to[i])
+	}
 
 	rule := "any sender"
 	if len(p.senders) > 0 {
@@ -48,7 +55,9 @@ func (e *Engine) Explain(user, from, to string, size int64) (text string, allowe
 	if len(p.deniedRcpts) > 0 {
 		rule += ", none of denied_recipients " + p.deniedRcpts.String()
 	}
-	line("recipient:   <%s> %s", to, result(p.CheckRecipient(user, to, 0), rule))
+	for _, rc := range to {
+		line("recipient:   <%s> %s", rc, result(p.CheckRecipient(user, rc, 0), rule))
+	}
 	if p.MaxRecipients > 0 {
 		line("recipients:  at most %d per message", p.MaxRecipients)
 	} else {
@@ -89,8 +98,21 @@ func (e *Engine) Explain(user, from, to string, size int64) (text string, allowe
 		line("dkim:        no key for %s: sent unsigned", domain)
 	}
 
-	r := e.Route(p, user, domain)
-	line("route:       %s (%s), signing profile %s", strings.Join(r.Upstreams, ", "), r.Source, r.Profile)
+	groups, profile := e.Split(p, user, domain, to)
+	if len(to) <= 1 {
+		r := groups[0].Route
+		line("route:       %s (%s), signing profile %s", strings.Join(r.Upstreams, ", "), r.Source, r.Profile)
+	} else {
+		for _, rc := range to {
+			r := e.RecipientRoute(p, user, domain, domainOfAddr(rc))
+			line("route:       <%s> %s (%s)", rc, strings.Join(r.Upstreams, ", "), r.Source)
+		}
+		if len(groups) > 1 {
+			line("split:       %d queue IDs, one per route; signed once, signing profile %s (the strictest of the routes)", len(groups), profile)
+		} else {
+			line("signing:     profile %s", profile)
+		}
+	}
 	line("rate:        messages %s, recipients %s per user (not charged by explain)",
 		formatRate(p.RateMessages), formatRate(p.RateRecipients))
 

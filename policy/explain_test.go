@@ -46,12 +46,16 @@ func explainConfig() *config.Config {
 				Upstreams:      []string{"mailgun-news"},
 			},
 		},
-		Routes: []config.Route{{SenderDomains: []string{"news.example.com"}, Upstreams: []string{"mailgun-news"}}},
-		DKIM:   []config.DKIMKey{{Domain: "example.com", Selector: "s1"}},
+		Routes: []config.Route{
+			{SenderDomains: []string{"news.example.com"}, Upstreams: []string{"mailgun-news"}},
+			{RecipientDomains: []string{"gmail.test", "googlemail.test"}, Upstreams: []string{"gmail-relay"}},
+		},
+		DKIM: []config.DKIMKey{{Domain: "example.com", Selector: "s1"}},
 		Upstreams: []config.Upstream{
 			{Name: "primary", Profile: "ses"},
 			{Name: "backup", Profile: "sendgrid"},
 			{Name: "mailgun-news", Profile: "mailgun"},
+			{Name: "gmail-relay", Profile: "sendgrid"},
 		},
 	}
 }
@@ -60,19 +64,23 @@ func TestExplain(t *testing.T) {
 	t.Parallel()
 	e := newEngine(t, explainConfig(), newClock())
 	tests := []struct {
-		name, user, from, to string
-		size                 int64
-		allowed              bool
+		name, user, from string
+		to               []string
+		size             int64
+		allowed          bool
 	}{
-		{"allowed", "billing-app", "invoices@example.com", "customer@gmail.com", 20_000, true},
-		{"user-address", "billing-app", "billing-app@apps.example.com", "customer@gmail.com", 0, true},
-		{"sender-denied", "billing-app", "ceo@other.org", "customer@gmail.com", 0, false},
-		{"printer-allowed", "printer", "scanner@example.com", "alice@example.com", 2_000_000, true},
-		{"printer-denied", "printer", "ceo@example.com", "all-staff@example.com", 20_000_000, false},
-		{"no-dkim-key", "printer", "scanner@example.org", "alice@example.com", 0, false},
-		{"route", "marketing", "offers@news.example.com", "subscriber@gmail.com", 0, true},
-		{"null-sender", "billing-app", "", "customer@gmail.com", 0, false},
-		{"unknown-user", "mallory", "a@example.com", "b@example.com", 0, false},
+		{"allowed", "billing-app", "invoices@example.com", []string{"customer@gmail.com"}, 20_000, true},
+		{"user-address", "billing-app", "billing-app@apps.example.com", []string{"customer@gmail.com"}, 0, true},
+		{"sender-denied", "billing-app", "ceo@other.org", []string{"customer@gmail.com"}, 0, false},
+		{"printer-allowed", "printer", "scanner@example.com", []string{"alice@example.com"}, 2_000_000, true},
+		{"printer-denied", "printer", "ceo@example.com", []string{"all-staff@example.com"}, 20_000_000, false},
+		{"no-dkim-key", "printer", "scanner@example.org", []string{"alice@example.com"}, 0, false},
+		{"route", "marketing", "offers@news.example.com", []string{"subscriber@gmail.com"}, 0, true},
+		{"null-sender", "billing-app", "", []string{"customer@gmail.com"}, 0, false},
+		{"unknown-user", "mallory", "a@example.com", []string{"b@example.com"}, 0, false},
+		{"recipient-route", "billing-app", "invoices@example.com", []string{"r1@GMAIL.test"}, 0, true},
+		{"split", "billing-app", "invoices@example.com", []string{"r1@gmail.test", "r2@other.test", "<r3@googlemail.test.>"}, 0, true},
+		{"split-sender-route-first", "marketing", "offers@news.example.com", []string{"r1@gmail.test", "r2@other.test"}, 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -538,3 +538,61 @@ func TestInheritKeepsLimits(t *testing.T) {
 		t.Error("after reload: a blocked address is unblocked")
 	}
 }
+
+func TestSplit(t *testing.T) {
+	t.Parallel()
+	cfg := &config.Config{
+		Users: []config.User{{Name: "app"}, {Name: "bulk"}},
+		Policies: map[string]*config.Policy{
+			"default": {Upstreams: []string{"primary"}},
+		},
+		Routes: []config.Route{
+			{Users: []string{"bulk"}, Upstreams: []string{"mailgun"}}, // a sender route first: it wins for every recipient
+			{RecipientDomains: []string{"Gmail.test", "googlemail.test"}, Upstreams: []string{"gmail"}},
+			{RecipientDomains: []string{"corp.test"}, SenderDomains: []string{"example.com"}, Upstreams: []string{"corp"}},
+		},
+		Upstreams: []config.Upstream{
+			{Name: "primary", Profile: "sendgrid"}, {Name: "gmail", Profile: "ses"},
+			{Name: "mailgun", Profile: "mailgun"}, {Name: "corp"},
+		},
+	}
+	e := newEngine(t, cfg, newClock())
+	def := e.Lookup("default")
+	show := func(gs []Group) string {
+		var parts []string
+		for _, g := range gs {
+			parts = append(parts, strings.Join(g.Upstreams, ",")+":"+strings.Join(g.Recipients, ","))
+		}
+		return strings.Join(parts, " ")
+	}
+	tests := []struct {
+		user, domain string
+		rcpts        []string
+		want         string
+		profile      string
+	}{
+		// Split in the order of the first recipient of each group; the
+		// signing profile is the strictest of every group.
+		{"app", "example.com", []string{"r2@other.test", "r1@GMAIL.TEST", "r3@googlemail.test.", "r4@other.test"},
+			"primary:r2@other.test,r4@other.test gmail:r1@GMAIL.TEST,r3@googlemail.test.", "ses"},
+		// Every key must match: corp.test routes only for example.com senders.
+		{"app", "example.com", []string{"a@corp.test", "b@gmail.test"}, "corp:a@corp.test gmail:b@gmail.test", "ses"},
+		{"app", "example.org", []string{"a@corp.test", "b@other.test"}, "primary:a@corp.test,b@other.test", "sendgrid"},
+		// The first matching route wins: bulk's sender route precedes the recipient routes.
+		{"bulk", "example.com", []string{"a@gmail.test", "b@other.test"}, "mailgun:a@gmail.test,b@other.test", "mailgun"},
+		// A recipient without a domain takes the sender's route.
+		{"app", "example.com", []string{"postmaster", "a@gmail.test"}, "primary:postmaster gmail:a@gmail.test", "ses"},
+		// No recipients: the sender's route.
+		{"app", "example.com", nil, "primary:", "sendgrid"},
+	}
+	for _, tt := range tests {
+		gs, profile := e.Split(def, tt.user, tt.domain, tt.rcpts)
+		if got := show(gs); got != tt.want || profile != tt.profile {
+			t.Errorf("Split(%s, %s, %q) = %s %s, want %s %s", tt.user, tt.domain, tt.rcpts, got, profile, tt.want, tt.profile)
+		}
+	}
+	// Route, the sender's route, never takes a recipient route.
+	if r := e.Route(def, "app", "example.com"); strings.Join(r.Upstreams, ",") != "primary" {
+		t.Errorf("Route = %v, want [primary]", r.Upstreams)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -81,13 +82,37 @@ func (s *session) Data(r io.Reader) error {
 		return s.deny(d, "data", strings.Join(senders, ","))
 	}
 
-	draft, err := s.srv.queue.Begin()
-	if err != nil {
-		s.log.Error("rejected", "reason", "spool", "err", err)
-		mRejected.Inc("spool")
-		return ReplySpoolFailed
+	domain := ""
+	if len(from) > 0 {
+		domain = domainOf(from[0])
 	}
-	defer draft.Abort()
+	// Recipient routes may split the message (DESIGN §8.5): one draft and
+	// queue ID per route group, the same bytes written to each, signed once
+	// for the strictest profile of all the groups. The first group (that of
+	// the first recipient) is the primary: its ID is in the 250 reply, the
+	// Received: field and a generated Message-ID of every copy.
+	groups, profile := s.st.policy.Split(pol, s.user, domainOf(tx.from), tx.rcpts)
+	requireTLS := tx.mailOpts != nil && tx.mailOpts.RequireTLS
+	for _, g := range groups {
+		if requireTLS && len(g.TLSOnly) == 0 {
+			s.reject("requiretls", "data", strings.Join(g.Upstreams, ","))
+			return ReplyRequireTLSRoute
+		}
+	}
+	drafts := make([]*queue.Draft, len(groups))
+	writers := make([]io.Writer, 0, len(groups)+1)
+	for i := range groups {
+		d, err := s.srv.queue.Begin()
+		if err != nil {
+			s.log.Error("rejected", "reason", "spool", "err", err)
+			mRejected.Inc("spool")
+			return ReplySpoolFailed
+		}
+		defer d.Abort()
+		drafts[i] = d
+		writers = append(writers, d)
+	}
+	draft := drafts[0]
 	log := s.log.With("queue_id", draft.ID)
 
 	now := s.srv.now()
@@ -100,19 +125,9 @@ func (s *session) Data(r io.Reader) error {
 		added = append(added, fmt.Sprintf("Message-ID: <%s>\r\n", msgID))
 	}
 
-	domain := ""
-	if len(from) > 0 {
-		domain = domainOf(from[0])
-	}
-	route := s.st.policy.Route(pol, s.user, domainOf(tx.from))
-	requireTLS := tx.mailOpts != nil && tx.mailOpts.RequireTLS
-	if requireTLS && len(route.TLSOnly) == 0 {
-		s.reject("requiretls", "data", strings.Join(route.Upstreams, ","))
-		return ReplyRequireTLSRoute
-	}
 	var signer *signing.Signer
 	if s.st.keys != nil {
-		signer, err = s.st.keys.NewSigner(domain, route.Profile)
+		signer, err = s.st.keys.NewSigner(domain, profile)
 		if err != nil {
 			log.Error("rejected", "reason", "dkim", "err", err)
 			return ReplySpoolFailed
@@ -123,9 +138,12 @@ func (s *session) Data(r io.Reader) error {
 		return ReplyDKIMRequired
 	}
 
-	var w io.Writer = draft
 	if signer != nil {
-		w = io.MultiWriter(draft, signer)
+		writers = append(writers, signer)
+	}
+	w := writers[0]
+	if len(writers) > 1 {
+		w = io.MultiWriter(writers...)
 	}
 	bw := bufs.bw
 	bw.Reset(w)
@@ -172,36 +190,48 @@ func (s *session) Data(r io.Reader) error {
 		prefix = signer.Header()
 	}
 
-	env := &queue.Envelope{
-		ID:         draft.ID,
-		MessageID:  journal.NormalizeMessageID(msgID),
-		From:       tx.from,
-		To:         append([]string(nil), tx.rcpts...),
-		User:       s.user,
-		Client:     s.ip,
-		Route:      route.Upstreams,
-		Received:   now,
-		RequireTLS: requireTLS,
-	}
-	setDSN(env, tx.mailOpts, tx.rcpts, tx.rcptOpts)
-	if err := draft.Commit(env, prefix); err != nil {
-		log.Error("rejected", "reason", "spool", "err", err)
-		mRejected.Inc("spool")
-		return ReplySpoolFailed
-	}
-	accepted = true // the message counts against the rate
-	mAccepted.Inc()
+	msgIDNorm := journal.NormalizeMessageID(msgID)
+	subject := ""
 	if s.srv.journal != nil {
-		ev := journal.Event{Time: now, Event: journal.Accepted, QueueID: draft.ID, MessageID: env.MessageID, Sender: tx.from,
-			User: s.user, IP: s.ip, Listener: s.l.cfg.Name, Recipients: env.To, Size: cr.n, Route: route.Upstreams,
-			Subject: decodeSubject(headerValue(fields, "Subject"))}
-		if signer != nil {
-			ev.DKIM = signer.Selectors()
+		subject = decodeSubject(headerValue(fields, "Subject"))
+	}
+	var selectors []string
+	if signer != nil {
+		selectors = signer.Selectors()
+	}
+	for i, g := range groups {
+		d := drafts[i]
+		env := &queue.Envelope{
+			ID:         d.ID,
+			MessageID:  msgIDNorm,
+			From:       tx.from,
+			To:         slices.Clone(g.Recipients),
+			User:       s.user,
+			Client:     s.ip,
+			Route:      g.Upstreams,
+			Received:   now,
+			RequireTLS: requireTLS,
 		}
-		s.srv.journal.Append(ev) // one write(2): it survives kill -9 once the 250 is sent
+		setDSN(env, tx.mailOpts, tx.rcpts, tx.rcptOpts)
+		// A later copy failing leaves the earlier ones committed: the
+		// client's retry may then duplicate them, which loses nothing.
+		if err := d.Commit(env, prefix); err != nil {
+			log.Error("rejected", "reason", "spool", "err", err, "committed", i)
+			mRejected.Inc("spool")
+			return ReplySpoolFailed
+		}
+		if i == 0 {
+			accepted = true // the message counts against the rate, once
+			mAccepted.Inc()
+		}
+		if s.srv.journal != nil {
+			s.srv.journal.Append(journal.Event{Time: now, Event: journal.Accepted, QueueID: d.ID, MessageID: msgIDNorm, Sender: tx.from,
+				User: s.user, IP: s.ip, Listener: s.l.cfg.Name, Recipients: env.To, Size: cr.n, DKIM: selectors, Route: g.Upstreams,
+				Subject: subject}) // one write(2): it survives kill -9 once the 250 is sent
+		}
+		s.log.Info("accepted", "queue_id", d.ID, "from", tx.from, "rcpts", len(env.To), "size", cr.n, "signed", signer != nil, "route", strings.Join(g.Upstreams, ","), "folded_lines", fold.folds)
 	}
 	mAcceptSecs.Observe(time.Since(endOfData).Seconds())
-	log.Info("accepted", "from", tx.from, "rcpts", len(tx.rcpts), "size", cr.n, "signed", signer != nil, "route", strings.Join(route.Upstreams, ","), "folded_lines", fold.folds)
 	return replyQueued(draft.ID)
 }
 
@@ -428,8 +458,9 @@ func setDSN(env *queue.Envelope, mo *smtp.MailOptions, rcpts []string, ro []*smt
 		env.Ret = string(mo.Return)
 		env.EnvID = mo.EnvelopeID
 	}
+	split := len(env.To) != len(rcpts) // a route group: only its recipients
 	for i, o := range ro {
-		if o == nil || (len(o.Notify) == 0 && o.OriginalRecipient == "") {
+		if o == nil || (len(o.Notify) == 0 && o.OriginalRecipient == "") || (split && !slices.Contains(env.To, rcpts[i])) {
 			continue
 		}
 		if env.RcptOpts == nil {

@@ -143,7 +143,7 @@ func TestHelp(t *testing.T) {
 		t.Errorf("unknown command: exit %d, want 2", code)
 	}
 	for _, want := range []string{"send          --server H:P [--user U [--password P]] --from A --to B [--data FILE|-]",
-		"upstreams     [-c FILE | --state-dir DIR]", "policy        explain --user U --from A --to B [--size N] [-c FILE]"} {
+		"upstreams     [-c FILE | --state-dir DIR]", "policy        explain --user U --from A --to B [--to C ...] [--size N] [-c FILE]"} {
 		if !strings.Contains(list, want) {
 			t.Errorf("the command list lacks %q:\n%s", want, list)
 		}

@@ -47,7 +47,7 @@ func commands() []command {
 		{"passwd", "[--bcrypt]", "read a password, print its hash for the config", runPasswd},
 		{"dkim", "keygen|dns|rotate|activate|status ...", "make, rotate and check DKIM keys, print their DNS records", runDKIM},
 		{"queue", "list|show|retry|hold|release|delete|flush|import ...", "inspect and act on the queue", runQueue},
-		{"policy", "explain --user U --from A --to B [--size N] [-c FILE]", "show what the policy decides", runPolicy},
+		{"policy", "explain --user U --from A --to B [--to C ...] [--size N] [-c FILE]", "show what the policy decides, and each recipient's route", runPolicy},
 		{"doctor", "[-c FILE] [--domain D] [--json]", "check DKIM, SPF, DMARC and every upstream", runDoctor},
 		{"upstreams", "[-c FILE | --state-dir DIR] [--json]", "show each upstream's state", runUpstreams},
 		{"trace", "QUERY [--since 24h] [--json] [-c FILE]", "what happened to a message (the journal)", runTrace},

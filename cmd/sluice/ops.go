@@ -178,16 +178,17 @@ func loadNoSecrets(path string) (*config.Config, error) {
 // runPolicy prints what the policy decides for one message; exit 0 allowed,
 // 1 denied, 2 usage (DESIGN §3).
 func runPolicy(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	const use = "usage: sluice policy explain --user U --from A --to B [--size N] [-c FILE]"
+	const use = "usage: sluice policy explain --user U --from A --to B [--to C ...] [--size N] [-c FILE]"
 	fs := flag.NewFlagSet("policy", flag.ContinueOnError)
 	path := fs.String("c", defaultConfig, "configuration file")
 	user := fs.String("user", "", "SMTP AUTH user")
 	from := fs.String("from", "", "sender address")
-	to := fs.String("to", "", "recipient address")
+	var to stringList
+	fs.Var(&to, "to", "recipient address (repeatable, or comma-separated: each gets its route)")
 	size := fs.String("size", "0", "message size (bytes, or 25MB)")
 	dev := fs.Bool("dev", false, "the --dev configuration")
 	pos, err := parseFlags(fs, args)
-	if err != nil || len(pos) != 1 || pos[0] != "explain" || *user == "" || *from == "" || *to == "" {
+	if err != nil || len(pos) != 1 || pos[0] != "explain" || *user == "" || *from == "" || len(to) == 0 {
 		return usageErr(stderr, use)
 	}
 	n, err := strconv.ParseInt(*size, 10, 64)
@@ -208,7 +209,18 @@ func runPolicy(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer eng.Close()
-	text, allowed := eng.Explain(*user, *from, *to, n)
+	var rcpts []string
+	for _, t := range to {
+		for _, a := range strings.Split(t, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				rcpts = append(rcpts, a)
+			}
+		}
+	}
+	if len(rcpts) == 0 {
+		return usageErr(stderr, use)
+	}
+	text, allowed := eng.Explain(*user, *from, rcpts, n)
 	fmt.Fprint(stdout, text)
 	if !allowed {
 		return &exitError{code: 1}
