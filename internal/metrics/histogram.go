@@ -3,7 +3,9 @@ package metrics
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -123,11 +125,7 @@ func (v *HistogramVec) Count(lv string) uint64 {
 
 func (v *HistogramVec) write(w io.Writer) {
 	v.mu.Lock()
-	keys := make([]string, 0, len(v.vals))
-	for k := range v.vals {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(v.vals))
 	hs := make([]*hist, len(keys))
 	for i, k := range keys {
 		hs[i] = v.vals[k]

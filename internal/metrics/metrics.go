@@ -7,8 +7,9 @@ package metrics
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,13 +157,18 @@ func (v *Vec) name() string { return v.n }
 // Add adds d to the series with label value lv.
 func (v *Vec) Add(lv string, d float64) {
 	v.mu.Lock()
+	*v.series(lv) += d
+	v.mu.Unlock()
+}
+
+// series returns the series lv, created at 0; v.mu is held.
+func (v *Vec) series(lv string) *float64 {
 	p := v.vals[lv]
 	if p == nil {
 		p = new(float64)
 		v.vals[lv] = p
 	}
-	*p += d
-	v.mu.Unlock()
+	return p
 }
 
 // Inc adds one to the series lv.
@@ -171,12 +177,7 @@ func (v *Vec) Inc(lv string) { v.Add(lv, 1) }
 // Set sets the series lv (gauges).
 func (v *Vec) Set(lv string, x float64) {
 	v.mu.Lock()
-	p := v.vals[lv]
-	if p == nil {
-		p = new(float64)
-		v.vals[lv] = p
-	}
-	*p = x
+	*v.series(lv) = x
 	v.mu.Unlock()
 }
 
@@ -192,11 +193,7 @@ func (v *Vec) Value(lv string) float64 {
 
 func (v *Vec) write(w io.Writer) {
 	v.mu.Lock()
-	keys := make([]string, 0, len(v.vals))
-	for k := range v.vals {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(v.vals))
 	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", v.n, v.help, v.n, v.typ)
 	for _, k := range keys {
 		fmt.Fprintf(w, "%s{%s=%s} %s\n", v.n, v.label, strconv.Quote(k), format(*v.vals[k]))
