@@ -189,7 +189,7 @@ func (w *webhooks) run(ctx context.Context) {
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	for {
+	for ctx.Err() == nil {
 		now := w.q.now()
 		var due []*hookEvent
 		var wait time.Duration = -1
@@ -211,18 +211,7 @@ func (w *webhooks) run(ctx context.Context) {
 		if len(due) > 0 {
 			continue
 		}
-		var tc <-chan time.Time
-		if wait > 0 {
-			timer.Reset(wait)
-			tc = timer.C
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-w.wake:
-		case <-tc:
-		}
-		timer.Stop()
+		sleep(ctx, timer, w.wake, wait)
 	}
 }
 

@@ -65,18 +65,24 @@ func (q *Queue) worker(ctx, dctx context.Context) {
 			q.attempt(dctx, e)
 			continue
 		}
-		var tc <-chan time.Time
-		if wait > 0 {
-			timer.Reset(wait)
-			tc = timer.C
-		}
-		select {
-		case <-ctx.Done():
-		case <-q.wake:
-		case <-tc:
-		}
-		timer.Stop()
+		sleep(ctx, timer, q.wake, wait)
 	}
+}
+
+// sleep waits until ctx is done, wake signals or wait has passed (with no
+// limit when wait is not positive), on timer, which it leaves stopped.
+func sleep(ctx context.Context, timer *time.Timer, wake <-chan struct{}, wait time.Duration) {
+	var tc <-chan time.Time
+	if wait > 0 {
+		timer.Reset(wait)
+		tc = timer.C
+	}
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	case <-tc:
+	}
+	timer.Stop()
 }
 
 // take pops the earliest message if it is due, or says how long to wait for
