@@ -137,25 +137,34 @@ func DefaultPorts(tls, profile string) (ports []int, ok bool) {
 	return nil, false
 }
 
+// filler fills absent settings: a string when empty, a number or a
+// duration when zero and its key (the func says) absent from the file, so an
+// explicit 0 stays for validation.
+type filler func(key string) bool
+
+func (filler) str(p *string, v string) {
+	if *p == "" {
+		*p = v
+	}
+}
+
+func (unset filler) num(p *int, key string, v int) {
+	if *p == 0 && unset(key) {
+		*p = v
+	}
+}
+
+func (unset filler) dur(p *time.Duration, key string, v time.Duration) {
+	if *p == 0 && unset(key) {
+		*p = v
+	}
+}
+
 // setDefaults fills every absent setting. present holds the dotted keys the
 // file gave a value; a nil map means "fill every zero value".
 func (l *Loader) setDefaults(c *Config, present map[string]bool) error {
 	unset := func(key string) bool { return present == nil || !present[key] }
-	str := func(p *string, v string) {
-		if *p == "" {
-			*p = v
-		}
-	}
-	num := func(p *int, key string, v int) {
-		if *p == 0 && unset(key) {
-			*p = v
-		}
-	}
-	dur := func(p *time.Duration, key string, v time.Duration) {
-		if *p == 0 && unset(key) {
-			*p = v
-		}
-	}
+	str, num, dur := filler(unset).str, filler(unset).num, filler(unset).dur
 	var err error
 	if c.Hostname == "" {
 		c.Hostname, err = l.hostname()
@@ -253,21 +262,7 @@ func (u Upstream) WithDefaults() Upstream {
 // setDefaults fills u's absent settings; unset says whether the file left a
 // key (relative to the upstream) out, so an explicit 0 stays for validation.
 func (u *Upstream) setDefaults(unset func(key string) bool) {
-	str := func(p *string, v string) {
-		if *p == "" {
-			*p = v
-		}
-	}
-	num := func(p *int, key string, v int) {
-		if *p == 0 && unset(key) {
-			*p = v
-		}
-	}
-	dur := func(p *time.Duration, key string, v time.Duration) {
-		if *p == 0 && unset(key) {
-			*p = v
-		}
-	}
+	str, num, dur := filler(unset).str, filler(unset).num, filler(unset).dur
 	str(&u.Type, UpstreamSMTP)
 	str(&u.TLS, TLSStartTLS)
 	str(&u.Profile, ProfileGeneric)
