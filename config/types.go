@@ -111,6 +111,18 @@ type Policy struct {
 	// IgnoreSuppression lets this policy's clients send to suppressed
 	// addresses (e.g. monitoring that must always try).
 	IgnoreSuppression bool `yaml:"ignore_suppression"`
+	// Masquerade rewrites matching sender addresses (envelope sender, and
+	// header From:, Sender:, Return-Path:) before allowed_senders is
+	// checked and before signing; the first matching rule applies.
+	Masquerade []Masquerade `yaml:"masquerade"`
+}
+
+// Masquerade is one rewrite rule: Match is an address pattern (as in
+// allowed_senders), To a template of the new address where {local} is the
+// original local part and {user} the authenticated user.
+type Masquerade struct {
+	Match string `yaml:"match"`
+	To    string `yaml:"to"`
 }
 
 // PolicyRate holds per-user rate limits; a zero Rate is unlimited.

@@ -326,6 +326,20 @@ func (v *validator) validatePolicies(c *Config) {
 				}
 			}
 		}
+		for i, m := range p.Masquerade {
+			mk := fmt.Sprintf("%s.masquerade[%d]", k, i)
+			if m.Match == "" {
+				v.errorf(mk+".match", "required")
+			} else if err := CheckAddressPattern(m.Match); err != nil || strings.TrimSpace(m.Match) == "<>" {
+				if err == nil {
+					err = fmt.Errorf("the null sender is never rewritten")
+				}
+				v.errorf(mk+".match", "%v", err)
+			}
+			if err := CheckMasqueradeTemplate(m.To); err != nil {
+				v.errorf(mk+".to", "%v", err)
+			}
+		}
 		for i, h := range p.RemoveHeaders {
 			if h == "" || strings.ContainsAny(h, ": \t") {
 				v.errorf(fmt.Sprintf("%s.remove_headers[%d]", k, i), "%q is not a header field name", h)
@@ -720,4 +734,22 @@ func (v *validator) validateAPI(k string, u Upstream) {
 			v.errorf(k+".tls_ca_file", "%s holds no PEM certificate", u.TLSCAFile)
 		}
 	}
+}
+
+// CheckMasqueradeTemplate checks a masquerade `to`: LOCAL@DOMAIN where the
+// local part may hold {local} and {user}, and DOMAIN is a domain name.
+func CheckMasqueradeTemplate(t string) error {
+	at := strings.LastIndexByte(t, '@')
+	if at <= 0 {
+		return fmt.Errorf("%q is not an address template (LOCAL@DOMAIN; {local} and {user} expand)", t)
+	}
+	local, domain := t[:at], t[at+1:]
+	if !ValidDomainName(domain) {
+		return fmt.Errorf("%q: %q is not a domain name", t, domain)
+	}
+	rest := strings.NewReplacer("{local}", "", "{user}", "").Replace(local)
+	if strings.ContainsAny(rest, "{}<>@ \t\r\n\"(),:;[]\\") {
+		return fmt.Errorf("%q: the local part may hold only {local}, {user} and address characters", t)
+	}
+	return nil
 }

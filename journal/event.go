@@ -51,6 +51,10 @@ type Event struct {
 	// recognises a message by (beyond DESIGN §8.1's table; no body).
 	Subject string   `json:"subject,omitempty"`
 	Route   []string `json:"route,omitempty"`
+	// masquerade (DESIGN §8.5): the envelope sender and header From: as
+	// the client sent them, when a rule rewrote them; kept here only.
+	OriginalSender string `json:"original_sender,omitempty"`
+	OriginalFrom   string `json:"original_from,omitempty"`
 
 	// attempt and outcomes
 	Recipient  string `json:"recipient,omitempty"`
@@ -114,6 +118,8 @@ func appendJSON(b []byte, e *Event) []byte {
 	b = optList(b, "dkim", e.DKIM)
 	b = optList(b, "route", e.Route)
 	b = optString(b, "subject", truncate(e.Subject, maxSubject))
+	b = optString(b, "original_sender", e.OriginalSender)
+	b = optString(b, "original_from", truncate(e.OriginalFrom, maxSubject))
 	b = optString(b, "recipient", e.Recipient)
 	b = optString(b, "upstream", e.Upstream)
 	b = optString(b, "host", e.Host)

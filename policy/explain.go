@@ -39,6 +39,11 @@ func (e *Engine) Explain(user, from string, to []string, size int64) (text strin
 		to[i] = trimAddr(to[i])
 	}
 
+	if m, ok := p.Masquerade(user, from); ok {
+		line("masquerade:  <%s> rewritten to <%s> (envelope sender and header From:/Sender:/Return-Path:, before the checks and signing)", from, m)
+		from = m
+	}
+
 	rule := "any sender"
 	if len(p.senders) > 0 {
 		rule = "allowed_senders " + p.senders.String()

@@ -29,6 +29,10 @@ func explainConfig() *config.Config {
 					Recipients: config.Rate{N: 5000, Per: 24 * time.Hour},
 				},
 				Upstreams: []string{"primary", "backup"},
+				Masquerade: []config.Masquerade{
+					{Match: "*@corp.local", To: "{local}@example.com"},
+					{Match: "*@build.local", To: "{user}@apps.example.com"},
+				},
 			},
 			"printer": {
 				AllowedSenders:    []string{"scanner@example.com"},
@@ -79,6 +83,8 @@ func TestExplain(t *testing.T) {
 		{"null-sender", "billing-app", "", []string{"customer@gmail.com"}, 0, false},
 		{"unknown-user", "mallory", "a@example.com", []string{"b@example.com"}, 0, false},
 		{"recipient-route", "billing-app", "invoices@example.com", []string{"r1@GMAIL.test"}, 0, true},
+		{"masquerade", "billing-app", "scanner@CORP.local", []string{"alice@example.com"}, 0, true},
+		{"masquerade-user", "billing-app", "ci@build.local", []string{"alice@example.com"}, 0, true},
 		{"split", "billing-app", "invoices@example.com", []string{"r1@gmail.test", "r2@other.test", "<r3@googlemail.test.>"}, 0, true},
 		{"split-sender-route-first", "marketing", "offers@news.example.com", []string{"r1@gmail.test", "r2@other.test"}, 0, true},
 	}

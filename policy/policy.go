@@ -98,6 +98,39 @@ type Policy struct {
 	IgnoreSuppression bool
 
 	senders, allowedRcpts, deniedRcpts patternList
+	masq                               []masqRule
+}
+
+// masqRule is one compiled `masquerade` entry.
+type masqRule struct {
+	match pattern
+	to    string
+}
+
+// Masquerades reports whether the policy has masquerade rules.
+func (p *Policy) Masquerades() bool { return len(p.masq) > 0 }
+
+// Masquerade returns the address a sender address is rewritten to
+// (DESIGN §8.5): the first rule whose match fits addr, its `to` with
+// {local} the local part of addr and {user} the authenticated user. ok is
+// false when no rule applies (the null sender never is rewritten; a rule
+// naming {user} does not apply to a client admitted by network).
+func (p *Policy) Masquerade(user, addr string) (string, bool) {
+	addr = trimAddr(addr)
+	at := strings.LastIndexByte(addr, '@')
+	if addr == "" || at < 0 {
+		return "", false
+	}
+	for _, r := range p.masq {
+		if !r.match.match(user, addr) {
+			continue
+		}
+		if strings.Contains(r.to, "{user}") && (user == "" || strings.ContainsAny(user, " \t\r\n<>@\"")) {
+			continue
+		}
+		return strings.NewReplacer("{local}", addr[:at], "{user}", user).Replace(r.to), true
+	}
+	return "", false
 }
 
 // CheckSender checks the envelope sender (MAIL FROM; "" is the null sender,
@@ -287,6 +320,16 @@ func compilePolicy(name string, c *config.Policy) (*Policy, error) {
 	}
 	if p.deniedRcpts, err = compileList(key+".denied_recipients", c.DeniedRecipients); err != nil {
 		return nil, err
+	}
+	for i, m := range c.Masquerade {
+		pat, err := compilePattern(m.Match)
+		if err == nil {
+			err = config.CheckMasqueradeTemplate(m.To)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s.masquerade[%d]: %w", key, i, err)
+		}
+		p.masq = append(p.masq, masqRule{match: pat, to: m.To})
 	}
 	for _, r := range []struct {
 		k string

@@ -596,3 +596,33 @@ func TestSplit(t *testing.T) {
 		t.Errorf("Route = %v, want [primary]", r.Upstreams)
 	}
 }
+
+func TestMasquerade(t *testing.T) {
+	t.Parallel()
+	cfg := &config.Config{
+		Users: []config.User{{Name: "app"}},
+		Policies: map[string]*config.Policy{"default": {Masquerade: []config.Masquerade{
+			{Match: "*@corp.local", To: "{local}@example.com"},
+			{Match: "build@*", To: "{user}+build@example.com"},
+			{Match: "{user}@hosts.local", To: "{user}@example.org"},
+		}}},
+	}
+	e := newEngine(t, cfg, newClock())
+	p := e.Lookup("default")
+	for _, tt := range []struct{ user, addr, want string }{
+		{"app", "scanner@corp.local", "scanner@example.com"},
+		{"app", "<Scanner@CORP.local>", "Scanner@example.com"}, // the local part keeps its case
+		{"", "scanner@corp.local", "scanner@example.com"},      // a client admitted by network
+		{"app", "build@ci.local", "app+build@example.com"},
+		{"", "build@ci.local", ""}, // {user} needs a user: the next rule, none
+		{"app", "app@hosts.local", "app@example.org"},
+		{"app", "other@hosts.local", ""},
+		{"app", "scanner@example.com", ""},
+		{"app", "", ""}, // the null sender is never rewritten
+	} {
+		got, ok := p.Masquerade(tt.user, tt.addr)
+		if got != tt.want || ok != (tt.want != "") {
+			t.Errorf("Masquerade(%q, %q) = %q %v, want %q", tt.user, tt.addr, got, ok, tt.want)
+		}
+	}
+}

@@ -54,6 +54,15 @@ func (s *session) Data(r io.Reader) error {
 		return s.dataError(err)
 	}
 
+	// Masquerade (DESIGN §8.5): From:, Sender: and Return-Path: are
+	// rewritten before they are checked and signed; the original From: is
+	// kept for the journal only.
+	fields, origHeaderFrom, err := masquerade(fields, pol, s.user)
+	if err != nil {
+		s.reject("header_from", "data", "malformed")
+		return ReplyHeaderFromDenied
+	}
+
 	// The header From: must be one the user may send as (DESIGN §7); a
 	// message without one gets the envelope sender, as submission servers do.
 	from, present, perr := addresses(fields, "From")
@@ -227,7 +236,7 @@ func (s *session) Data(r io.Reader) error {
 		if s.srv.journal != nil {
 			s.srv.journal.Append(journal.Event{Time: now, Event: journal.Accepted, QueueID: d.ID, MessageID: msgIDNorm, Sender: tx.from,
 				User: s.user, IP: s.ip, Listener: s.l.cfg.Name, Recipients: env.To, Size: cr.n, DKIM: selectors, Route: g.Upstreams,
-				Subject: subject}) // one write(2): it survives kill -9 once the 250 is sent
+				Subject: subject, OriginalSender: tx.origFrom, OriginalFrom: origHeaderFrom}) // one write(2): it survives kill -9 once the 250 is sent
 		}
 		s.log.Info("accepted", "queue_id", d.ID, "from", tx.from, "rcpts", len(env.To), "size", cr.n, "signed", signer != nil, "route", strings.Join(g.Upstreams, ","), "folded_lines", fold.folds)
 	}

@@ -7,7 +7,10 @@ import (
 	"io"
 	"mime"
 	"net/mail"
+	"slices"
 	"strings"
+
+	"github.com/sluicemail/sluice/policy"
 )
 
 // errBareCR is returned by crlfReader for a CR not followed by LF, or a NUL.
@@ -302,4 +305,73 @@ func domainOf(addr string) string {
 		return strings.ToLower(addr[i+1:])
 	}
 	return ""
+}
+
+// masquerade rewrites the addresses of From:, Sender: and Return-Path:
+// that the policy's masquerade rules match (DESIGN §8.5), keeping display
+// names; fields without a match stay byte for byte. It returns the fields
+// (a new slice only when something changed) and the header From: as it
+// came when it was rewritten.
+func masquerade(fields []field, pol *policy.Policy, user string) ([]field, string, error) {
+	if !pol.Masquerades() {
+		return fields, "", nil
+	}
+	var out []field
+	origFrom := ""
+	for i, f := range fields {
+		name := ""
+		for _, n := range []string{"From", "Sender", "Return-Path"} {
+			if strings.EqualFold(f.name, n) {
+				name = n
+			}
+		}
+		if name == "" {
+			continue
+		}
+		if len(f.raw) > maxAddressField {
+			return nil, "", errAddressFieldTooLong
+		}
+		var value string
+		changed := false
+		if name == "Return-Path" {
+			a := trimAngle(f.value())
+			m, ok := pol.Masquerade(user, a)
+			if !ok {
+				continue
+			}
+			value, changed = "<"+m+">", true
+		} else {
+			list, err := mail.ParseAddressList(f.value())
+			if err != nil {
+				return nil, "", err
+			}
+			parts := make([]string, len(list))
+			for j, a := range list {
+				if m, ok := pol.Masquerade(user, a.Address); ok {
+					a.Address, changed = m, true
+				}
+				parts[j] = a.String()
+			}
+			value = strings.Join(parts, ", ")
+		}
+		if !changed {
+			continue
+		}
+		if name == "From" && origFrom == "" {
+			origFrom = f.value()
+		}
+		if out == nil {
+			out = slices.Clone(fields)
+		}
+		raw := name + ": " + value + "\r\n"
+		out[i] = field{name: name, raw: []byte(raw), colon: len(name)}
+	}
+	if out == nil {
+		return fields, "", nil
+	}
+	return out, origFrom, nil
+}
+
+func trimAngle(a string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(a), "<"), ">")
 }

@@ -84,6 +84,7 @@ type txn struct {
 	rcpts    []string
 	rcptOpts []*smtp.RcptOptions
 	reserve  *policy.Reservation // message-rate token, given back unless accepted
+	origFrom string              // MAIL FROM as sent, when masquerade rewrote it (journal only)
 }
 
 // reserveMessage and chargeRecipient apply rate limits to the user, or to
@@ -121,6 +122,11 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if strings.ContainsAny(from, " \t\r\n<>") {
 		return ReplyBadSender
 	}
+	// Masquerade (DESIGN §8.5) rewrites the sender before it is checked.
+	origFrom := ""
+	if m, ok := pol.Masquerade(s.user, from); ok {
+		origFrom, from = from, m
+	}
 	if d := pol.CheckSender(s.user, from); d != nil {
 		return s.deny(d, "mail", from)
 	}
@@ -135,7 +141,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return s.deny(d, "mail", from)
 	}
 	s.mu.Lock()
-	s.tx = txn{pol: pol, from: from, mailOpts: opts, reserve: res}
+	s.tx = txn{pol: pol, from: from, mailOpts: opts, reserve: res, origFrom: origFrom}
 	s.mu.Unlock()
 	return nil
 }

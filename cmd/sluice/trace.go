@@ -117,6 +117,8 @@ func eventFields(e journal.Event) [][2]string {
 	add("dkim", strings.Join(e.DKIM, ","))
 	add("route", strings.Join(e.Route, ","))
 	add("subject", e.Subject)
+	add("original_sender", e.OriginalSender)
+	add("original_from", e.OriginalFrom)
 	add("recipient", e.Recipient)
 	add("upstream", e.Upstream)
 	add("host", e.Host)
