@@ -112,8 +112,19 @@ func enqueue(t testing.TB, q *Queue, env *Envelope, prefix, msg string) string {
 	return d.ID
 }
 
-// running starts q.Run and stops it at cleanup.
-func running(t *testing.T, q *Queue) {
+// running opens a queue with opts and runs it until cleanup.
+func running(t *testing.T, opts Options) *Queue {
+	t.Helper()
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, q)
+	return q
+}
+
+// run starts q.Run and stops it at cleanup.
+func run(t *testing.T, q *Queue) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { q.Run(ctx); close(done) }()

@@ -73,11 +73,7 @@ func TestJournalAndWebhookEvents(t *testing.T) {
 	opts.Config.WebhookEvents = []string{"delivered", "deferred", "bounced"}
 	rec := &recorder{}
 	opts.Journal = rec
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	before := mQueueSecs.Count()
 	id := enqueue(t, q, &Envelope{MessageID: "m1@example.com", From: "alice@example.com", To: []string{"bob@example.org", "nobody@example.org", "slow@example.org"}}, "", testMsg)
 	waitFor(t, "four webhook events and an empty spool", func() bool {

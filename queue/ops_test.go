@@ -27,11 +27,7 @@ func TestListJSONFields(t *testing.T) {
 	dir := t.TempDir()
 	opts, _ := testOptions(t, dir, &fakeUpstream{decide: tempFail})
 	opts.Config.Retry = []time.Duration{time.Hour}
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)
 	waitFor(t, "first attempt recorded", func() bool {
 		infos, _ := List(dir)
@@ -76,11 +72,7 @@ func TestOperationsThroughControlSocket(t *testing.T) {
 	opts, _ := testOptions(t, dir, up)
 	opts.Config.Retry = []time.Duration{time.Hour}
 	opts.ControlSocket = filepath.Join(t.TempDir(), "control.sock")
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	waitFor(t, "control socket", func() bool { _, err := os.Stat(opts.ControlSocket); return err == nil })
 	if fi, _ := os.Stat(opts.ControlSocket); fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket mode %v, want 0600", fi.Mode().Perm())
@@ -160,11 +152,7 @@ func TestOperationsWithoutDaemon(t *testing.T) {
 		t.Fatalf("after offline actions: %s", b)
 	}
 	// A restarted daemon honours the hold and sends the report.
-	q2, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q2)
+	q2 := running(t, opts)
 	waitFor(t, "report delivered", func() bool { return q2.Len() == 1 && len(up.deliveries()) == 1 })
 	if d := up.deliveries()[0]; d.From != "" || !strings.Contains(string(d.Data), "carol@example.org") {
 		t.Errorf("delivered %+v, want the report for carol", d)
@@ -212,11 +200,7 @@ func TestControlSocketRefusesOldRequests(t *testing.T) {
 	dir := t.TempDir()
 	opts, _ := testOptions(t, dir, &fakeUpstream{})
 	opts.ControlSocket = filepath.Join(t.TempDir(), "control.sock")
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	running(t, opts)
 	waitFor(t, "control socket", func() bool { _, err := os.Stat(opts.ControlSocket); return err == nil })
 	c, err := net.Dial("unix", opts.ControlSocket)
 	if err != nil {

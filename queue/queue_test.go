@@ -36,7 +36,7 @@ func TestCommitSurvivesRestartAndIsDelivered(t *testing.T) {
 	if q2.Len() != 1 {
 		t.Fatalf("recovered %d messages, want 1", q2.Len())
 	}
-	running(t, q2)
+	run(t, q2)
 	waitFor(t, "delivery", func() bool { return q2.Len() == 0 })
 	got := up.deliveries()
 	if len(got) != 1 {
@@ -68,11 +68,7 @@ func TestFreeFilesReused(t *testing.T) {
 	dir := t.TempDir()
 	up := &fakeUpstream{}
 	opts, _ := testOptions(t, dir, up)
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	// Long, then short: the reused file must not keep the old tail.
 	bodies := []string{testMsg + strings.Repeat("long line\r\n", 2000), testMsg, testMsg + "x\r\n"}
 	for _, b := range bodies {
@@ -177,11 +173,7 @@ func TestTemporaryFailureDefersThenDelivers(t *testing.T) {
 		return nil
 	}}
 	opts, lb := testOptions(t, t.TempDir(), up)
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	before := mDeferred.Value("fake")
 	enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)
 	waitFor(t, "delivery", func() bool { return q.Len() == 0 })
@@ -244,11 +236,7 @@ func TestPermanentRecipientFailureBouncesOnlyThatRecipient(t *testing.T) {
 		signed = append(signed, domain)
 		return []byte("DKIM-Signature: test\r\n"), nil
 	}
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org", "nobody@example.org"}, Route: []string{"primary"},
 		RcptOpts: map[string]RcptDSN{"nobody@example.org": {ORCPT: "rfc822;Nobody@example.org"}}}, "", testMsg)
 	waitFor(t, "original and bounce delivered", func() bool { return q.Len() == 0 && len(up.deliveries()) == 2 })
@@ -288,11 +276,7 @@ func TestNullSenderAndFailingBounceAreDropped(t *testing.T) {
 		return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
 	}}
 	opts, lb := testOptions(t, t.TempDir(), up)
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	// A null-sender message that fails: no report at all.
 	enqueue(t, q, &Envelope{From: "", To: []string{"x@example.org"}}, "", testMsg)
 	// A message whose sender fails too: one report, which fails and is dropped.
@@ -323,11 +307,7 @@ func TestMaxAgeExpiresWith447(t *testing.T) {
 	}}
 	opts, lb := testOptions(t, t.TempDir(), up)
 	// Received an hour and a minute ago with max_age 1h: the next failure expires it.
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}, Received: time.Now().Add(-61 * time.Minute)}, "", testMsg)
 	waitFor(t, "expiry report delivered", func() bool { return q.Len() == 0 && len(up.deliveries()) == 2 })
 	_, status, _ := parseDSN(t, up.deliveries()[1].Data)
@@ -345,11 +325,7 @@ func TestNotifyNeverSuppressesReport(t *testing.T) {
 		return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
 	}}
 	opts, _ := testOptions(t, t.TempDir(), up)
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"x@example.org"}, RcptOpts: map[string]RcptDSN{"x@example.org": {Notify: []string{"NEVER"}}}}, "", testMsg)
 	waitFor(t, "spool empty", func() bool { return q.Len() == 0 && len(up.deliveries()) >= 1 })
 	if n := len(up.deliveries()); n != 1 {
@@ -410,7 +386,7 @@ func TestRecoverInBackground(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	running(t, q3)
+	run(t, q3)
 	for range 20 { // accepted while the old ones are being read
 		want[enqueue(t, q3, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)] = true
 	}

@@ -47,11 +47,7 @@ func TestWebhookRetriesUntilReceiverIsUp(t *testing.T) {
 	opts, _ := testOptions(t, dir, up)
 	opts.Config.Webhook = srv.URL
 	opts.Config.WebhookSecret = "s3cret"
-	q, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, q)
+	q := running(t, opts)
 	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org", "nobody@example.org"}}, "", testMsg)
 	waitFor(t, "webhook spool drained", func() bool {
 		des, _ := os.ReadDir(filepath.Join(dir, "webhook"))
