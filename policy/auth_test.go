@@ -90,48 +90,66 @@ func TestBeginAuthParallelRedis(t *testing.T) {
 // sees it).
 func TestBeginAuthSuccessGivesSlotBack(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		cfg  func(t *testing.T) *config.Config
-	}{
-		{"local", func(*testing.T) *config.Config { return &config.Config{} }},
-		{"redis", func(t *testing.T) *config.Config { return redisConfig("redis://"+testredis.Start(t).Addr+"/0", true) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	onLocalAndRedis(t, func(t *testing.T, redis bool) {
+		c := newClock()
+		e := newAuthEngine(t, redis, Options{Now: c.Now, Metrics: &metrics.Registry{}})
+		ctx := context.Background()
+		const ip = "192.0.2.32"
+		for i := range 20 {
+			a, _, blocked := e.BeginAuth(ctx, ip)
+			if blocked {
+				t.Fatalf("success %d: blocked", i+1)
+			}
+			a.Done(ctx, true)
+			c.Advance(time.Millisecond)
+		}
+		for i := 1; i <= authBlockAfter; i++ {
+			a, d, blocked := e.BeginAuth(ctx, ip)
+			if blocked {
+				t.Fatalf("failure %d: blocked before it", i)
+			}
+			if want := authDelayFor(i - 1); d != want {
+				t.Errorf("attempt %d: delay %v, want %v", i, d, want)
+			}
+			a.Done(ctx, false)
+			c.Advance(time.Millisecond)
+		}
+		if !e.Blocked(ctx, ip) {
+			t.Errorf("not blocked after %d failures", authBlockAfter)
+		}
+		if _, _, blocked := e.BeginAuth(ctx, ip); !blocked {
+			t.Error("an AUTH after the block was checked")
+		}
+	})
+}
+
+// onLocalAndRedis runs f as two parallel subtests: the auth state kept
+// locally, and kept in a real redis-server (newAuthEngine builds either).
+func onLocalAndRedis(t *testing.T, f func(t *testing.T, redis bool)) {
+	for _, redis := range []bool{false, true} {
+		name := "local"
+		if redis {
+			name = "redis"
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			c := newClock()
-			e, err := New(tc.cfg(t), Options{Now: c.Now, Metrics: &metrics.Registry{}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(e.Close)
-			ctx := context.Background()
-			const ip = "192.0.2.32"
-			for i := range 20 {
-				a, _, blocked := e.BeginAuth(ctx, ip)
-				if blocked {
-					t.Fatalf("success %d: blocked", i+1)
-				}
-				a.Done(ctx, true)
-				c.Advance(time.Millisecond)
-			}
-			for i := 1; i <= authBlockAfter; i++ {
-				a, d, blocked := e.BeginAuth(ctx, ip)
-				if blocked {
-					t.Fatalf("failure %d: blocked before it", i)
-				}
-				if want := authDelayFor(i - 1); d != want {
-					t.Errorf("attempt %d: delay %v, want %v", i, d, want)
-				}
-				a.Done(ctx, false)
-				c.Advance(time.Millisecond)
-			}
-			if !e.Blocked(ctx, ip) {
-				t.Errorf("not blocked after %d failures", authBlockAfter)
-			}
-			if _, _, blocked := e.BeginAuth(ctx, ip); !blocked {
-				t.Error("an AUTH after the block was checked")
-			}
+			f(t, redis)
 		})
 	}
+}
+
+// newAuthEngine is an engine with opts, on local state or on a fresh
+// redis-server, closed at cleanup.
+func newAuthEngine(t *testing.T, redis bool, opts Options) *Engine {
+	t.Helper()
+	cfg := &config.Config{}
+	if redis {
+		cfg = redisConfig("redis://"+testredis.Start(t).Addr+"/0", true)
+	}
+	e, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e
 }
