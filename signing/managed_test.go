@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,26 +14,17 @@ import (
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/dnsclient"
+	"github.com/sluicemail/sluice/internal/testclock"
 	"github.com/sluicemail/sluice/internal/testdns"
 )
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+type clock = testclock.Clock
 
 func newTestStore(t *testing.T) (*Store, *clock, *testdns.Server, LookupTXT) {
 	t.Helper()
-	clk := &clock{t: time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)}
+	clk := testclock.New(time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC))
 	s := NewStore(t.TempDir())
-	s.Now = clk.now
+	s.Now = clk.Now
 	s.RSABits = 1024 // fast; the size does not matter to the states
 	srv := testdns.Start(t)
 	c, err := dnsclient.New(srv.Addr, 2*time.Second)
@@ -152,7 +142,7 @@ func TestManagedLifecycle(t *testing.T) {
 
 	// A second rotate the same day gets new selectors; with keys pending a
 	// third is refused.
-	clk.add(time.Hour)
+	clk.Advance(time.Hour)
 	gen2, err := s.Rotate(d, RotateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -191,12 +181,12 @@ func TestManagedLifecycle(t *testing.T) {
 		t.Fatalf("signed with %v after activation", sels)
 	}
 	// Retiring until retire_after has passed, then retired.
-	clk.add(week - time.Second)
+	clk.Advance(week - time.Second)
 	s.Check(ctx, d, lookup, week)
 	if got := states(t, s, d); got != want {
 		t.Fatalf("before retire_after: %s", got)
 	}
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	st, _ = s.Check(ctx, d, nil, week)
 	if got := states(t, s, d); got != "s20261204r=retired s20261204e=retired s20261204r2=active s20261204e2=active" {
 		t.Fatalf("after retire_after: %s", got)

@@ -7,10 +7,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/sluicemail/sluice/internal/testclock"
 	"github.com/sluicemail/sluice/internal/testredis"
 )
 
@@ -40,18 +40,6 @@ func TestDescribe(t *testing.T) {
 			t.Errorf("%s: %q, want %q", kind, got, want)
 		}
 	}
-}
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
 }
 
 // testStore runs the Store contract against s (whose clock c controls,
@@ -102,16 +90,16 @@ func testStore(t *testing.T, s Store, expire func(d time.Duration)) {
 }
 
 func TestFileStore(t *testing.T) {
-	c := &clock{t: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}
+	c := testclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
 	path := filepath.Join(t.TempDir(), "s.log")
-	s, err := OpenFile(path, true, c.now)
+	s, err := OpenFile(path, true, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	testStore(t, s, c.add)
+	testStore(t, s, c.Advance)
 
 	// A second opener (an offline command under a running daemon) is refused.
-	if _, err := OpenFile(path, true, c.now); !errors.Is(err, ErrLocked) {
+	if _, err := OpenFile(path, true, c.Now); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second OpenFile: %v, want ErrLocked", err)
 	}
 	s.Close()
@@ -121,7 +109,7 @@ func TestFileStore(t *testing.T) {
 	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString(`{"op":"put","k":"supp:torn@x","v":"`)
 	f.Close()
-	s, err = OpenFile(path, true, c.now)
+	s, err = OpenFile(path, true, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +131,7 @@ func TestFileStore(t *testing.T) {
 	if st.Size() > 200<<10 {
 		t.Errorf("log is %d bytes after 3000 rewrites of one key: not compacted", st.Size())
 	}
-	s, err = OpenFile(path, true, c.now)
+	s, err = OpenFile(path, true, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +144,7 @@ func TestFileStore(t *testing.T) {
 	// Writes after a compaction land in the new file.
 	s.Put(ctx, "supp:after@x", []byte("1"), time.Hour)
 	s.Close()
-	s2, err := OpenFile(path, true, c.now)
+	s2, err := OpenFile(path, true, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,9 +157,9 @@ func TestFileStore(t *testing.T) {
 // TestFileStoreForgets: entries that expire leave memory and, through a
 // compaction, the log, even when every key is written once (the index).
 func TestFileStoreForgets(t *testing.T) {
-	c := &clock{t: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}
+	c := testclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
 	path := filepath.Join(t.TempDir(), "s.log")
-	s, err := OpenFile(path, false, c.now)
+	s, err := OpenFile(path, false, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +168,7 @@ func TestFileStoreForgets(t *testing.T) {
 	for i := range 20000 {
 		s.Put(ctx, "msg:"+strconv.Itoa(i), []byte("x"), time.Hour)
 		if i%1000 == 999 {
-			c.add(30 * time.Minute) // an hour later, the first half of each hour is gone
+			c.Advance(30 * time.Minute) // an hour later, the first half of each hour is gone
 		}
 	}
 	s.mu.Lock()
@@ -206,14 +194,14 @@ func TestRedisStore(t *testing.T) {
 }
 
 func TestListAndIndex(t *testing.T) {
-	c := &clock{t: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}
-	s, err := OpenFile(filepath.Join(t.TempDir(), "s.log"), true, c.now)
+	c := testclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
+	s, err := OpenFile(filepath.Join(t.TempDir(), "s.log"), true, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	ctx := context.Background()
-	l := NewList(s, 30*24*time.Hour, nil, c.now)
+	l := NewList(s, 30*24*time.Hour, nil, c.Now)
 	if l.Bounced(ctx, "a@x.org", "4.1.1", "451 later", "up") {
 		t.Fatal("a 4.1.1 suppressed")
 	}
@@ -221,13 +209,13 @@ func TestListAndIndex(t *testing.T) {
 		t.Fatal("a 5.1.1 did not suppress")
 	}
 	e, ok := l.Check(ctx, "a@x.ORG")
-	if !ok || e.Kind != KindBounce || e.Source != "up" || !e.Expires.Equal(c.t.Add(30*24*time.Hour)) {
+	if !ok || e.Kind != KindBounce || e.Source != "up" || !e.Expires.Equal(c.Now().Add(30*24*time.Hour)) {
 		t.Fatalf("Check: %+v %v", e, ok)
 	}
 	if _, err := l.Add(ctx, Entry{Address: "not an address"}); err == nil {
 		t.Fatal("Add of a non-address succeeded")
 	}
-	c.add(31 * 24 * time.Hour)
+	c.Advance(31 * 24 * time.Hour)
 	if _, ok := l.Check(ctx, "a@x.org"); ok {
 		t.Fatal("entry alive after suppression.ttl")
 	}

@@ -146,7 +146,7 @@ func TestManyDueAtOnceOneProbeOneDoubling(t *testing.T) {
 	if st := status(d, "down"); st.Breaker != "open" || !st.OpenUntil.Equal(t0.Add(time.Second)) {
 		t.Fatalf("after 50 failures at once: %s until %v, want open until t0+1s", st.Breaker, st.OpenUntil.Sub(t0))
 	}
-	clk.Add(time.Second)
+	clk.Advance(time.Second)
 	t1 := clk.Now()
 	if n := burst(); n != 49 {
 		t.Errorf("half-open with 50 due: %d found no upstream, want 49 (one probe)", n)

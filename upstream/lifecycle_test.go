@@ -62,7 +62,7 @@ func TestReloadKeepsBreakersAndPorts(t *testing.T) {
 	}
 	// The old dispatcher's late outcomes no longer move the gauge.
 	throttled.ClearFailures()
-	clk.Add(time.Minute)
+	clk.Advance(time.Minute)
 	mustDeliver(t, old, msg("m3", body))
 	if status(old, "reload-primary").Breaker != "closed" || mUp.Value("reload-primary") != 0 {
 		t.Fatalf("the replaced dispatcher published: up=%v", mUp.Value("reload-primary"))

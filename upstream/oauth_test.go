@@ -61,7 +61,7 @@ func TestXOAUTH2(t *testing.T) {
 
 	// The token expires: a new one is fetched before AUTH.
 	s.SetAuth("me@example.com", "unused", "tok-2")
-	clk.Add(time.Hour)
+	clk.Advance(time.Hour)
 	d.reapAll()
 	mustDeliver(t, d, msg("m3", body))
 	if te.issued != 2 {

@@ -86,7 +86,7 @@ func TestPortReprobeInBackground(t *testing.T) {
 	}
 
 	first.SetMode(testsmtp.Silent) // the first port now accepts and never greets
-	clk.Add(portReprobe + time.Second)
+	clk.Advance(portReprobe + time.Second)
 	d.reapAll()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second) // < greeting_timeout
 	defer cancel()
@@ -106,7 +106,7 @@ func TestPortReprobeInBackground(t *testing.T) {
 		defer u.mu.Unlock()
 		return !u.reprobing
 	})
-	clk.Add(portReprobe + time.Second)
+	clk.Advance(portReprobe + time.Second)
 	waitFor(t, "the first port remembered again", func() bool { return status(d, "reprobe").Port == first.Port() })
 }
 

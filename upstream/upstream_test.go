@@ -16,27 +16,13 @@ import (
 	"time"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/testclock"
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type clock = testclock.Clock
 
-func newClock() *clock { return &clock{t: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *clock { return testclock.New(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)) }
 
 // smtpUp is an upstream config pointing at a testsmtp server, plaintext.
 func smtpUp(name string, s *testsmtp.Server, prio int) config.Upstream {
@@ -133,7 +119,7 @@ func TestThrottledPrimaryFailsOverAndRecovers(t *testing.T) {
 		t.Fatalf("open breaker: primary accepts %d→%d", before, primary.AcceptCount())
 	}
 	primary.ClearFailures()
-	clk.Add(31 * time.Second)
+	clk.Advance(31 * time.Second)
 	if st := status(d, "primary"); st.Breaker != "half-open" {
 		t.Fatalf("after backoff: %+v", st)
 	}
@@ -160,7 +146,7 @@ func TestBreakerReopensWithDoubledBackoff(t *testing.T) {
 	if st := status(d, "primary"); st.OpenUntil != clk.Now().Add(10*time.Second) {
 		t.Fatalf("first open: %+v", st)
 	}
-	clk.Add(11 * time.Second)
+	clk.Advance(11 * time.Second)
 	mustDeliver(t, d, msg("m2", body)) // the probe fails again
 	if st := status(d, "primary"); st.Breaker != "open" || st.OpenUntil != clk.Now().Add(20*time.Second) {
 		t.Fatalf("reopen: %+v", st)
