@@ -55,6 +55,11 @@ func (f *fakeUpstream) Deliver(ctx context.Context, m *upstream.Message) upstrea
 	return res
 }
 
+// errNoSuchUser is the upstream's 550 5.1.1 for a recipient it does not know.
+func errNoSuchUser() error {
+	return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+}
+
 func (f *fakeUpstream) deliveries() []delivery {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -62,7 +62,7 @@ func TestJournalAndWebhookEvents(t *testing.T) {
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
 		switch {
 		case rcpt == "nobody@example.org":
-			return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+			return errNoSuchUser()
 		case rcpt == "slow@example.org" && n == 0:
 			return &upstream.Error{Upstream: "fake", Code: 451, Enhanced: [3]int{4, 2, 0}, Message: "later"}
 		}

@@ -226,7 +226,7 @@ func TestPermanentRecipientFailureBouncesOnlyThatRecipient(t *testing.T) {
 	t.Parallel()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
 		if rcpt == "nobody@example.org" {
-			return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+			return errNoSuchUser()
 		}
 		return nil
 	}}
@@ -273,7 +273,7 @@ func TestPermanentRecipientFailureBouncesOnlyThatRecipient(t *testing.T) {
 func TestNullSenderAndFailingBounceAreDropped(t *testing.T) {
 	t.Parallel()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
-		return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+		return errNoSuchUser()
 	}}
 	opts, lb := testOptions(t, t.TempDir(), up)
 	q := running(t, opts)
@@ -322,7 +322,7 @@ func TestMaxAgeExpiresWith447(t *testing.T) {
 func TestNotifyNeverSuppressesReport(t *testing.T) {
 	t.Parallel()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
-		return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+		return errNoSuchUser()
 	}}
 	opts, _ := testOptions(t, t.TempDir(), up)
 	q := running(t, opts)

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
-
-	"github.com/sluicemail/sluice/upstream"
 )
 
 func TestWebhookRetriesUntilReceiverIsUp(t *testing.T) {
@@ -40,7 +38,7 @@ func TestWebhookRetriesUntilReceiverIsUp(t *testing.T) {
 	dir := t.TempDir()
 	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
 		if rcpt == "nobody@example.org" {
-			return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
+			return errNoSuchUser()
 		}
 		return nil
 	}}
