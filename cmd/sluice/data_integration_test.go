@@ -52,6 +52,15 @@ func dataRelay(t *testing.T, up *testsmtp.Server) *proc {
 	return start(t, 2, "serve", "-c", e.config(strings.ReplaceAll(dataYAML, "{{UP}}", strconv.Itoa(up.Port()))))
 }
 
+// dataWant sends body as one message and wants a reply starting with want;
+// what names the case in the failure.
+func (s *rawClient) dataWant(body, want, what string) {
+	s.t.Helper()
+	if got := s.data(body); !strings.HasPrefix(got, want) {
+		s.t.Errorf("%s: %q, want %s", what, got, want)
+	}
+}
+
 // data runs MAIL, RCPT and DATA with body (which must end in CRLF) and
 // returns the reply to the end of data.
 func (s *rawClient) data(body string) string {
@@ -97,9 +106,7 @@ func TestDataHeaderLimits(t *testing.T) {
 	if got := s.data("From: app@example.com\r\nX-Folded: a" + strings.Repeat("\r\n (c)", 85000) + "\r\n\r\nbody\r\n"); got != "552 5.3.4 Header section too large (at most 100 KiB a field, 1 MiB in all)" {
 		t.Errorf("85,000-line folded field: %q, want 552 5.3.4 header section too large", got)
 	}
-	if got := s.data("From: app@example.com\r\n" + strings.Repeat("X-Many: "+strings.Repeat("v", 90)+"\r\n", 12000) + "\r\nbody\r\n"); !strings.HasPrefix(got, "552 5.3.4 Header section too large") {
-		t.Errorf("1.2 MB of header fields: %q, want 552 5.3.4 header section too large", got)
-	}
+	s.dataWant("From: app@example.com\r\n"+strings.Repeat("X-Many: "+strings.Repeat("v", 90)+"\r\n", 12000)+"\r\nbody\r\n", "552 5.3.4 Header section too large", "1.2 MB of header fields")
 	s.inStep()
 	bySubject(t, up, "folded")
 }
@@ -111,21 +118,13 @@ func TestDataHeaderChecks(t *testing.T) {
 	s := rawDial(t, p.addrs["plain"], nil)
 	// A line without a colon does not end the header section early: the
 	// From: after it would escape the check.
-	if got := s.data("Subject: nocolon\r\nX-Junk\r\nFrom: ceo@evil.test\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "554 5.6.0") {
-		t.Errorf("a header line without a colon before From: %q, want 554 5.6.0", got)
-	}
+	s.dataWant("Subject: nocolon\r\nX-Junk\r\nFrom: ceo@evil.test\r\n\r\nbody\r\n", "554 5.6.0", "a header line without a colon before From")
 	// "From : x" (obsolete syntax) is a From field and is checked.
-	if got := s.data("Subject: spaced\r\nFrom : ceo@evil.test\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "550 5.7.1") {
-		t.Errorf("From : ceo@evil.test: %q, want 550 5.7.1", got)
-	}
+	s.dataWant("Subject: spaced\r\nFrom : ceo@evil.test\r\n\r\nbody\r\n", "550 5.7.1", "From : ceo@evil.test")
 	// Resent-From is checked like From.
-	if got := s.data("From: app@example.com\r\nResent-From: ceo@evil.test\r\nSubject: resent\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "550 5.7.1") {
-		t.Errorf("Resent-From: ceo@evil.test: %q, want 550 5.7.1", got)
-	}
+	s.dataWant("From: app@example.com\r\nResent-From: ceo@evil.test\r\nSubject: resent\r\n\r\nbody\r\n", "550 5.7.1", "Resent-From: ceo@evil.test")
 	// A client that sends no blank line still gets its body delivered.
-	if got := s.data("From: app@example.com\r\nSubject: noblank\r\nHello there\r\nsecond line\r\n"); !strings.HasPrefix(got, "250 2.0.0") {
-		t.Errorf("no blank line: %q, want 250", got)
-	}
+	s.dataWant("From: app@example.com\r\nSubject: noblank\r\nHello there\r\nsecond line\r\n", "250 2.0.0", "no blank line")
 	m := bySubject(t, up, "noblank")
 	if !bytes.Contains(m, []byte("\r\n\r\nHello there\r\nsecond line\r\n")) {
 		t.Errorf("no blank line: body not delivered as body:\n%s", m)
@@ -177,9 +176,7 @@ func TestDataLongLines(t *testing.T) {
 	if !bytes.Contains(bytes.ReplaceAll(m, []byte("\r\n"), nil), []byte("X-Words: "+words)) {
 		t.Errorf("long header line not folded at spaces:\n%.300s", m)
 	}
-	if got := s.data("From: app@example.com\r\nX-Token: " + long + "\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "554 5.6.0") {
-		t.Errorf("2,500-byte header line without a space: %q, want 554 5.6.0", got)
-	}
+	s.dataWant("From: app@example.com\r\nX-Token: "+long+"\r\n\r\nbody\r\n", "554 5.6.0", "2,500-byte header line without a space")
 	s.inStep()
 }
 
@@ -189,9 +186,7 @@ func TestDataLineEndings(t *testing.T) {
 	p := dataRelay(t, up)
 	s := rawDial(t, p.addrs["plain"], nil)
 	// A bare CR right after a leading dot is a bare CR.
-	if got := s.data("From: app@example.com\r\nSubject: dotcr\r\n\r\nline1\r\n.\rX\r\n"); !strings.HasPrefix(got, "554 5.6.0") {
-		t.Errorf("bare CR after a leading dot: %q, want 554 5.6.0", got)
-	}
+	s.dataWant("From: app@example.com\r\nSubject: dotcr\r\n\r\nline1\r\n.\rX\r\n", "554 5.6.0", "bare CR after a leading dot")
 	s.inStep()
 	// A BDAT refused for a bad argument still consumes its chunk.
 	s.cmd("MAIL FROM:<app@example.com>", "250")
