@@ -47,6 +47,7 @@ var (
 	ReplyNoPolicy          = reply(451, smtp.EnhancedCode{4, 3, 0}, "No policy configured for this client")
 	ReplyBadSender         = reply(553, smtp.EnhancedCode{5, 1, 7}, "Malformed sender address")
 	ReplyBadRecipient      = reply(553, smtp.EnhancedCode{5, 1, 3}, "Malformed recipient address")
+	ReplyRecipientRouting  = reply(553, smtp.EnhancedCode{5, 1, 3}, "Recipient local part with % or ! (source routing) not allowed")
 )
 
 // replyRateLimited is the per-user rate reply (450 4.7.1), naming how long to wait.

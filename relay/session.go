@@ -122,6 +122,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if strings.ContainsAny(from, " \t\r\n<>") {
 		return ReplyBadSender
 	}
+	from = quoteAddr(from)
 	// Masquerade (DESIGN §8.5) rewrites the sender before it is checked.
 	origFrom := ""
 	if m, ok := pol.Masquerade(s.user, from); ok {
@@ -153,10 +154,26 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if pol == nil { // go-smtp only calls Rcpt after a successful Mail
 		return ReplyAuthRequired
 	}
+	// <Postmaster> (no domain) must be accepted (RFC 5321 §4.5.1): it goes
+	// to postmaster at the relay's hostname, past the recipient rules.
+	postmaster := strings.EqualFold(to, "postmaster")
+	if postmaster {
+		to = "postmaster@" + s.st.cfg.Hostname
+	}
 	if to == "" || strings.ContainsAny(to, " \t\r\n<>") || !strings.Contains(to, "@") {
 		return ReplyBadRecipient
 	}
-	if d := pol.CheckRecipient(s.user, to, n); d != nil {
+	// Policy checks, and the upstream gets, the address in one form:
+	// go-smtp hands over a quoted local part unquoted, which upstreams
+	// would read differently ("a@b"@c sent as a@b@c).
+	to = quoteAddr(to)
+	if local := to[:strings.LastIndexByte(to, '@')]; strings.ContainsAny(local, "%!") && !pol.PercentHack {
+		// user%host@relay and host!user@relay ask the next hop to relay
+		// on: refused unless the policy allows it.
+		s.reject("percent_hack", "rcpt", to)
+		return ReplyRecipientRouting
+	}
+	if d := pol.CheckRecipient(s.user, to, n); d != nil && !postmaster {
 		return s.deny(d, "rcpt", to)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -255,3 +272,46 @@ var cipherNames = sync.OnceValue(func() map[uint16]string {
 	}
 	return m
 })
+
+// quoteAddr writes addr (local@domain, the local part unquoted as go-smtp
+// hands it over) in the form an upstream reads as the same address: a
+// local part that is not a dot-atom is quoted, with \ and " escaped
+// (RFC 5321 §4.1.2).
+func quoteAddr(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return addr
+	}
+	local := addr[:at]
+	if isDotAtom(local) {
+		return addr
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(local); i++ {
+		if local[i] == '"' || local[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(local[i])
+	}
+	b.WriteString(`"`)
+	b.WriteString(addr[at:])
+	return b.String()
+}
+
+// isDotAtom: atext words joined by single dots (RFC 5322 §3.2.3).
+func isDotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c >= 0x80:
+		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -5,9 +5,13 @@ package main
 // DESIGN §1 "Line endings", §4, §8.7).
 
 import (
+	"bufio"
 	"bytes"
+	"io"
+	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,12 +35,23 @@ listeners:
     auth: none
     trusted_networks: [127.0.0.0/8]
     policy: keepbcc
+  - name: team
+    address: 127.0.0.1:0
+    tls: none
+    auth: none
+    trusted_networks: [127.0.0.0/8]
+    policy: team
 policies:
   default:
     allowed_senders: ["*@example.com"]
   keepbcc:
     allowed_senders: ["*@example.com"]
     keep_bcc: true
+  team:
+    allowed_senders: ["*@example.com"]
+    allowed_recipients: ["*@team.example.com"]
+  routing:
+    allow_percent_hack: true
 queue:
   retry: [300ms]
 upstreams:
@@ -49,7 +64,7 @@ upstreams:
 // dataRelay starts sluice with dataYAML in front of up.
 func dataRelay(t *testing.T, up *testsmtp.Server) *proc {
 	e := newEnv(t)
-	return start(t, 2, "serve", "-c", e.config(strings.ReplaceAll(dataYAML, "{{UP}}", strconv.Itoa(up.Port()))))
+	return start(t, 3, "serve", "-c", e.config(strings.ReplaceAll(dataYAML, "{{UP}}", strconv.Itoa(up.Port()))))
 }
 
 // dataWant sends body as one message and wants a reply starting with want;
@@ -212,4 +227,104 @@ func TestDataLongEHLO(t *testing.T) {
 	s.cmd("EHLO "+strings.Repeat("h", 1500)+".test", "501 5.5.2")
 	s.cmd("EHLO client.test", "250")
 	s.inStep()
+}
+
+// rcptSink is an upstream that records the RCPT TO lines exactly as sent
+// (a go-smtp server would unquote them) and accepts everything.
+type rcptSink struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	rcpts []string
+	msgs  int
+}
+
+func startRcptSink(t *testing.T) *rcptSink {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &rcptSink{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go k.serve(c)
+		}
+	}()
+	return k
+}
+
+func (k *rcptSink) serve(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	io.WriteString(c, "220 sink\r\n")
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		cmd := strings.ToUpper(line[:min(4, len(line))])
+		switch cmd {
+		case "EHLO", "HELO":
+			io.WriteString(c, "250 sink\r\n")
+		case "RCPT":
+			k.mu.Lock()
+			k.rcpts = append(k.rcpts, strings.TrimRight(line, "\r\n"))
+			k.mu.Unlock()
+			io.WriteString(c, "250 ok\r\n")
+		case "DATA":
+			io.WriteString(c, "354 go\r\n")
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if l == ".\r\n" {
+					break
+				}
+			}
+			k.mu.Lock()
+			k.msgs++
+			k.mu.Unlock()
+			io.WriteString(c, "250 ok\r\n")
+		case "QUIT":
+			io.WriteString(c, "221 bye\r\n")
+			return
+		default:
+			io.WriteString(c, "250 ok\r\n")
+		}
+	}
+}
+
+// TestAddressForms: the upstream gets exactly the address policy checked,
+// quoted again where go-smtp unquoted it; % and ! local parts are refused;
+// <Postmaster> is accepted and goes to postmaster@hostname.
+func TestAddressForms(t *testing.T) {
+	t.Parallel()
+	sink := startRcptSink(t)
+	e := newEnv(t)
+	p := start(t, 3, "serve", "-c", e.config(strings.ReplaceAll(dataYAML, "{{UP}}", strconv.Itoa(sink.ln.Addr().(*net.TCPAddr).Port))))
+	s := rawDial(t, p.addrs["team"], nil)
+	s.cmd("MAIL FROM:<app@example.com>", "250")
+	s.cmd(`RCPT TO:<"victim@evil.test"@team.example.com>`, "250")
+	s.cmd(`RCPT TO:<"a\\b"@team.example.com>`, "250")
+	s.cmd("RCPT TO:<victim%evil.test@team.example.com>", "553 5.1.3")
+	s.cmd("RCPT TO:<evil.test!victim@team.example.com>", "553 5.1.3")
+	s.cmd("RCPT TO:<Postmaster>", "250")
+	s.cmd("RCPT TO:<victim@evil.test>", "550 5.7.1")
+	s.cmd("DATA", "354")
+	s.write("From: app@example.com\r\nSubject: forms\r\n\r\nbody\r\n.\r\n")
+	if got := s.reply(); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("end of data: %q", got)
+	}
+	waitFor(t, 20*time.Second, "the message upstream", func() bool { sink.mu.Lock(); defer sink.mu.Unlock(); return sink.msgs == 1 })
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	want := []string{`RCPT TO:<"victim@evil.test"@team.example.com>`, `RCPT TO:<"a\\b"@team.example.com>`, "RCPT TO:<postmaster@relay.test>"}
+	if strings.Join(sink.rcpts, "\n") != strings.Join(want, "\n") {
+		t.Errorf("upstream got\n%s\nwant\n%s", strings.Join(sink.rcpts, "\n"), strings.Join(want, "\n"))
+	}
 }
