@@ -81,7 +81,9 @@ func TestStatusPage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("sender with <script>: %v", err)
 	}
-	up.WaitMessages(t, 4, 20*time.Second) // a, b, c and the bounce of gone@
+	// a, b, c, the bounce of gone@ and the evil sender's message (its
+	// quoted sender now goes upstream quoted, so it is delivered).
+	up.WaitMessages(t, 5, 20*time.Second)
 	waitFor(t, 20*time.Second, "one message left queued", func() bool {
 		out, _, _ := runCmd(t, "", "queue", "list", "--json", "--state-dir", filepath.Join(e.dir, "state"))
 		return strings.Count(strings.TrimSpace(out), "\n") == 0 && strings.Contains(out, "later@example.org")
@@ -108,8 +110,8 @@ func TestStatusPage(t *testing.T) {
 	for _, want := range []string{
 		`<b id="queue-count">1</b>`, // later@ waits for a retry
 		">up1<", ">up2<", `class="pill closed"`,
-		"<svg", `<rect class="delivered"`, "delivered 4", // the chart and its legend: a, b, c and the report
-		`x&amp;y'z"q@evil.example`,                                 // the sender, as text
+		"<svg", `<rect class="delivered"`, "delivered 5", // the chart and its legend: a, b, c, the report and the evil sender's
+		`"x&amp;y'z\"q"@evil.example`,                              // the sender, as text, quoted as it was checked
 		"&lt;script&gt;alert('reply')&lt;/script&gt; no such user", // an upstream's reply
 		"mailbox full, try later",
 	} {
@@ -123,7 +125,7 @@ func TestStatusPage(t *testing.T) {
 
 	// The search box: the trace of the <script> message, its subject as text.
 	tr := browse(t, bin, base+"/trace?q="+url.QueryEscape("<evil@evil.example>"), "--dump-dom")
-	for _, want := range []string{evilID, "&lt;script&gt;alert('subject')&lt;/script&gt;", `x&amp;y'z"q@evil.example`, ">accepted<"} {
+	for _, want := range []string{evilID, "&lt;script&gt;alert('subject')&lt;/script&gt;", `"x&amp;y'z\"q"@evil.example`, ">accepted<"} {
 		if !strings.Contains(tr, want) {
 			t.Errorf("trace page lacks %q", want)
 		}
