@@ -205,3 +205,41 @@ func TestAuthFailuresSlowThenRefuse(t *testing.T) {
 		t.Errorf("greeting to a blocked address: %q, want 421 4.7.0", got)
 	}
 }
+
+// TestBDATResetRace: with CHUNKING, go-smtp runs Session.Data in its
+// own goroutine; an RSET (or a new MAIL) between chunks calls Session.Reset
+// on the connection goroutine while Data is still running. Data works on
+// its own copy of the transaction (the race detector watches this test).
+func TestBDATResetRace(t *testing.T) {
+	t.Parallel()
+	tr := startRelay(t, relayOpts{})
+	for i := 0; i < 5; i++ {
+		r := rawDial(t, tr.addr("submission"), nil)
+		r.startTLSAuth(tr.tlsConfig(), "alice", testPassword)
+		if got := r.cmd("MAIL FROM:<a@example.com>"); !strings.HasPrefix(got, "250") {
+			t.Fatalf("MAIL: %s", got)
+		}
+		if got := r.cmd("RCPT TO:<r@example.org>"); !strings.HasPrefix(got, "250") {
+			t.Fatalf("RCPT: %s", got)
+		}
+		// One chunk with the whole header and part of the body, not LAST:
+		// Data parses the header and reads s.from/s.rcpts, then waits.
+		chunk := "From: <a@example.com>\r\nTo: <r@example.org>\r\nSubject: bdat\r\n\r\npart one\r\n"
+		r.write(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
+		if got := r.reply(); !strings.HasPrefix(got, "250") {
+			t.Fatalf("BDAT: %s", got)
+		}
+		// Each reply is checked: the Reset while Data waits must leave the
+		// session usable, not wedged or answering out of turn.
+		for _, step := range []struct{ cmd, want string }{
+			{"RSET", "250 2.0.0"},
+			{"MAIL FROM:<a@example.com>", "250 2.0.0"},
+			{"RCPT TO:<x@example.org>", "250 2.0.0"},
+			{"QUIT", "221 2.0.0"},
+		} {
+			if got := r.cmd(step.cmd); !strings.HasPrefix(got, step.want) {
+				t.Fatalf("%s after an unfinished BDAT: %q, want %s", step.cmd, got, step.want)
+			}
+		}
+	}
+}

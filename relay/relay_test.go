@@ -324,3 +324,44 @@ func plainIR(user, pass string) string {
 func fmtSscanf(line string, code, a, b, c *int) (int, error) {
 	return fmt.Sscanf(line, "%d %d.%d.%d", code, a, b, c)
 }
+
+// TestReloadRaisesSizeLimit: a SIGHUP that raises max_message_size lets
+// a message between the old and the new limit through, and EHLO advertises
+// the new SIZE (go-smtp fixes both per server, so Reload puts a new server
+// in front).
+func TestReloadRaisesSizeLimit(t *testing.T) {
+	t.Parallel()
+	tr := startRelay(t, relayOpts{policies: reviewPolicies})
+
+	y := strings.Replace(mustYAML(t, tr), "max_message_size: 2000\n", "max_message_size: 200000\n", -1)
+	cfg, err := config.Parse([]byte(y), filepath.Join(t.TempDir(), "sluice.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.New(cfg, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pol.Close)
+	tr.srv.Reload(cfg, pol, tr.keys)
+
+	c := tr.dial(t, "submission", "alice")
+	if ok, size := c.Extension("SIZE"); !ok || size != "200000" {
+		t.Errorf("EHLO SIZE after reload = %q, want 200000 (the new largest max_message_size)", size)
+	}
+	body := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n", 100) // ~7.5 KB
+	_, err = send(c, "a@example.com", []string{"r@example.org"}, msg("a@example.com", "r@example.org", "big", body))
+	if err != nil {
+		t.Fatalf("7.5 KB message under the reloaded 200 KB limit: %s (want 250)", codeOf(err))
+	}
+}
+
+const reviewPolicies = "    max_message_size: 2000\n  strict:\n    allowed_senders: [\"bob@example.com\"]\n    max_message_size: 2000\n"
+
+// mustYAML rebuilds the YAML a relay was started from (the test config is
+// not kept as text), by formatting the same template.
+func mustYAML(t *testing.T, tr *testRelay) string {
+	t.Helper()
+	port := fmt.Sprint(tr.up.Port())
+	return fmt.Sprintf(yamlBase, port, reviewPolicies, "", tr.cfg.StateDir, testHash, "")
+}

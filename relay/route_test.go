@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
@@ -67,6 +69,45 @@ func TestRouteAndSESProfile(t *testing.T) {
 			if v.Err != nil {
 				t.Errorf("signature after SES's rewrite: %v", v.Err)
 			}
+		}
+	}
+}
+
+// TestRequireTLSNotDowngraded: a client that sends MAIL ... REQUIRETLS
+// over TLS asks that the message never travel in clear (RFC 8689). A route
+// with only a plaintext (tls: none) upstream must not carry it.
+func TestRequireTLSNotDowngraded(t *testing.T) {
+	t.Parallel()
+	tr := startRelay(t, relayOpts{})
+	c := tr.dial(t, "submission", "alice")
+	if ok, _ := c.Extension("REQUIRETLS"); !ok {
+		t.Fatal("REQUIRETLS not advertised after STARTTLS")
+	}
+	if err := c.Mail("a@example.com", &smtp.MailOptions{RequireTLS: true}); err != nil {
+		t.Fatalf("MAIL REQUIRETLS over TLS: %s", codeOf(err))
+	}
+	if err := c.Rcpt("r@example.org", nil); err != nil {
+		t.Fatalf("RCPT: %s", codeOf(err))
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatalf("DATA: %s", codeOf(err))
+	}
+	fmt.Fprint(w, msg("a@example.com", "r@example.org", "requiretls", "secret"))
+	// Every upstream of this relay is tls: none: the message has no route
+	// that keeps it encrypted, so it is refused, not queued.
+	if _, err := w.CloseWithResponse(); codeOf(err) != "550 5.7.10" {
+		t.Fatalf("end of data with REQUIRETLS and only plaintext upstreams: %s, want 550 5.7.10", codeOf(err))
+	}
+	// A sentinel without REQUIRETLS: once it arrived, the refused message
+	// (never queued) cannot arrive after it.
+	if _, err := send(c, "a@example.com", []string{"r@example.org"}, msg("a@example.com", "r@example.org", "sentinel", "x")); err != nil {
+		t.Fatal(err)
+	}
+	tr.up.WaitMessages(t, 1, 10*time.Second)
+	for _, m := range tr.up.Messages() {
+		if bytes.Contains(m.Data, []byte("Subject: requiretls")) {
+			t.Fatalf("REQUIRETLS message delivered to the upstream in clear:\n%.200s", m.Data)
 		}
 	}
 }
