@@ -40,10 +40,12 @@ type listener struct {
 	// front is the go-smtp server taking new connections and the gate that
 	// feeds it. A reload puts a new one in front (SIZE, banner name and
 	// limits come from the new configuration); the old server keeps its
-	// open sessions until they end. servers holds them all for Shutdown.
-	front   atomic.Pointer[front]
-	smu     sync.Mutex
-	servers []*smtp.Server
+	// open sessions until they end. fronts holds the current one and the
+	// old ones with sessions still open, for Shutdown; a reload drops the
+	// old ones whose sessions have all ended, so they do not pile up.
+	front  atomic.Pointer[front]
+	smu    sync.Mutex
+	fronts []*front
 
 	mu    sync.Mutex
 	perIP map[netip.Addr]int
@@ -177,9 +179,13 @@ func (l *listener) admit(c net.Conn) {
 	tc.cap = time.AfterFunc(sessionCap, func() { tc.Close() })
 	for {
 		f := l.front.Load()
+		f.open.Add(1)
+		tc.done.Store(f)
 		if f.gate.put(conn) {
 			return
 		}
+		f.open.Add(-1)
+		tc.done.Store(nil)
 		if l.front.Load() == f { // shutting down, not a reload
 			conn.Close()
 			return
@@ -187,10 +193,12 @@ func (l *listener) admit(c net.Conn) {
 	}
 }
 
-// front is one go-smtp server and the gate it accepts from.
+// front is one go-smtp server and the gate it accepts from; open counts
+// the connections it was handed that are not closed yet.
 type front struct {
 	gate *gate
 	srv  *smtp.Server
+	open atomic.Int64
 }
 
 func refuseReason(r *smtp.SMTPError) string {
@@ -232,6 +240,7 @@ type trackedConn struct {
 	cap        *time.Timer
 	closed     atomic.Bool
 	closeAfter atomic.Bool
+	done       atomic.Pointer[front] // the front serving it, told on Close
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
@@ -257,6 +266,9 @@ func (c *trackedConn) Close() error {
 	}
 	if c.release != nil {
 		c.release()
+	}
+	if f := c.done.Load(); f != nil {
+		f.open.Add(-1)
 	}
 	return c.Conn.Close()
 }

@@ -111,7 +111,14 @@ func (s *Server) Reload(cfg *config.Config, pol *policy.Engine, keys *signing.Ke
 	for _, l := range s.listeners {
 		nf := &front{gate: newGate(l.raw.Addr()), srv: s.newSMTPServer(l)}
 		l.smu.Lock()
-		l.servers = append(l.servers, nf.srv)
+		kept := l.fronts[:0]
+		for _, f := range l.fronts {
+			if f == l.front.Load() || f.open.Load() > 0 {
+				kept = append(kept, f)
+			}
+		}
+		clear(l.fronts[len(kept):])
+		l.fronts = append(kept, nf)
 		l.smu.Unlock()
 		s.serveFront(l, nf)
 		old := l.front.Swap(nf)
@@ -138,7 +145,7 @@ func (s *Server) Listen() error {
 		}
 		l := &listener{srv: s, cfg: lc, raw: raw, trusted: trusted, perIP: map[netip.Addr]int{}}
 		l.front.Store(&front{gate: newGate(raw.Addr()), srv: s.newSMTPServer(l)})
-		l.servers = []*smtp.Server{l.front.Load().srv}
+		l.fronts = []*front{l.front.Load()}
 		s.listeners = append(s.listeners, l)
 	}
 	return nil
@@ -187,7 +194,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, l := range s.listeners {
 		l.smu.Lock()
-		servers := append([]*smtp.Server(nil), l.servers...)
+		var servers []*smtp.Server
+		for _, f := range l.fronts {
+			servers = append(servers, f.srv)
+		}
 		l.smu.Unlock()
 		for _, srv := range servers {
 			wg.Add(1)

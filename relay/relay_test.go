@@ -365,3 +365,64 @@ func mustYAML(t *testing.T, tr *testRelay) string {
 	port := fmt.Sprint(tr.up.Port())
 	return fmt.Sprintf(yamlBase, port, reviewPolicies, "", tr.cfg.StateDir, testHash, "")
 }
+
+// TestReloadDropsIdleServers: each reload puts a new go-smtp server in
+// front; the old ones are kept only while they still have sessions, so
+// many reloads do not pile up servers (issue 9 item 6).
+func TestReloadDropsIdleServers(t *testing.T) {
+	t.Parallel()
+	tr := startRelay(t, relayOpts{})
+	fronts := func() int {
+		n := 0
+		for _, l := range tr.srv.listeners {
+			if l.cfg.Name == "submission" {
+				l.smu.Lock()
+				n = len(l.fronts)
+				l.smu.Unlock()
+			}
+		}
+		return n
+	}
+	// A session opened before the reloads keeps its server.
+	held := tr.dial(t, "submission", "alice")
+	for range 5 {
+		tr.srv.Reload(tr.cfg, tr.srv.state.Load().policy, tr.keys)
+	}
+	if n := fronts(); n != 3 {
+		t.Errorf("after 5 reloads with one session open: %d servers, want 3 (the held session's, the last old one, the new one)", n)
+	}
+	// The session ends; its connection slot is given back when the server
+	// closes it, then the next reload drops its server.
+	held.Quit()
+	waitForCond(t, func() bool {
+		for _, l := range tr.srv.listeners {
+			if l.cfg.Name == "submission" {
+				l.smu.Lock()
+				defer l.smu.Unlock()
+				return l.fronts[0].open.Load() == 0
+			}
+		}
+		return false
+	})
+	tr.srv.Reload(tr.cfg, tr.srv.state.Load().policy, tr.keys)
+	if n := fronts(); n != 2 {
+		t.Errorf("after the session ended and one more reload: %d servers, want 2", n)
+	}
+	// The relay still serves.
+	c := tr.dial(t, "submission", "alice")
+	if _, err := send(c, "a@example.com", []string{"r@example.org"}, msg("a@example.com", "r@example.org", "after-reloads", "x")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitForCond polls cond until it holds or 10 s pass.
+func waitForCond(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
