@@ -192,13 +192,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		select {
-		case <-sl.exited:
-		default:
-			sl.kill()
-		}
-	}()
+	defer sl.killUnlessExited()
 	deadline := time.Now().Add(o.timeout)
 
 	var r *row

@@ -31,13 +31,7 @@ func queueMode(o *options, bin, dir, cfgPath string, st setup, cl *client, runID
 	if err != nil {
 		return err
 	}
-	defer func() {
-		select {
-		case <-sl.exited:
-		default:
-			sl.kill()
-		}
-	}()
+	defer func() { sl.killUnlessExited() }() // sl is replaced on restarts
 	fmt.Fprintf(stdout, "queue %d: accepting with the upstream down (%d sessions)\n", o.queue, o.conns)
 	t0 := time.Now()
 	res := runLoad(cl, o.conns, o.queue, o.size, false, t0.Add(o.timeout), runID)

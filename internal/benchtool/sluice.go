@@ -208,6 +208,15 @@ func (c *child) stop(grace time.Duration) error {
 	}
 }
 
+// killUnlessExited is the deferred cleanup: a child still running is killed.
+func (c *child) killUnlessExited() {
+	select {
+	case <-c.exited:
+	default:
+		c.kill()
+	}
+}
+
 func (c *child) kill() {
 	_ = c.cmd.Process.Kill()
 	<-c.exited
