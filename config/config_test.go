@@ -61,7 +61,7 @@ func TestBad(t *testing.T) {
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			t.Parallel()
-			c, err := testLoader(map[string]string{"SES_USER": "u"}).Load(f)
+			c, err := testLoader(map[string]string{"SES_USER": "u", "EMPTY_HOSTNAME": ""}).Load(f)
 			if err == nil {
 				t.Fatalf("loaded without error:\n%s", Summary(c))
 			}

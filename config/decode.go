@@ -152,6 +152,16 @@ func (d *decoder) scalar(n *yaml.Node, path, want string) (string, bool) {
 		d.errorf(n.Line, path, "%v", err)
 		return "", false
 	}
+	if s == "" && strings.Contains(n.Value, "${") {
+		// An empty variable would otherwise read as the key not being
+		// set and silently take its default (hostname: ${EV} with EV=
+		// becoming the machine's name): a set but empty variable is a
+		// mistake in the environment, so say which one.
+		name := n.Value[strings.Index(n.Value, "${")+2:]
+		name = name[:strings.IndexByte(name, '}')]
+		d.errorf(n.Line, path, "${%s} is set but empty", name)
+		return "", false
+	}
 	return s, true
 }
 

@@ -112,6 +112,9 @@ func (l *Loader) Parse(data []byte, path string) (*Config, error) {
 			msg = m[2]
 			line = syntaxLine(data, msg, line)
 		}
+		if unquotedVar(data, line) {
+			msg += ` (quote values that use ${NAME}: "${NAME}")`
+		}
 		return nil, Errors{{File: path, Line: line, Problem: "yaml: " + msg}}
 	default:
 		var extra yaml.Node
@@ -184,6 +187,23 @@ func syntaxLine(data []byte, msg string, reported int) int {
 		}
 	}
 	return lo
+}
+
+// unquotedVar reports whether the line of a YAML syntax error (or the one
+// before it) holds an unquoted ${NAME}: in a flow mapping or sequence
+// ({username: ${EV}}) the braces are YAML syntax, so the value must be quoted.
+func unquotedVar(data []byte, line int) bool {
+	lines := bytes.Split(data, []byte("\n"))
+	for n := line - 1; n <= line; n++ {
+		if n < 1 || n > len(lines) {
+			continue
+		}
+		l := lines[n-1]
+		if i := bytes.Index(l, []byte("${")); i >= 0 && !bytes.ContainsAny(l[:i], `"'`) {
+			return true
+		}
+	}
+	return false
 }
 
 // resolvePaths makes relative paths relative to the config file's directory,

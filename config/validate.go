@@ -560,13 +560,13 @@ func (v *validator) validateUpstreams(c *Config) {
 				v.errorf(k+".tls_ca_file", "%s holds no PEM certificate", u.TLSCAFile)
 			}
 		}
-		if u.Password != "" && u.Username == "" {
+		if u.Password != "" && u.Username == "" && !v.bad[k+".username"] {
 			v.errorf(k+".password", "password is set but username is not")
 		}
 		switch u.AuthMechanism {
 		case AuthPlain, AuthLogin:
 		case AuthXOAUTH2:
-			if u.Username == "" {
+			if u.Username == "" { // errorf skips a username that failed to expand
 				v.errorf(k+".username", "xoauth2 needs username (the mailbox)")
 			}
 			o := u.OAuth2
