@@ -140,6 +140,8 @@ func TestFull(t *testing.T) {
 	check("transactional.Rate.Messages", tr.Rate.Messages, Rate{N: 3, Per: time.Minute, Burst: 3})
 	check("transactional.Rate.Recipients unlimited", tr.Rate.Recipients.Unlimited(), true)
 	check("legacy.RequireDKIM", c.Policy("legacy").RequireDKIM, true)
+	check("legacy.AllowPercentHack", c.Policy("legacy").AllowPercentHack, true)
+	check("transactional.KeepBcc", tr.KeepBcc, true)
 	if c.Policy("nope") != nil {
 		t.Error(`Policy("nope") is not nil`)
 	}
@@ -161,6 +163,9 @@ func TestFull(t *testing.T) {
 	check("backup.Ports", c.Upstreams[1].Ports, []int{25, 2525, 587})
 	check("backup.Priority", c.Upstreams[1].Priority, 20)
 	check("backup.Profile", c.Upstreams[1].Profile, "generic")
+	check("backup.FailoverOn5xx", c.Upstreams[1].FailoverOn5xx, true)
+	check("backup timeouts", []time.Duration{c.Upstreams[1].Timeout, c.Upstreams[1].ConnectTimeout, c.Upstreams[1].GreetingTimeout},
+		[]time.Duration{2 * time.Minute, 10 * time.Second, 30 * time.Second})
 	mg := c.Upstreams[2]
 	check("mailgun.Ports (default)", mg.Ports, []int{587, 2525})
 	check("mailgun.Password (${ENV})", mg.Password, "mg-secret")
@@ -172,7 +177,7 @@ func TestFull(t *testing.T) {
 	check("queue", c.Queue, Queue{
 		Retry: []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute,
 			time.Hour, 2 * time.Hour, 4 * time.Hour},
-		MaxAge: 5 * 24 * time.Hour, Workers: 32, BounceFrom: "MAILER-DAEMON@relay.example.com",
+		MaxAge: 5 * 24 * time.Hour, Workers: 32, BounceFrom: "MAILER-DAEMON@relay.example.com", DelayWarning: 4 * time.Hour,
 		WebhookEvents: DefaultWebhookEvents(),
 		WebhookSecret: "hook-secret", MinFreeSpace: 100_000_000,
 	})
@@ -530,5 +535,16 @@ func TestSummaryZero(t *testing.T) {
 	s := Summary(&Config{Policies: map[string]*Policy{"default": nil}})
 	if !strings.Contains(s, "config:     (built in)\n") || !strings.Contains(s, "listeners: 0\n") {
 		t.Errorf("summary:\n%s", s)
+	}
+}
+
+// TestSummaryInsecureAuth: a listener that offers AUTH without TLS says so
+// in the check-config summary, next to its connection limits.
+func TestSummaryInsecureAuth(t *testing.T) {
+	t.Parallel()
+	s := Summary(&Config{Listeners: []Listener{{Name: "lan", Address: ":25", TLS: "none", Auth: AuthRequired,
+		MaxConnections: 100, MaxConnectionsPerIP: 5, AllowInsecureAuth: true}}})
+	if want := "  lan  :25  none  auth=required  conns 100/5 per ip allow_insecure_auth\n"; !strings.Contains(s, want) {
+		t.Errorf("summary lacks %q:\n%s", want, s)
 	}
 }

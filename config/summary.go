@@ -49,7 +49,11 @@ func Summary(c *Config) string {
 		if l.ProxyProtocol {
 			extra += " proxy=" + strings.Join(l.TrustedProxies, ",")
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%s\tauth=%s%s\n", l.Name, l.Address, l.TLS, l.Auth, extra)
+		if l.AllowInsecureAuth {
+			extra += " allow_insecure_auth"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s\tauth=%s\tconns %d/%d per ip%s\n",
+			l.Name, l.Address, l.TLS, l.Auth, l.MaxConnections, l.MaxConnectionsPerIP, extra)
 	}
 	w.Flush()
 
@@ -71,8 +75,15 @@ func Summary(c *Config) string {
 		if len(p.Upstreams) > 0 {
 			route = strings.Join(p.Upstreams, ",")
 		}
-		fmt.Fprintf(w, "  %s\tmax %s\t%d rcpts\tmessages %s\trecipients %s\t-> %s\n",
-			n, p.MaxMessageSize, p.MaxRecipients, p.Rate.Messages, p.Rate.Recipients, route)
+		flags := ""
+		if p.KeepBcc {
+			flags += " keep_bcc"
+		}
+		if p.AllowPercentHack {
+			flags += " allow_percent_hack"
+		}
+		fmt.Fprintf(w, "  %s\tmax %s\t%d rcpts\tmessages %s\trecipients %s\t-> %s%s\n",
+			n, p.MaxMessageSize, p.MaxRecipients, p.Rate.Messages, p.Rate.Recipients, route, flags)
 	}
 	w.Flush()
 
@@ -132,14 +143,32 @@ func Summary(c *Config) string {
 			u.Name, u.Host, strings.Join(ports, ","), u.TLS, u.Profile, u.Priority, u.Weight, rate)
 	}
 	w.Flush()
+	// The connection limits and timeouts of the SMTP upstreams, one line
+	// each below the table so that its columns stay readable.
+	for _, u := range c.Upstreams {
+		if u.Type == UpstreamMaildir || u.API != "" {
+			continue
+		}
+		failover := ""
+		if u.FailoverOn5xx {
+			failover = ", failover_on_5xx"
+		}
+		fmt.Fprintf(&b, "  %s: max_connections %d, timeout %s, connect_timeout %s, greeting_timeout %s, breaker_backoff %s%s\n",
+			u.Name, u.MaxConnections, FormatDuration(u.Timeout), FormatDuration(u.ConnectTimeout),
+			FormatDuration(u.GreetingTimeout), FormatDuration(u.BreakerBackoff), failover)
+	}
 
 	q := c.Queue
 	retry := make([]string, len(q.Retry))
 	for i, d := range q.Retry {
 		retry[i] = FormatDuration(d)
 	}
-	fmt.Fprintf(&b, "queue: retry %s, max_age %s, workers %d, bounce_from %s, min_free_space %s\n",
-		strings.Join(retry, " "), FormatDuration(q.MaxAge), q.Workers, q.BounceFrom, q.MinFreeSpace)
+	delayWarning := "off"
+	if q.DelayWarning > 0 {
+		delayWarning = FormatDuration(q.DelayWarning)
+	}
+	fmt.Fprintf(&b, "queue: retry %s, max_age %s, delay_warning %s, workers %d, bounce_from %s, min_free_space %s\n",
+		strings.Join(retry, " "), FormatDuration(q.MaxAge), delayWarning, q.Workers, q.BounceFrom, q.MinFreeSpace)
 	if q.Webhook != "" {
 		fmt.Fprintf(&b, "webhook: %s (%s)\n", q.Webhook, strings.Join(q.WebhookEvents, ","))
 	}
