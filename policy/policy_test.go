@@ -611,3 +611,31 @@ func TestMasquerade(t *testing.T) {
 		}
 	}
 }
+
+// TestPatternUTF8: patterns match UTF-8 addresses (SMTPUTF8, DESIGN §8.5),
+// case-folded as ASCII ones are; the fold never merges two different names.
+func TestPatternUTF8(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		pattern, addr string
+		want          bool
+	}{
+		{"jörg@bücher.example", "jörg@bücher.example", true},
+		{"jörg@bücher.example", "JÖRG@BÜCHER.example", true},
+		{"JÖRG@Bücher.example", "jörg@bücher.example", true},
+		{"*@bücher.example", "δοκιμή@bücher.example", true},
+		{"*@bücher.example", "jörg@bucher.example", false},
+		{"jörg@*", "jorg@bücher.example", false},
+		{"*@例え.jp", "用户@例え.jp", true},
+		{"*@例え.jp", "用户@例え.jpx", false},
+	}
+	for _, tt := range tests {
+		p, err := compilePattern(tt.pattern)
+		if err != nil {
+			t.Fatalf("compile %q: %v", tt.pattern, err)
+		}
+		if got := p.match("", tt.addr); got != tt.want {
+			t.Errorf("%q.match(%q) = %v, want %v", tt.pattern, tt.addr, got, tt.want)
+		}
+	}
+}

@@ -102,6 +102,7 @@ func (s *session) Data(r io.Reader) error {
 	// Received: field and a generated Message-ID of every copy.
 	groups, profile := s.st.policy.Split(pol, s.user, domainOf(tx.from), tx.rcpts)
 	requireTLS := tx.mailOpts != nil && tx.mailOpts.RequireTLS
+	needsUTF8 := needsSMTPUTF8(tx, fields)
 	for _, g := range groups {
 		if requireTLS && len(g.TLSOnly) == 0 {
 			s.reject("requiretls", "data", strings.Join(g.Upstreams, ","))
@@ -220,6 +221,7 @@ func (s *session) Data(r io.Reader) error {
 			Route:      g.Upstreams,
 			Received:   now,
 			RequireTLS: requireTLS,
+			SMTPUTF8:   needsUTF8,
 		}
 		setDSN(env, tx.mailOpts, tx.rcpts, tx.rcptOpts)
 		// A later copy failing leaves the earlier ones committed: the
@@ -484,4 +486,31 @@ func setDSN(env *queue.Envelope, mo *smtp.MailOptions, rcpts []string, ro []*smt
 		}
 		env.RcptOpts[rcpts[i]] = d
 	}
+}
+
+// needsSMTPUTF8 reports whether the message can only go to an upstream that
+// offers SMTPUTF8 (DESIGN §8.5): a UTF-8 address in the envelope, or UTF-8
+// in the header section of a message the client declared SMTPUTF8 (Postfix
+// sends a raw UTF-8 Subject: so). Without the declaration, 8-bit header
+// bytes are the client's own business, passed on as before.
+func needsSMTPUTF8(tx txn, fields []field) bool {
+	if tx.mailOpts == nil || !tx.mailOpts.UTF8 {
+		return false // Mail and Rcpt refused UTF-8 addresses without it
+	}
+	if !isASCII(tx.from) {
+		return true
+	}
+	for _, r := range tx.rcpts {
+		if !isASCII(r) {
+			return true
+		}
+	}
+	for _, f := range fields {
+		for _, b := range f.raw {
+			if b >= 0x80 {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -228,6 +228,7 @@ func (s *Server) newSMTPServer(l *listener) *smtp.Server {
 	srv.AllowInsecureAuth = true
 	srv.EnableREQUIRETLS = true
 	srv.EnableDSN = true
+	srv.EnableSMTPUTF8 = true // DESIGN §8.5; Mail/Rcpt refuse UTF-8 addresses without it
 	srv.ErrorLog = slogErrorLog{s.log}
 	if l.cfg.TLS == config.TLSStartTLS {
 		srv.TLSConfig = s.tlsConfig

@@ -48,6 +48,7 @@ var (
 	ReplyBadSender         = reply(553, smtp.EnhancedCode{5, 1, 7}, "Malformed sender address")
 	ReplyBadRecipient      = reply(553, smtp.EnhancedCode{5, 1, 3}, "Malformed recipient address")
 	ReplyRecipientRouting  = reply(553, smtp.EnhancedCode{5, 1, 3}, "Recipient local part with % or ! (source routing) not allowed")
+	ReplyNeedsSMTPUTF8     = reply(553, smtp.EnhancedCode{5, 6, 7}, "UTF-8 address without the SMTPUTF8 parameter on MAIL")
 )
 
 // replyRateLimited is the per-user rate reply (450 4.7.1), naming how long to wait.

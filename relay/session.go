@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 
@@ -122,6 +123,14 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if strings.ContainsAny(from, " \t\r\n<>") {
 		return ReplyBadSender
 	}
+	if !isASCII(from) && !utf8.ValidString(from) {
+		return ReplyBadSender // RFC 6531: UTF-8, nothing else
+	}
+	if !isASCII(from) && (opts == nil || !opts.UTF8) {
+		// Accepted, it would be bounced later by a strict upstream (DESIGN §8.5).
+		s.reject("smtputf8", "mail", from)
+		return ReplyNeedsSMTPUTF8
+	}
 	from = quoteAddr(from)
 	// Masquerade (DESIGN §8.5) rewrites the sender before it is checked.
 	origFrom := ""
@@ -149,7 +158,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	s.mu.Lock()
-	pol, n := s.tx.pol, len(s.tx.rcpts)
+	pol, n, mailOpts := s.tx.pol, len(s.tx.rcpts), s.tx.mailOpts
 	s.mu.Unlock()
 	if pol == nil { // go-smtp only calls Rcpt after a successful Mail
 		return ReplyAuthRequired
@@ -162,6 +171,13 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	if to == "" || strings.ContainsAny(to, " \t\r\n<>") || !strings.Contains(to, "@") {
 		return ReplyBadRecipient
+	}
+	if !isASCII(to) && !utf8.ValidString(to) {
+		return ReplyBadRecipient
+	}
+	if !isASCII(to) && (mailOpts == nil || !mailOpts.UTF8) {
+		s.reject("smtputf8", "rcpt", to)
+		return ReplyNeedsSMTPUTF8
 	}
 	// Policy checks, and the upstream gets, the address in one form:
 	// go-smtp hands over a quoted local part unquoted, which upstreams
@@ -310,6 +326,17 @@ func isDotAtom(s string) bool {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c >= 0x80:
 		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0:
 		default:
+			return false
+		}
+	}
+	return true
+}
+
+// isASCII reports whether s holds only 7-bit bytes: an address that does not
+// needs SMTPUTF8 (RFC 6531).
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
 			return false
 		}
 	}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/internal/testsmtp"
+)
+
+// utf8Msg is what Postfix relays for a cron job with a UTF-8 subject: a raw
+// UTF-8 Subject: and a UTF-8 recipient (RFC 6532).
+const utf8Msg = "From: <app@example.com>\r\nTo: <jörg@bücher.example>\r\nSubject: Sicherung für Müller erledigt\r\n" +
+	"Message-ID: <utf8-1@example.com>\r\n\r\nok\r\n"
+
+// sendUTF8 submits utf8Msg as app with SMTPUTF8 on MAIL to rcpt.
+func sendUTF8(t *testing.T, e *env, addr, rcpt string) {
+	t.Helper()
+	c, err := login(addr, e.tlsConfig(), nil, "app", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ok, _ := c.Extension("SMTPUTF8"); !ok {
+		t.Fatal("EHLO does not offer SMTPUTF8")
+	}
+	if err := c.Mail("app@example.com", &smtp.MailOptions{UTF8: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		t.Fatalf("RCPT %s with SMTPUTF8: %v", rcpt, err)
+	}
+	if _, err := sendData(c, utf8Msg); err != nil {
+		t.Fatal(err)
+	}
+	c.Quit()
+}
+
+// TestSMTPUTF8Relayed: a UTF-8 recipient and Subject sent with SMTPUTF8
+// reach an upstream that offers it, with SMTPUTF8 on its MAIL and the bytes
+// unchanged (DESIGN §8.5).
+func TestSMTPUTF8Relayed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{SMTPUTF8: true})
+	_, p := e.startBase(up)
+	sendUTF8(t, e, p.addrs["submission"], "jörg@bücher.example")
+	m := up.WaitMessages(t, 1, 20*time.Second)[0]
+	if !m.UTF8 {
+		t.Error("the upstream's MAIL lacked SMTPUTF8")
+	}
+	if len(m.To) != 1 || m.To[0] != "jörg@bücher.example" {
+		t.Errorf("recipients %q, want [jörg@bücher.example]", m.To)
+	}
+	if !bytes.Contains(m.Data, []byte("\r\nSubject: Sicherung für Müller erledigt\r\n")) {
+		t.Errorf("the UTF-8 Subject: did not arrive unchanged:\n%s", m.Data)
+	}
+}
+
+// TestSMTPUTF8NotOffered: the same message meeting an upstream without
+// SMTPUTF8 is not sent there: it bounces with 5.6.7 (a DSN to the sender,
+// which is ASCII and goes through), and the upstream never sees it. An ASCII
+// recipient does not change that when the client declared SMTPUTF8 and the
+// Subject: is raw UTF-8 (Postfix's cron mail).
+func TestSMTPUTF8NotOffered(t *testing.T) {
+	t.Parallel()
+	for _, rcpt := range []string{"jörg@bücher.example", "joerg@buecher.example"} {
+		t.Run(rcpt, func(t *testing.T) {
+			t.Parallel()
+			testSMTPUTF8NotOffered(t, rcpt)
+		})
+	}
+}
+
+func testSMTPUTF8NotOffered(t *testing.T, rcpt string) {
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{})
+	_, p := e.startBase(up)
+	sendUTF8(t, e, p.addrs["submission"], rcpt)
+	var dsn opsReport
+	waitFor(t, 20*time.Second, "a DSN to app@example.com", func() bool {
+		for _, m := range up.Messages() {
+			if m.From == "" && len(m.To) == 1 && m.To[0] == "app@example.com" {
+				dsn = opsParseReport(t, m.Data)
+				return true
+			}
+		}
+		return false
+	})
+	if len(dsn.rcpts) != 1 || dsn.rcpts[0].Get("Status") != "5.6.7" || dsn.rcpts[0].Get("Action") != "failed" {
+		t.Errorf("DSN recipients %v, want one failed with Status 5.6.7", dsn.rcpts)
+	}
+	for _, m := range up.Messages() {
+		if m.From != "" {
+			t.Errorf("the UTF-8 message reached an upstream without SMTPUTF8: %s -> %q", m.From, m.To)
+		}
+	}
+}
+
+// TestSMTPUTF8Parameter: a UTF-8 address in MAIL or RCPT without the
+// SMTPUTF8 parameter is refused 553 5.6.7 at once, not accepted and bounced
+// later; with it, the same RCPT is accepted.
+func TestSMTPUTF8Parameter(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	y := strings.Replace(baseYAML, "{{UP}}", upstreamYAML(1), 1)
+	y = strings.Replace(y, "users:\n", `  - name: legacy
+    address: 127.0.0.1:0
+    tls: none
+    auth: none
+    trusted_networks: [127.0.0.0/8]
+users:
+`, 1)
+	y = strings.Replace(y, `allowed_senders: ["*@example.com"]`, `allowed_senders: ["*@example.com", "*@bücher.example"]`, 1)
+	e.keygen()
+	p := start(t, 3, "serve", "-c", e.config(y))
+	c := dialRaw(t, p.addrs["legacy"], nil, "")
+	c.reply()
+	c.cmd("EHLO client.test", "250")
+	c.cmd("MAIL FROM:<jörg@bücher.example>", "553 5.6.7 ")
+	c.cmd("MAIL FROM:<app@example.com>", "250")
+	c.cmd("RCPT TO:<jörg@bücher.example>", "553 5.6.7 ")
+	c.cmd("RSET", "250")
+	c.cmd("MAIL FROM:<app@example.com> SMTPUTF8", "250")
+	c.cmd("RCPT TO:<j\xffrg@b\xfccher.example>", "553 5.1.3 ") // not UTF-8 at all
+	c.cmd("RCPT TO:<jörg@bücher.example>", "250")
+	c.cmd("RSET", "250")
+	// Policy patterns match UTF-8 addresses, case-folded.
+	c.cmd("MAIL FROM:<JÖRG@BÜCHER.example> SMTPUTF8", "250")
+	c.cmd("QUIT", "221")
+}
