@@ -44,9 +44,9 @@ func TestParseFixtures(t *testing.T) {
 		{"ses-complaint.json", "ses complaint richard@example.com hdr=[custom-message-ID custom-message-ID] pid=[00000138111222aa-33322211-cccc-cccc-cccc-ddddaaaa0680-000000] status="},
 		{"ses-delivery.json", "ses delivery jane@example.com hdr=[custom-message-ID custom-message-ID] pid=[0000014644fe5ef6-9a483358-9170-4cb4-a269-f5dcdf415321-000000] status="},
 		{"ses-subscription-confirmation.json", ""},
-		{"mailgun-failed-permanent.json", "mailgun bounce alice@example.org hdr=[20130503192659.13651.20287@mg.example.com] pid=[] status=5.1.1"},
-		{"mailgun-complained.json", "mailgun complaint alice@example.org hdr=[20130503192659.13651.20287@mg.example.com] pid=[] status="},
-		{"mailgun-delivered.json", "mailgun delivery alice@example.org hdr=[20130503192659.13651.20287@mg.example.com] pid=[] status="},
+		{"mailgun-failed-permanent.json", "mailgun bounce alice@example.org hdr=[20130503192659.13651.20287@mg.example.com] pid=[] status=5.5.0"},
+		{"mailgun-complained.json", "mailgun complaint recipient@sample.mailgun.com hdr=[20260212182531.0d5ed3254c319957@sample.mailgun.com] pid=[] status="},
+		{"mailgun-delivered.json", "mailgun delivery recipient@sample.mailgun.com hdr=[20260203192030.53383e583ab41f62@sample.mailgun.com] pid=[] status="},
 		{"sendgrid-events.json", strings.Join([]string{
 			"sendgrid delivery example@test.com hdr=[<14c5d75ce93.dfd.64b469@ismtpd-555>] pid=[14c5d75ce93.dfd.64b469] status=",
 			"sendgrid bounce example@test.com hdr=[<14c5d75ce93.dfd.64b469@ismtpd-555>] pid=[14c5d75ce93.dfd.64b469] status=5.0.0",
