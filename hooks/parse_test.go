@@ -41,7 +41,7 @@ func TestParseFixtures(t *testing.T) {
 	}{
 		{"ses-bounce.json", "ses bounce jane@example.com hdr=[custom-message-ID custom-message-ID] pid=[00000138111222aa-33322211-cccc-cccc-cccc-ddddaaaa0680-000000] status=5.1.1"},
 		{"ses-raw-bounce.json", "ses bounce jane@example.com hdr=[custom-message-ID custom-message-ID] pid=[00000138111222aa-33322211-cccc-cccc-cccc-ddddaaaa0680-000000] status=5.1.1"},
-		{"ses-complaint.json", "ses complaint richard@example.com hdr=[custom-message-ID custom-message-ID] pid=[00000138111222aa-33322211-cccc-cccc-cccc-ddddaaaa0680-000000] status="},
+		{"ses-complaint.json", "ses complaint richard@example.com hdr=[custom-message-ID custom-message-ID] pid=[000001378603177f-7a5433e7-8edb-42ae-af10-f0181f34d6ee-000000] status="},
 		{"ses-delivery.json", "ses delivery jane@example.com hdr=[custom-message-ID custom-message-ID] pid=[0000014644fe5ef6-9a483358-9170-4cb4-a269-f5dcdf415321-000000] status="},
 		{"ses-subscription-confirmation.json", ""},
 		{"mailgun-failed-permanent.json", "mailgun bounce alice@example.org hdr=[20130503192659.13651.20287@mg.example.com] pid=[] status=5.5.0"},
