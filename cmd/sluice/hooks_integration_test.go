@@ -105,7 +105,7 @@ func TestHooksProviders(t *testing.T) {
 	}{
 		{"ses", "ses-bounce.json", "query", "john@example.com", "jane@example.com", "custom-message-ID", "5.1.1", "550 5.1.1 <jane@example.com>... User"},
 		{"mailgun", "mailgun-failed-permanent.json", "basic", "bob@example.com", "alice@example.org", "20130503192659.13651.20287@mg.example.com", "5.5.0", "Requested action not taken: mailbox unavailable"},
-		{"sendgrid", "sendgrid-bounce.json", "query", "app@example.com", "example@test.com", "14c5d75ce93.dfd.64b469@ismtpd-555", "5.0.0", "500 unknown recipient"},
+		{"sendgrid", "sendgrid-bounce.json", "query", "app@example.com", "alex@example.com", "14c5d75ce93.dfd.64b469@ismtpd-555", "5.0.0", "500 unknown recipient"},
 		// Postmark's payload carries only its own message ID: matched as
 		// the last message to the recipient.
 		{"postmark", "postmark-bounce.json", "basic", "sender@example.com", "john@example.com", "pm-original-1@example.com", "5.0.0", "Test bounce details"},
