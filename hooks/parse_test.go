@@ -14,7 +14,8 @@ import (
 
 // The fixtures in testdata/ are the providers' documented sample payloads
 // (SES and SNS developer guides, Mailgun's webhook payloads, SendGrid's
-// Event Webhook reference, Postmark's webhook docs).
+// Event Webhook reference, Postmark's webhook docs); testdata/README.md
+// names each source and what was changed.
 
 func fixture(t testing.TB, name string) []byte {
 	t.Helper()
