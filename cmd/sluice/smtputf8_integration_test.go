@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -131,4 +133,42 @@ users:
 	// Policy patterns match UTF-8 addresses, case-folded.
 	c.cmd("MAIL FROM:<JÖRG@BÜCHER.example> SMTPUTF8", "250")
 	c.cmd("QUIT", "221")
+}
+
+// TestSMTPUTF8Python: Python's smtplib, a client other than Go's, sends a
+// UTF-8 recipient with mail_options=['SMTPUTF8'] and it arrives with
+// SMTPUTF8 at an upstream that offers it.
+func TestSMTPUTF8Python(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("python3"); err != nil && os.Getenv("CI") == "" {
+		t.Skip("python3 not installed; CI has it")
+	}
+	e := newEnv(t)
+	up := testsmtp.Start(t, testsmtp.Options{SMTPUTF8: true})
+	_, p := e.startBase(up)
+	py := `
+import smtplib, ssl, sys
+host, port, ca, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False
+s = smtplib.SMTP(host, port)
+s.starttls(context=ctx)
+s.login("app", pw)
+msg = "From: <app@example.com>\r\nTo: <δοκιμή@παράδειγμα.example>\r\nSubject: Grüße\r\nMessage-ID: <py-utf8@example.com>\r\n\r\nok\r\n"
+s.sendmail("app@example.com", ["δοκιμή@παράδειγμα.example"], msg.encode("utf-8"), mail_options=["SMTPUTF8"])
+s.quit()
+print("ok")
+`
+	h, port := splitAddr(p.addrs["submission"])
+	out, err := exec.Command("python3", "-c", py, h, port, e.certFile, password).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ok") {
+		t.Fatalf("python smtplib: %v\n%s", err, out)
+	}
+	m := up.WaitMessages(t, 1, 20*time.Second)[0]
+	if !m.UTF8 || len(m.To) != 1 || m.To[0] != "δοκιμή@παράδειγμα.example" {
+		t.Errorf("arrived with UTF8 %v to %q, want SMTPUTF8 to [δοκιμή@παράδειγμα.example]", m.UTF8, m.To)
+	}
+	if !bytes.Contains(m.Data, []byte("\r\nSubject: Grüße\r\n")) {
+		t.Errorf("the UTF-8 Subject: did not arrive unchanged:\n%s", m.Data)
+	}
 }
