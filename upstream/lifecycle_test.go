@@ -108,10 +108,9 @@ func TestCancelAbortsStalledTransaction(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan Result, 1)
 	go func() { done <- d.Deliver(ctx, msg("m1", body)) }()
-	// Wait until the session is greeted, so the client is past the dial
-	// (which does honour ctx) and waits for the MAIL reply.
-	waitFor(t, "the session greeted", func() bool { return len(s.Hellos()) > 0 })
-	time.Sleep(100 * time.Millisecond)
+	// Wait until the server holds the MAIL command, so the client is past
+	// the dial (which does honour ctx) and waits for the MAIL reply.
+	waitFor(t, "the MAIL command stalled", func() bool { return s.Stalled() > 0 })
 	cancel()
 	select {
 	case r := <-done:

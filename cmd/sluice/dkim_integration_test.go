@@ -333,6 +333,8 @@ func TestDKIMRotateKill9(t *testing.T) {
 				dnsSrv.SetValue(name, v)
 				verified[strings.SplitN(name, ".", 2)[0]] = true
 			}
+			// Not a synchronisation: a later round kills the daemon later
+			// in its checks, so the kill lands at different points.
 			time.Sleep(time.Duration(round) * 100 * time.Millisecond)
 			p.cmd.Process.Signal(syscall.SIGKILL)
 			p.wait(10 * time.Second)

@@ -109,6 +109,7 @@ type Server struct {
 	mode     Mode
 	rules    []*Rule
 	stalls   map[Stage]bool
+	stalled  int // sessions blocked in a stall right now
 	drop     bool
 	release  chan struct{}
 	closed   chan struct{}
@@ -467,13 +468,27 @@ func (s *Server) match(stage Stage, rcpt string) error {
 func (s *Server) stall(stage Stage) {
 	s.mu.Lock()
 	on, rel, closed := s.stalls[stage], s.release, s.closed
+	if on {
+		s.stalled++
+	}
 	s.mu.Unlock()
 	if on {
 		select {
 		case <-rel:
 		case <-closed:
 		}
+		s.mu.Lock()
+		s.stalled--
+		s.mu.Unlock()
 	}
+}
+
+// Stalled is how many sessions are blocked in a stall now: a test waits
+// for it to know the client is waiting for the stalled reply.
+func (s *Server) Stalled() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stalled
 }
 
 func (se *session) Mail(from string, o *smtp.MailOptions) error {
