@@ -110,36 +110,73 @@ func appendJSON(b []byte, e *Event) []byte {
 	b = appendString(b, e.MessageID)
 	b = append(b, `,"sender":`...)
 	b = appendString(b, e.Sender)
-	b = optString(b, "user", e.User)
-	b = optString(b, "ip", e.IP)
-	b = optString(b, "listener", e.Listener)
-	b = optList(b, "recipients", e.Recipients)
-	b = optInt(b, "size", e.Size)
-	b = optList(b, "dkim", e.DKIM)
-	b = optList(b, "route", e.Route)
-	b = optString(b, "subject", truncate(e.Subject, maxSubject))
-	b = optString(b, "original_sender", e.OriginalSender)
-	b = optString(b, "original_from", truncate(e.OriginalFrom, maxSubject))
-	b = optString(b, "recipient", e.Recipient)
-	b = optString(b, "upstream", e.Upstream)
-	b = optString(b, "host", e.Host)
-	b = optInt(b, "port", int64(e.Port))
-	b = optString(b, "tls", e.TLS)
-	b = optInt(b, "code", int64(e.Code))
-	b = optString(b, "enhanced", e.Enhanced)
-	b = optString(b, "text", truncate(e.Text, maxText))
-	if e.Event == Attempt { // 0 ms is a measurement, not an absence
-		b = append(b, `,"duration_ms":`...)
-		b = strconv.AppendInt(b, e.DurationMS, 10)
-	} else {
-		b = optInt(b, "duration_ms", e.DurationMS)
-	}
-	b = optString(b, "by", e.By)
-	b = optString(b, "reason", e.Reason)
-	b = optString(b, "dsn_queue_id", e.DSNQueueID)
-	b = optString(b, "provider", e.Provider)
-	b = optString(b, "kind", e.Kind)
+	e.visit(
+		func(k, v string) { b = optString(b, k, v) },
+		func(k string, v int64, always bool) {
+			if always && v == 0 {
+				b = append(b, `,"`...)
+				b = append(b, k...)
+				b = append(b, `":0`...)
+				return
+			}
+			b = optInt(b, k, v)
+		},
+		func(k string, v []string) { b = optList(b, k, v) },
+	)
 	return append(b, "}\n"...)
+}
+
+// visit hands e's fields besides time, event, queue_id, message_id and
+// sender to str, num and list, in DESIGN §8.1's order: the one list of
+// them that the JSON encoder and `sluice trace` both follow. Free text is
+// truncated here; num's always is set for an attempt's duration_ms, where
+// 0 ms is a measurement, not an absence.
+func (e *Event) visit(str func(k, v string), num func(k string, v int64, always bool), list func(k string, v []string)) {
+	str("user", e.User)
+	str("ip", e.IP)
+	str("listener", e.Listener)
+	list("recipients", e.Recipients)
+	num("size", e.Size, false)
+	list("dkim", e.DKIM)
+	list("route", e.Route)
+	str("subject", truncate(e.Subject, maxSubject))
+	str("original_sender", e.OriginalSender)
+	str("original_from", truncate(e.OriginalFrom, maxSubject))
+	str("recipient", e.Recipient)
+	str("upstream", e.Upstream)
+	str("host", e.Host)
+	num("port", int64(e.Port), false)
+	str("tls", e.TLS)
+	num("code", int64(e.Code), false)
+	str("enhanced", e.Enhanced)
+	str("text", truncate(e.Text, maxText))
+	num("duration_ms", e.DurationMS, e.Event == Attempt)
+	str("by", e.By)
+	str("reason", e.Reason)
+	str("dsn_queue_id", e.DSNQueueID)
+	str("provider", e.Provider)
+	str("kind", e.Kind)
+}
+
+// Fields lists e's non-empty fields besides time, event, queue_id,
+// message_id and sender as name and text, in the journal's order (lists
+// joined by commas), for `sluice trace`'s text output.
+func (e *Event) Fields() [][2]string {
+	var out [][2]string
+	str := func(k, v string) {
+		if v != "" {
+			out = append(out, [2]string{k, v})
+		}
+	}
+	e.visit(str,
+		func(k string, v int64, always bool) {
+			if v != 0 || always {
+				out = append(out, [2]string{k, strconv.FormatInt(v, 10)})
+			}
+		},
+		func(k string, v []string) { str(k, strings.Join(v, ",")) },
+	)
+	return out
 }
 
 func truncate(s string, n int) string {

@@ -87,53 +87,12 @@ func formatTrail(t journal.Trail) string {
 		b.WriteString(e.Time.Format(time.RFC3339))
 		b.WriteString(" ")
 		b.WriteString(e.Event)
-		for _, kv := range eventFields(e) {
+		for _, kv := range e.Fields() {
 			b.WriteString(" " + kv[0] + "=" + quoteIfNeeded(kv[1]))
 		}
 		b.WriteString("\n")
 	}
 	return b.String()
-}
-
-// eventFields lists an event's fields besides time, queue_id, message_id
-// and sender, in DESIGN §8.1's order, leaving out empty ones.
-func eventFields(e journal.Event) [][2]string {
-	var out [][2]string
-	add := func(k, v string) {
-		if v != "" {
-			out = append(out, [2]string{k, v})
-		}
-	}
-	num := func(k string, v int64) {
-		if v != 0 {
-			add(k, strconv.FormatInt(v, 10))
-		}
-	}
-	add("user", e.User)
-	add("ip", e.IP)
-	add("listener", e.Listener)
-	add("recipients", strings.Join(e.Recipients, ","))
-	num("size", e.Size)
-	add("dkim", strings.Join(e.DKIM, ","))
-	add("route", strings.Join(e.Route, ","))
-	add("subject", e.Subject)
-	add("original_sender", e.OriginalSender)
-	add("original_from", e.OriginalFrom)
-	add("recipient", e.Recipient)
-	add("upstream", e.Upstream)
-	add("host", e.Host)
-	num("port", int64(e.Port))
-	add("tls", e.TLS)
-	num("code", int64(e.Code))
-	add("enhanced", e.Enhanced)
-	add("text", e.Text)
-	num("duration_ms", e.DurationMS)
-	add("by", e.By)
-	add("reason", e.Reason)
-	add("dsn_queue_id", e.DSNQueueID)
-	add("provider", e.Provider)
-	add("kind", e.Kind)
-	return out
 }
 
 // quoteIfNeeded quotes values with spaces, quotes or control characters,
