@@ -82,12 +82,21 @@ func (e *Engine) Explain(user, from string, to []string, size int64) (text strin
 	if at := strings.LastIndexByte(from, '@'); at >= 0 {
 		domain = strings.ToLower(from[at+1:])
 	}
-	hasKey := false
+	hasKey, pending := false, false
 	for _, k := range e.cfg.DKIM {
-		if strings.EqualFold(k.Domain, domain) {
-			hasKey = true
-			break
+		if !strings.EqualFold(k.Domain, domain) {
+			continue
 		}
+		if k.Managed && e.managedKeyActive != nil && !e.managedKeyActive(domain) {
+			pending = true // a managed domain signs only once a key is active
+			continue
+		}
+		hasKey = true
+		break
+	}
+	noKey := "no key for " + domain
+	if pending {
+		noKey = "no active managed key for " + domain + " yet (`sluice dkim status`)"
 	}
 	switch {
 	case domain == "":
@@ -98,9 +107,9 @@ func (e *Engine) Explain(user, from string, to []string, size int64) (text strin
 		line("dkim:        signed with the keys for %s", domain)
 	case p.RequireDKIM:
 		denied = append(denied, p.CheckDKIM(false).Kind.String())
-		line("dkim:        no key for %s: DENIED by require_dkim", domain)
+		line("dkim:        %s: DENIED by require_dkim", noKey)
 	default:
-		line("dkim:        no key for %s: sent unsigned", domain)
+		line("dkim:        %s: sent unsigned", noKey)
 	}
 
 	groups, profile := e.Split(p, user, domain, to)

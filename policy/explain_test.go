@@ -4,10 +4,12 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/metrics"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/explain/*.golden")
@@ -109,5 +111,38 @@ func TestExplain(t *testing.T) {
 				t.Errorf("Explain differs from %s:\ngot:\n%s\nwant:\n%s", path, got, want)
 			}
 		})
+	}
+}
+
+// A managed DKIM domain signs only once a key is active: until then
+// explain must say the message goes unsigned (or is denied by
+// require_dkim), as the signer would do.
+func TestExplainManagedKeys(t *testing.T) {
+	t.Parallel()
+	cfg := explainConfig()
+	cfg.Policies["default"].AllowedSenders = append(cfg.Policies["default"].AllowedSenders, "*@pending.test", "*@active.test")
+	cfg.Policies["printer"].AllowedSenders = append(cfg.Policies["printer"].AllowedSenders, "scanner@pending.test")
+	cfg.DKIM = append(cfg.DKIM,
+		config.DKIMKey{Domain: "pending.test", Managed: true},
+		config.DKIMKey{Domain: "active.test", Managed: true})
+	e, err := New(cfg, Options{Now: newClock().Now, Metrics: &metrics.Registry{},
+		ManagedKeyActive: func(domain string) bool { return domain == "active.test" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	tests := []struct {
+		user, from, want string
+		allowed          bool
+	}{
+		{"billing-app", "a@active.test", "dkim:        signed with the keys for active.test\n", true},
+		{"billing-app", "a@pending.test", "dkim:        no active managed key for pending.test yet (`sluice dkim status`): sent unsigned\n", true},
+		{"printer", "scanner@pending.test", "dkim:        no active managed key for pending.test yet (`sluice dkim status`): DENIED by require_dkim\n", false},
+	}
+	for _, tt := range tests {
+		got, allowed := e.Explain(tt.user, tt.from, []string{"alice@example.com"}, 0)
+		if !strings.Contains(got, tt.want) || allowed != tt.allowed {
+			t.Errorf("Explain(%s, %s): allowed %v, want %v; want the line %q in:\n%s", tt.user, tt.from, allowed, tt.allowed, tt.want, got)
+		}
 	}
 }

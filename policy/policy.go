@@ -28,6 +28,9 @@ type Options struct {
 	MaxKeys int
 	// RedisTimeout bounds every Redis call; 0: 200ms.
 	RedisTimeout time.Duration
+	// ManagedKeyActive tells Explain whether a managed DKIM domain has an
+	// active key (signing/managed.go); nil: Explain assumes it has.
+	ManagedKeyActive func(domain string) bool
 }
 
 // Kind is why something was denied. String() is the metric label.
@@ -219,6 +222,8 @@ type Engine struct {
 	buckets *gcraTable
 	auth    *authTable
 	redis   *redisStore // nil: in memory only
+
+	managedKeyActive func(domain string) bool // Options.ManagedKeyActive
 }
 
 // New compiles every policy and route of cfg and, when ratelimit.redis is
@@ -231,6 +236,8 @@ func New(cfg *config.Config, opts Options) (*Engine, error) {
 		users:    map[string]string{},
 		now:      opts.Now,
 		log:      opts.Logger,
+
+		managedKeyActive: opts.ManagedKeyActive,
 	}
 	if e.now == nil {
 		e.now = time.Now

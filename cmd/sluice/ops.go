@@ -16,6 +16,7 @@ import (
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/policy"
 	"github.com/sluicemail/sluice/queue"
+	"github.com/sluicemail/sluice/signing"
 	"github.com/sluicemail/sluice/upstream"
 )
 
@@ -204,7 +205,16 @@ func runPolicy(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		return err
 	}
 	cfg.RateLimit.Redis = "" // explain decides rules; it never spends a shared token
-	eng, err := policy.New(cfg, policy.Options{})
+	store := signing.NewStore(cfg.StateDir)
+	eng, err := policy.New(cfg, policy.Options{ManagedKeyActive: func(domain string) bool {
+		keys, _ := store.Keys(domain) // unreadable state: no active key, as the signer would see it
+		for _, k := range keys {
+			if k.State == signing.StateActive {
+				return true
+			}
+		}
+		return false
+	}})
 	if err != nil {
 		return err
 	}
