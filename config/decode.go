@@ -18,11 +18,22 @@ import (
 // error its line and dotted key, parses our own scalars (sizes, durations,
 // rates), expands ${NAME} in every scalar, and reads *_file secrets.
 
-var (
-	durationType = reflect.TypeFor[time.Duration]()
-	sizeType     = reflect.TypeFor[Size]()
-	rateType     = reflect.TypeFor[Rate]()
-)
+// ownScalars are our own scalar types: what each is called in errors, and
+// its parser (whose error is the message).
+var ownScalars = map[reflect.Type]struct {
+	what  string
+	parse func(string) (any, error)
+}{
+	reflect.TypeFor[time.Duration](): {"a duration", func(s string) (any, error) {
+		d, err := ParseDuration(s)
+		if err == nil && d < 0 {
+			err = fmt.Errorf("duration %q must not be negative", s)
+		}
+		return d, err
+	}},
+	reflect.TypeFor[Size](): {"a size", func(s string) (any, error) { return ParseSize(s) }},
+	reflect.TypeFor[Rate](): {"a rate", func(s string) (any, error) { return ParseRate(s) }},
+}
 
 // secretFiles lists, per struct, the keys that read a secret from a file and
 // the key of the field the secret fills. Paths such as cert_file are not here:
@@ -237,35 +248,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	}
 	d.present[path] = true
 	t := v.Type()
-	switch t {
-	case durationType:
-		if s, ok := d.scalar(n, path, "a duration"); ok {
-			dur, err := ParseDuration(s)
-			switch {
-			case err != nil:
-				d.errorf(n.Line, path, "%v", err)
-			case dur < 0:
-				d.errorf(n.Line, path, "duration %q must not be negative", s)
-			default:
-				v.SetInt(int64(dur))
-			}
-		}
-		return
-	case sizeType:
-		if s, ok := d.scalar(n, path, "a size"); ok {
-			if size, err := ParseSize(s); err != nil {
+	if own, ok := ownScalars[t]; ok {
+		if s, ok := d.scalar(n, path, own.what); ok {
+			if x, err := own.parse(s); err != nil {
 				d.errorf(n.Line, path, "%v", err)
 			} else {
-				v.SetInt(int64(size))
-			}
-		}
-		return
-	case rateType:
-		if s, ok := d.scalar(n, path, "a rate"); ok {
-			if r, err := ParseRate(s); err != nil {
-				d.errorf(n.Line, path, "%v", err)
-			} else {
-				v.Set(reflect.ValueOf(r))
+				v.Set(reflect.ValueOf(x))
 			}
 		}
 		return

@@ -92,6 +92,20 @@ func hostPort(s string) error {
 // normalizeNets checks a list of CIDRs or bare IPs and rewrites each to its
 // canonical prefix ("192.0.2.15" → "192.0.2.15/32", "10.20.1.0/16" →
 // "10.20.0.0/16"), so the relay can use netip.ParsePrefix on every entry.
+// atLeastOne checks a count that must be at least 1.
+func (v *validator) atLeastOne(key string, n int) {
+	if n < 1 {
+		v.errorf(key, "must be at least 1")
+	}
+}
+
+// positive checks a duration that must be above zero.
+func (v *validator) positive(key string, d time.Duration) {
+	if d <= 0 {
+		v.errorf(key, "must be positive")
+	}
+}
+
 func (v *validator) normalizeNets(list []string, key string) {
 	for i, s := range list {
 		k := fmt.Sprintf("%s[%d]", key, i)
@@ -136,9 +150,7 @@ func (v *validator) validate(c *Config) {
 		}
 	}
 	v.validateStatus(c)
-	if c.Journal.Retention <= 0 {
-		v.errorf("journal.retention", "must be positive")
-	}
+	v.positive("journal.retention", c.Journal.Retention)
 	if c.Journal.MaxSize < MinJournalMaxSize {
 		v.errorf("journal.max_size", "%s is below the minimum of %s", c.Journal.MaxSize, MinJournalMaxSize)
 	}
@@ -148,12 +160,8 @@ func (v *validator) validate(c *Config) {
 			v.errorf("ratelimit.redis", "%q is not a redis:// or rediss:// URL", r)
 		}
 	}
-	if c.Suppression.TTL <= 0 {
-		v.errorf("suppression.ttl", "must be positive")
-	}
-	if c.Hooks.IndexTTL <= 0 {
-		v.errorf("hooks.index_ttl", "must be positive")
-	}
+	v.positive("suppression.ttl", c.Suppression.TTL)
+	v.positive("hooks.index_ttl", c.Hooks.IndexTTL)
 	if c.Hooks.MailgunSigningKey != "" && c.Hooks.Token == "" {
 		v.errorf("hooks.mailgun_signing_key", "needs hooks.token: the hooks are served only with a token")
 	}
@@ -236,12 +244,8 @@ func (v *validator) validateListeners(c *Config) {
 		if c.Policy(ls.Policy) == nil {
 			v.errorf(k+".policy", "unknown policy %q", ls.Policy)
 		}
-		if ls.MaxConnections < 1 {
-			v.errorf(k+".max_connections", "must be at least 1")
-		}
-		if ls.MaxConnectionsPerIP < 1 {
-			v.errorf(k+".max_connections_per_ip", "must be at least 1")
-		}
+		v.atLeastOne(k+".max_connections", ls.MaxConnections)
+		v.atLeastOne(k+".max_connections_per_ip", ls.MaxConnectionsPerIP)
 	}
 }
 
@@ -313,9 +317,7 @@ func (v *validator) validatePolicies(c *Config) {
 		if p.MaxMessageSize < 1 {
 			v.errorf(k+".max_message_size", "must be at least 1 byte")
 		}
-		if p.MaxRecipients < 1 {
-			v.errorf(k+".max_recipients", "must be at least 1")
-		}
+		v.atLeastOne(k+".max_recipients", p.MaxRecipients)
 		for _, list := range []struct {
 			key      string
 			patterns []string
@@ -426,9 +428,7 @@ func (v *validator) validateDKIM(c *Config) {
 			v.errorf("dns.resolver", "address %q: a host is required (e.g. 127.0.0.1:53)", c.DNS.Resolver)
 		}
 	}
-	if c.DNS.Timeout <= 0 {
-		v.errorf("dns.timeout", "must be positive")
-	}
+	v.positive("dns.timeout", c.DNS.Timeout)
 }
 
 // ValidDomainName reports whether d can name a DNS domain and a directory
@@ -504,20 +504,12 @@ func (v *validator) validateUpstreams(c *Config) {
 		if u.Priority < 0 {
 			v.errorf(k+".priority", "must not be negative")
 		}
-		if u.Weight < 1 {
-			v.errorf(k+".weight", "must be at least 1")
-		}
-		if u.MaxConnections < 1 {
-			v.errorf(k+".max_connections", "must be at least 1")
-		}
-		for _, d := range []struct {
-			key string
-			ok  bool
-		}{{"breaker_backoff", u.BreakerBackoff > 0}, {"timeout", u.Timeout > 0}, {"connect_timeout", u.ConnectTimeout > 0}, {"greeting_timeout", u.GreetingTimeout > 0}} {
-			if !d.ok {
-				v.errorf(k+"."+d.key, "must be positive")
-			}
-		}
+		v.atLeastOne(k+".weight", u.Weight)
+		v.atLeastOne(k+".max_connections", u.MaxConnections)
+		v.positive(k+".breaker_backoff", u.BreakerBackoff)
+		v.positive(k+".timeout", u.Timeout)
+		v.positive(k+".connect_timeout", u.ConnectTimeout)
+		v.positive(k+".greeting_timeout", u.GreetingTimeout)
 		if !ValidProfile(u.Profile) {
 			v.errorf(k+".profile", "%q is not one of generic, ses, sendgrid, postmark, mailgun", u.Profile)
 		}
@@ -638,12 +630,8 @@ func (v *validator) validateQueue(c *Config) {
 			v.errorf(fmt.Sprintf("queue.retry[%d]", i), "interval must be positive")
 		}
 	}
-	if q.MaxAge <= 0 {
-		v.errorf("queue.max_age", "must be positive")
-	}
-	if q.Workers < 1 {
-		v.errorf("queue.workers", "must be at least 1")
-	}
+	v.positive("queue.max_age", q.MaxAge)
+	v.atLeastOne("queue.workers", q.Workers)
 	if q.BounceFrom == "" || !strings.Contains(q.BounceFrom, "@") {
 		v.errorf("queue.bounce_from", "%q is not an address", q.BounceFrom)
 	}

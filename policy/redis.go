@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicemail/sluice/internal/metrics"
+	"github.com/sluicemail/sluice/internal/redisconn"
 )
 
 // gcraScript is the Redis side of gcraTable: the same arithmetic on one key
@@ -42,23 +42,33 @@ redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - no
 return {1, 0}
 `)
 
-// authFailScript records one failure in a sliding window (a sorted set of
-// failure times, so failures cannot hide on either side of a fixed window's
-// edge); the block-th failure within the window sets the block key.
-// KEYS: failures, block. ARGV: window ms, block-after, block ms, now ms, a
-// unique member.
-var authFailScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+// authLua begins every auth script. KEYS: failures (a sorted set of failure
+// times: a sliding window, so failures cannot hide on either side of a fixed
+// window's edge), block, pending. ARGV: window ms, block-after, block ms,
+// now ms, then the script's own (redisStore.runAuth passes them).
+const authLua = `
 local w = tonumber(ARGV[1])
 local now = tonumber(ARGV[4])
+local function blocked() return redis.call('EXISTS', KEYS[2]) == 1 end
+-- blockWhenFull sets the block (and forgets the failures) once n failures
+-- fill the window.
+local function blockWhenFull(n)
+  if n < tonumber(ARGV[2]) then return false end
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+  return true
+end
+`
+
+// authFailScript records one failure; the block-after-th failure within the
+// window sets the block key. ARGV[5]: a unique member.
+var authFailScript = redis.NewScript(authLua + `
+if blocked() then return -1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
 redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[1], w)
 local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-  redis.call('DEL', KEYS[1])
-end
+blockWhenFull(n)
 return n
 `)
 
@@ -67,22 +77,15 @@ return n
 // failure), so parallel connections cannot pass the check before any
 // failure is counted: failures plus pending checks stay under block-after.
 // A pending member left by an instance that died mid-check lapses after
-// authPendingTTL. KEYS: failures, block, pending. ARGV: window ms,
-// block-after, block ms, now ms, a unique member, pending TTL ms. Returns
-// the failures in the window, -1 when the IP is blocked, or -2 (busy) when
-// the slots are full of checks in flight.
-var authReserveScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local w = tonumber(ARGV[1])
-local now = tonumber(ARGV[4])
+// authPendingTTL. ARGV[5]: a unique member, ARGV[6]: pending TTL ms.
+// Returns the failures in the window, -1 when the IP is blocked, or -2
+// (busy) when the slots are full of checks in flight.
+var authReserveScript = redis.NewScript(authLua + `
+if blocked() then return -1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
 local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-  redis.call('DEL', KEYS[1])
-  return -1
-end
+if blockWhenFull(n) then return -1 end
 if n + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return -2 end
 redis.call('ZADD', KEYS[3], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
@@ -99,30 +102,24 @@ const authPendingTTL = time.Minute
 
 // authSettleScript ends a reserved attempt: its pending member goes, and a
 // failure (ARGV[5] = "0") joins the failures, setting the block when the
-// window is full. KEYS: failures, block, pending. ARGV: window ms,
-// block-after, block ms, now ms, ok, member.
-var authSettleScript = redis.NewScript(`
+// window is full. ARGV[5]: ok, ARGV[6]: member.
+var authSettleScript = redis.NewScript(authLua + `
 redis.call('ZREM', KEYS[3], ARGV[6])
 if ARGV[5] == '1' then
   return 0
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local now = tonumber(ARGV[4])
+if blocked() then return -1 end
 redis.call('ZADD', KEYS[1], now, ARGV[6])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-local n = redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]) + 1, '+inf')
-if n >= tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-  redis.call('DEL', KEYS[1])
-end
+redis.call('PEXPIRE', KEYS[1], w)
+local n = redis.call('ZCOUNT', KEYS[1], now - w + 1, '+inf')
+blockWhenFull(n)
 return n
 `)
 
 // authStateScript counts the failures in the window and reads the block.
-// KEYS: failures, block. ARGV: window ms, now ms.
-var authStateScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-return redis.call('ZCOUNT', KEYS[1], tonumber(ARGV[2]) - tonumber(ARGV[1]) + 1, '+inf')
+var authStateScript = redis.NewScript(authLua + `
+if blocked() then return -1 end
+return redis.call('ZCOUNT', KEYS[1], now - w + 1, '+inf')
 `)
 
 // redisCooldown is how long Redis is left alone after an error: a dead or
@@ -147,21 +144,14 @@ func newRedisStore(url string, failOpen bool, opts Options, log *slog.Logger) (*
 	if timeout <= 0 {
 		timeout = 200 * time.Millisecond
 	}
-	var ro *redis.Options
-	if strings.Contains(url, "://") {
-		var err error
-		if ro, err = redis.ParseURL(url); err != nil {
-			return nil, fmt.Errorf("policy: ratelimit.redis: %w", err)
-		}
-	} else {
-		ro = &redis.Options{Addr: url} // host:port
+	ro, err := redisconn.Options(url, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("policy: ratelimit.redis: %w", err)
 	}
-	// Every wait is bounded by the timeout; no retries (the fallback is
-	// the retry), so a dead Redis never stalls a session for long.
-	ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.PoolTimeout = timeout, timeout, timeout, timeout
+	// No retries (the fallback is the retry), so a dead Redis never stalls
+	// a session for long.
 	ro.MaxRetries = -1
 	ro.DialerRetries = 1
-	ro.ContextTimeoutEnabled = true
 	reg := opts.Metrics
 	if reg == nil {
 		reg = metrics.Default
@@ -222,10 +212,17 @@ func authKeys(key string) []string {
 	return []string{"sluice:rl:auth:{" + key + "}", "sluice:rl:authblock:{" + key + "}", "sluice:rl:authpending:{" + key + "}"}
 }
 
-func (s *redisStore) authState(ctx context.Context, key string, now time.Time) (int, bool, error) {
+// runAuth runs one of the auth scripts on key's keys with the arguments
+// authLua reads, then extra.
+func (s *redisStore) runAuth(ctx context.Context, script *redis.Script, key string, now time.Time, extra ...any) *redis.Cmd {
 	ctx, cancel := s.bounded(ctx)
 	defer cancel()
-	n, err := authStateScript.Run(ctx, s.rdb, authKeys(key), authWindow.Milliseconds(), now.UnixMilli()).Int()
+	args := append([]any{authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli()}, extra...)
+	return script.Run(ctx, s.rdb, authKeys(key), args...)
+}
+
+func (s *redisStore) authState(ctx context.Context, key string, now time.Time) (int, bool, error) {
+	n, err := s.runAuth(ctx, authStateScript, key, now).Int()
 	if err != nil {
 		return 0, false, fmt.Errorf("policy: redis auth state %s: %w", key, err)
 	}
@@ -236,10 +233,7 @@ func (s *redisStore) authState(ctx context.Context, key string, now time.Time) (
 }
 
 func (s *redisStore) authFailed(ctx context.Context, key string, now time.Time) error {
-	ctx, cancel := s.bounded(ctx)
-	defer cancel()
-	err := authFailScript.Run(ctx, s.rdb, authKeys(key),
-		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), rand.Text()).Err()
+	err := s.runAuth(ctx, authFailScript, key, now, rand.Text()).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("policy: redis auth failed %s: %w", key, err)
 	}
@@ -247,10 +241,7 @@ func (s *redisStore) authFailed(ctx context.Context, key string, now time.Time) 
 }
 
 func (s *redisStore) authReserve(ctx context.Context, key, member string, now time.Time) (int, error) {
-	ctx, cancel := s.bounded(ctx)
-	defer cancel()
-	n, err := authReserveScript.Run(ctx, s.rdb, authKeys(key),
-		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), member, authPendingTTL.Milliseconds()).Int()
+	n, err := s.runAuth(ctx, authReserveScript, key, now, member, authPendingTTL.Milliseconds()).Int()
 	if err != nil {
 		return 0, fmt.Errorf("policy: redis auth reserve %s: %w", key, err)
 	}
@@ -258,14 +249,11 @@ func (s *redisStore) authReserve(ctx context.Context, key, member string, now ti
 }
 
 func (s *redisStore) authSettle(ctx context.Context, key, member string, ok bool, now time.Time) error {
-	ctx, cancel := s.bounded(ctx)
-	defer cancel()
 	flag := "0"
 	if ok {
 		flag = "1"
 	}
-	err := authSettleScript.Run(ctx, s.rdb, authKeys(key),
-		authWindow.Milliseconds(), authBlockAfter, authBlockFor.Milliseconds(), now.UnixMilli(), flag, member).Err()
+	err := s.runAuth(ctx, authSettleScript, key, now, flag, member).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("policy: redis auth settle %s: %w", key, err)
 	}

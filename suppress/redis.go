@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicemail/sluice/internal/redisconn"
 )
 
 // RedisStore keeps the map in Redis, shared by every instance: each key is
@@ -26,17 +28,10 @@ func OpenRedis(url string, timeout time.Duration) (*RedisStore, error) {
 	if timeout <= 0 {
 		timeout = 500 * time.Millisecond
 	}
-	var ro *redis.Options
-	if strings.Contains(url, "://") {
-		var err error
-		if ro, err = redis.ParseURL(url); err != nil {
-			return nil, fmt.Errorf("suppress: ratelimit.redis: %w", err)
-		}
-	} else {
-		ro = &redis.Options{Addr: url}
+	ro, err := redisconn.Options(url, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("suppress: ratelimit.redis: %w", err)
 	}
-	ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.PoolTimeout = timeout, timeout, timeout, timeout
-	ro.ContextTimeoutEnabled = true
 	ro.MaxRetries = 1
 	return &RedisStore{rdb: redis.NewClient(ro), timeout: timeout}, nil
 }
