@@ -8,6 +8,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/sluicemail/sluice/internal/durable"
 )
 
 // Index keys are 64-bit FNV-1a hashes of a namespace byte and a string:
@@ -106,23 +108,7 @@ func writeIdx(path string, s *segment) error {
 		binary.BigEndian.PutUint64(p[i*entrySize:], e.h)
 		binary.BigEndian.PutUint32(p[i*entrySize+8:], e.off)
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("journal: write index: %w", err)
-	}
-	_, err = f.Write(buf)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := durable.WriteFile(path, buf); err != nil {
 		return fmt.Errorf("journal: write index: %w", err)
 	}
 	return nil

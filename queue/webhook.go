@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/durable"
 	"github.com/sluicemail/sluice/spool"
 )
 
@@ -127,23 +128,7 @@ func (w *webhooks) post1(ev Event) {
 // writeFileDurable writes dir/name via a temp file, fsync, rename and a
 // directory fsync.
 func writeFileDurable(dir, name string, data []byte) error {
-	tmp := filepath.Join(dir, name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := durable.WriteFile(filepath.Join(dir, name), data); err != nil {
 		return err
 	}
 	return spool.SyncDir(dir)

@@ -1,14 +1,15 @@
 package relay
 
 import (
-	"bytes"
 	"context"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/saslogin"
 )
 
 // AuthMechanisms offers PLAIN and LOGIN only where credentials are safe:
@@ -53,7 +54,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			return s.authenticate(username, password)
 		})}, nil
 	case sasl.Login:
-		return &loginServer{auth: s.authenticate}, nil
+		return &saslogin.Server{User: refuseNUL, Auth: s.authenticate}, nil
 	}
 	return nil, ReplyAuthMechanism
 }
@@ -96,33 +97,12 @@ func (s *session) closeAfterReply() {
 	}
 }
 
-// loginServer is the server side of AUTH LOGIN, which go-sasl no longer
-// ships (libs.md §2). It accepts the username as an initial response too.
-type loginServer struct {
-	step int
-	user string
-	auth func(user, pass string) error
-}
-
-func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
-	switch l.step {
-	case 0:
-		l.step = 1
-		if resp == nil {
-			return []byte("Username:"), false, nil
-		}
-		fallthrough
-	case 1:
-		if bytes.IndexByte(resp, 0) >= 0 {
-			return nil, false, ReplyAuthMalformed
-		}
-		l.user, l.step = string(resp), 2
-		return []byte("Password:"), false, nil
-	case 2:
-		l.step = 3
-		return nil, true, l.auth(l.user, string(resp))
+// refuseNUL refuses an AUTH LOGIN username with a NUL byte in it.
+func refuseNUL(user string) error {
+	if strings.IndexByte(user, 0) >= 0 {
+		return ReplyAuthMalformed
 	}
-	return nil, false, smtp.ErrAuthFailed
+	return nil
 }
 
 // namedErrors turns go-sasl's own errors (a malformed PLAIN response) into a

@@ -266,6 +266,35 @@ func DNSRecord(domain, selector string, pub crypto.PublicKey) string {
 	return b.String()
 }
 
+// writeTemp writes data to a new temp file (mode 0600) beside path and
+// fsyncs it, for the caller to move onto path and then remove the temp name
+// (a failure removes it here). what names the file in errors ("key " or "").
+func writeTemp(path, what string, data []byte) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return "", fmt.Errorf("signing: write %s%s: %w", what, path, err)
+	}
+	fail := func(op string, err error) (string, error) {
+		f.Close()
+		os.Remove(f.Name())
+		return "", fmt.Errorf("signing: %s %s%s: %w", op, what, path, err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return fail("write", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail("write", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail("fsync", err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("signing: write %s%s: %w", what, path, err)
+	}
+	return f.Name(), nil
+}
+
 // WriteKeyFile writes key as PKCS#8 PEM to path with mode 0600: a temp file
 // in the same directory, fsync'd, then moved into place, so a crash leaves
 // either no key or a whole one. An existing file is kept (error) unless
@@ -276,28 +305,12 @@ func WriteKeyFile(path string, key crypto.Signer, overwrite bool) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	tmp, err := writeTemp(path, "key ", data)
 	if err != nil {
-		return fmt.Errorf("signing: write key %s: %w", path, err)
+		return err
 	}
-	tmp := f.Name()
 	defer os.Remove(tmp) // after link or rename this only removes the temp name
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("signing: write key %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("signing: write key %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("signing: fsync key %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("signing: write key %s: %w", path, err)
-	}
+	dir := filepath.Dir(path)
 	if overwrite {
 		err = os.Rename(tmp, path)
 	} else {

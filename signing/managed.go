@@ -145,23 +145,11 @@ func writeState(dir string, st *stateFile) error {
 	}
 	b = append(b, '\n')
 	path := filepath.Join(dir, "state.json")
-	f, err := os.CreateTemp(dir, ".state.json.tmp-*")
+	tmp, err := writeTemp(path, "", b)
 	if err != nil {
-		return fmt.Errorf("signing: write %s: %w", path, err)
+		return err
 	}
-	tmp := f.Name()
 	defer os.Remove(tmp)
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("signing: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("signing: fsync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("signing: write %s: %w", path, err)
-	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("signing: write %s: %w", path, err)
 	}

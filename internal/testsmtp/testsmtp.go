@@ -21,6 +21,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/internal/saslogin"
 )
 
 // TLSMode is how the server offers TLS.
@@ -584,42 +586,11 @@ func (se *session) Auth(mech string) (sasl.Server, error) {
 			return se.check(user, pass, "")
 		}), nil
 	case sasl.Login:
-		p := se.s.opts.LoginPrompts
-		if p[0] == "" {
-			p = [2]string{"Username:", "Password:"}
-		}
-		return &loginServer{prompts: p, auth: func(u, pw string) error { return se.check(u, pw, "") }}, nil
+		return &saslogin.Server{Prompts: se.s.opts.LoginPrompts, Auth: func(u, pw string) error { return se.check(u, pw, "") }}, nil
 	case "XOAUTH2":
 		return &xoauth2Server{auth: func(u, tok string) error { return se.check(u, "", tok) }}, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
-}
-
-// loginServer is AUTH LOGIN (go-sasl has none): with or without an
-// initial response, with configurable prompts.
-type loginServer struct {
-	prompts [2]string
-	step    int
-	user    string
-	auth    func(u, p string) error
-}
-
-func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
-	switch l.step {
-	case 0:
-		l.step = 1
-		if resp == nil {
-			return []byte(l.prompts[0]), false, nil
-		}
-		fallthrough
-	case 1:
-		l.user, l.step = string(resp), 2
-		return []byte(l.prompts[1]), false, nil
-	case 2:
-		l.step = 3
-		return nil, true, l.auth(l.user, string(resp))
-	}
-	return nil, false, sasl.ErrUnexpectedClientResponse
 }
 
 // xoauth2Server behaves as Gmail does: a bad token gets a 334 with a JSON
