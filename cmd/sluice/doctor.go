@@ -363,13 +363,35 @@ func (d *doctor) checkDMARC(ctx context.Context, domain string) {
 	}
 }
 
-func (d *doctor) checkUpstream(ctx context.Context, u config.Upstream) {
-	if u.Type != config.UpstreamSMTP && u.Type != "" {
-		return
+// checkAPI makes one read-only, authenticated call to an API upstream.
+func (d *doctor) checkAPI(ctx context.Context, opts upstream.Options, u config.Upstream) {
+	check := "upstream " + u.Name + " " + u.API
+	p, err := upstream.ProbeAPI(ctx, opts, u)
+	switch {
+	case err != nil:
+		d.add(resFail, check, "%v", err)
+	case p.Err != nil && p.Err.Stage == upstream.StageAuth:
+		d.add(resFail, check, "%s: %s: check the credentials (and the region) of %s", p.URL, p.Err.Message, u.Name)
+	case p.Err != nil:
+		d.add(resFail, check, "%s: %v: check the endpoint, the proxy (HTTPS_PROXY) and the firewall", p.URL, p.Err)
+	case p.Warn:
+		d.add(resWarn, check, "%s", p.Detail)
+	default:
+		d.add(resOK, check, "%s; nothing sent", p.Detail)
 	}
+}
+
+func (d *doctor) checkUpstream(ctx context.Context, u config.Upstream) {
 	opts := upstream.Options{Hostname: d.cfg.Hostname, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	pctx, cancel := context.WithTimeout(ctx, time.Minute+2*u.ConnectTimeout)
 	defer cancel()
+	if u.API != "" {
+		d.checkAPI(pctx, opts, u)
+		return
+	}
+	if u.Type != config.UpstreamSMTP && u.Type != "" {
+		return
+	}
 	probes, err := upstream.Probe(pctx, opts, u)
 	if err != nil {
 		d.add(resFail, "upstream "+u.Name, "%v", err)

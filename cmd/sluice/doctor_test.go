@@ -2,9 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sluicemail/sluice/internal/testdns"
@@ -182,4 +188,55 @@ func FuzzSPFTerms(f *testing.F) {
 			t.Fatalf("%q -> %q: %v %q %q vs %v %q %q", rec, rebuilt, inc, redirect, all, inc2, redirect2, all2)
 		}
 	})
+}
+
+// TestDoctorAPIUpstreams: doctor makes one read-only call to an API
+// upstream (here Mailgun's domain, over verified TLS) and reports refused
+// credentials as a FAIL; nothing is sent.
+func TestDoctorAPIUpstreams(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dnsSrv := testdns.Start(t)
+	var sent atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			sent.Add(1)
+		}
+		if u, p, ok := r.BasicAuth(); !ok || u != "api" || p != "key-right" || r.URL.Path != "/v3/domains/example.com" {
+			http.Error(w, `{"message":"Invalid private key"}`, http.StatusUnauthorized)
+			return
+		}
+		io.WriteString(w, `{"domain":{"name":"example.com","state":"active"}}`)
+	}))
+	t.Cleanup(srv.Close)
+	ca := filepath.Join(e.dir, "api-ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const yaml = `hostname: relay.test
+state_dir: {{DIR}}/state
+tls: {cert_file: {{CERT}}, key_file: {{KEY}}}
+listeners:
+  - {name: submission, address: 127.0.0.1:0}
+dns: {resolver: {{DNS}}}
+upstreams:
+  - {name: mg, api: mailgun, endpoint: "{{URL}}", domain: example.com, api_key: {{KEY_VALUE}}, tls_ca_file: {{CA}}}
+`
+	for _, tc := range []struct{ key, want string }{
+		{"key-right", "OK domain example.com is active; nothing sent"},
+		{"key-wrong", "FAIL " + srv.URL + `/v3/domains/example.com: credentials error: HTTP 401: {"message":"Invalid private key"}: check the credentials (and the region) of mg`},
+	} {
+		cfg := e.config(strings.NewReplacer("{{DNS}}", dnsSrv.Addr, "{{URL}}", srv.URL, "{{KEY_VALUE}}", tc.key, "{{CA}}", ca).Replace(yaml))
+		out, stderr, code := runCmd(t, "", "doctor", "-c", cfg)
+		lines := doctorLines(t, out)
+		if got := lines["upstream mg mailgun"]; got != tc.want {
+			t.Errorf("%s: got %q, want %q\n%s%s", tc.key, got, tc.want, out, stderr)
+		}
+		if wantCode := map[bool]int{true: 0, false: 1}[tc.key == "key-right"]; code != wantCode {
+			t.Errorf("%s: exit %d, want %d\n%s", tc.key, code, wantCode, out)
+		}
+	}
+	if n := sent.Load(); n != 0 {
+		t.Errorf("doctor made %d non-GET requests", n)
+	}
 }
