@@ -321,15 +321,20 @@ func ParseSendGrid(body []byte) ([]Event, error) {
 				e.Status = statusIn(s.Reason)
 			}
 		case "dropped":
-			// SendGrid did not send: its own lists already hold the address.
-			switch {
-			case strings.Contains(s.Reason, "Spam Reporting"):
+			// SendGrid did not send: its own lists already hold the address,
+			// or the address is not one. Only those reasons are about the
+			// recipient; "Invalid SMTPAPI header", "Spam Content",
+			// unsubscribes and the like are the sender's business, and must
+			// not suppress the address.
+			switch s.Reason {
+			case "Spam Reporting Address":
 				e.Kind = KindComplaint
-			case strings.Contains(s.Reason, "Bounced Address"), strings.Contains(s.Reason, "Invalid"):
-				e.Kind = KindBounce
-				e.Status = "5.1.1"
+			case "Bounced Address":
+				e.Kind, e.Status = KindBounce, "5.1.1" // it bounced before: no such mailbox
+			case "Invalid":
+				e.Kind, e.Status = KindBounce, "5.1.3" // not a valid address
 			default:
-				continue // unsubscribes and the like are the sender's business
+				continue
 			}
 			e.Diag = "dropped by SendGrid: " + s.Reason
 		case "spamreport":

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -78,6 +79,30 @@ func TestParseFixtures(t *testing.T) {
 		}
 		if got := summary(evs); got != c.want {
 			t.Errorf("%s:\n got %s\nwant %s", c.file, got, c.want)
+		}
+	}
+}
+
+// TestSendGridDroppedReasons: of SendGrid's drop reasons only those about
+// the address bounce (and so suppress it); a drop for our own header or
+// content must not.
+func TestSendGridDroppedReasons(t *testing.T) {
+	for reason, want := range map[string]string{
+		"Bounced Address":                   "sendgrid bounce a@example.com hdr=[] pid=[] status=5.1.1",
+		"Invalid":                           "sendgrid bounce a@example.com hdr=[] pid=[] status=5.1.3",
+		"Spam Reporting Address":            "sendgrid complaint a@example.com hdr=[] pid=[] status=",
+		"Invalid SMTPAPI header":            "",
+		"Spam Content":                      "",
+		"Unsubscribed Address":              "",
+		"Recipient List over Package Quota": "",
+	} {
+		body := `[{"email":"a@example.com","event":"dropped","reason":` + strconv.Quote(reason) + `,"status":"5.0.0"}]`
+		evs, err := ParseSendGrid([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := summary(evs); got != want {
+			t.Errorf("dropped %q: got %q, want %q", reason, got, want)
 		}
 	}
 }
