@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,6 +41,7 @@ type options struct {
 	logLevel      string
 	noHeader      bool
 	queue         int
+	cpuProfile    string
 }
 
 func main() {
@@ -81,6 +83,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "sluice's log level")
 	fs.BoolVar(&o.noHeader, "no-header", false, "print only the table row (to stack several runs)")
 	fs.IntVar(&o.queue, "queue", 0, "instead of the load, queue this many messages with the upstream down, restart, list, then drain (timeout applies to each phase)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the tool's own CPU profile (client and sink) to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -111,6 +114,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 	o, err := parseOptions(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	bin, err := filepath.Abs(o.sluice)
 	if err != nil {
