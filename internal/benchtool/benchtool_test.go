@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -288,5 +289,66 @@ func TestMetric(t *testing.T) {
 	}
 	if _, ok := metric(srv.URL, "sluice_absent"); ok {
 		t.Error("an absent metric was found")
+	}
+}
+
+// smtp-sink as the upstream (peers.md's): arrivals are counted from its -c
+// counter, and the tally reads sequence numbers from its dump, so a lost and
+// a duplicated message are both seen; the count-only sink counts.
+func TestSmtpSinkTalliesArrivals(t *testing.T) {
+	t.Parallel()
+	bin := findSmtpSink()
+	if bin == "" {
+		t.Skip("smtp-sink is not installed (Debian: postfix)")
+	}
+	for _, countOnly := range []bool{false, true} {
+		s, err := startSmtpSink(bin, t.TempDir(), countOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := smtp.Dial("127.0.0.1:" + strconv.Itoa(s.port()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, to := range []string{rcptFor(0), rcptFor(2), rcptFor(2), "postmaster@sink.test"} {
+			if _, err := send(c, "bench@bench.test", to, bytesReader(message(0, 2048, "t"))); err != nil {
+				t.Fatalf("send to %s: %v", to, err)
+			}
+		}
+		if !s.waitCount(4, time.Now().Add(5*time.Second)) {
+			n, _ := s.snapshot()
+			t.Fatalf("sink counted %d of 4 messages", n)
+		}
+		if n, last := s.snapshot(); n != 4 || last.IsZero() {
+			t.Fatalf("snapshot = %d, %v; want 4 and an arrival time", n, last)
+		}
+		if s.waitCount(5, time.Now().Add(50*time.Millisecond)) {
+			t.Fatal("waitCount(5) reported success with 4 messages")
+		}
+		lost, dups := s.tally([]bool{true, true, true, false})
+		want := [2]int{1, 1} // 1 never sent, 2 twice
+		if countOnly {
+			want = [2]int{0, 1} // 3 accepted, 4 arrived
+		}
+		if [2]int{lost, dups} != want {
+			t.Errorf("countOnly=%v: tally = lost %d, dups %d; want %v", countOnly, lost, dups, want)
+		}
+		c.Close()
+		s.close()
+		if _, err := os.Stat(s.dump); !os.IsNotExist(err) {
+			t.Errorf("dump %s left behind: %v", s.dump, err)
+		}
+	}
+}
+
+func TestParseCounter(t *testing.T) {
+	for in, want := range map[string]int{"sess=1 quit=0 mesg=12\r": 12, "mesg=0": 0, "sess=1 quit=0": -1, "mesg=x": -1} {
+		n, ok := parseCounter(in)
+		if !ok {
+			n = -1
+		}
+		if n != want {
+			t.Errorf("parseCounter(%q) = %d, want %d", in, n, want)
+		}
 	}
 }

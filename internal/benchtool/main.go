@@ -42,6 +42,7 @@ type options struct {
 	noHeader      bool
 	queue         int
 	cpuProfile    string
+	sink          string
 }
 
 func main() {
@@ -83,6 +84,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "sluice's log level")
 	fs.BoolVar(&o.noHeader, "no-header", false, "print only the table row (to stack several runs)")
 	fs.IntVar(&o.queue, "queue", 0, "instead of the load, queue this many messages with the upstream down, restart, list, then drain (timeout applies to each phase)")
+	fs.StringVar(&o.sink, "sink", "go", "the upstream: go (in the tool's process), smtp-sink (Postfix's, as in peers.md: its own process, exactly once through its dump file) or smtp-sink-count (arrivals only counted)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the tool's own CPU profile (client and sink) to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -102,6 +104,11 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if _, err := keyAlgos(o.dkim); err != nil {
 		return nil, err
 	}
+	kind, err := chooseSink(o.sink)
+	if err != nil {
+		return nil, err
+	}
+	o.sink = kind
 	if o.big != "" {
 		if _, err := parseSize(o.big); err != nil {
 			return nil, fmt.Errorf("--big: %w", err)
@@ -147,7 +154,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	var snk *sink
 	if o.queue == 0 {
-		if snk, err = startSink(); err != nil {
+		if o.sink != "go" {
+			snk, err = startSmtpSink(findSmtpSink(), dumpDir(o.dir), o.sink == "smtp-sink-count")
+		} else {
+			snk, err = startSink()
+		}
+		if err != nil {
 			return err
 		}
 		defer snk.close()
@@ -232,8 +244,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	r.lost, r.dups = snk.tally(r.acceptedSeqs)
 
 	if !o.noHeader {
-		fmt.Fprintf(stdout, "sluice bench: %s; conns=%d size=%dB dkim=%s hash=%s; %s\n",
-			o.sluice, o.conns, o.size, o.dkim, map[bool]string{false: "argon2id", true: "bcrypt"}[o.bcrypt], machine())
+		fmt.Fprintf(stdout, "sluice bench: %s; conns=%d size=%dB dkim=%s hash=%s sink=%s; %s\n",
+			o.sluice, o.conns, o.size, o.dkim, map[bool]string{false: "argon2id", true: "bcrypt"}[o.bcrypt], o.sink, machine())
 		fmt.Fprintln(stdout, header)
 	}
 	fmt.Fprintln(stdout, r.format())
@@ -293,7 +305,7 @@ func loadMode(o *options, cl *client, sl *child, snk *sink, deadline time.Time, 
 	// queue to drain into the sink.
 	sendBy := deadline.Add(-o.timeout / 4)
 	cpu0, _ := cpuSeconds(sl.pid())
-	self0 := selfCPU()
+	self0, sink0 := selfCPU(), snk.cpu()
 	res := runLoad(cl, o.conns, o.messages, o.size, o.reconnect, sendBy, runID)
 	mode := "persistent"
 	if o.reconnect {
@@ -321,9 +333,15 @@ func loadMode(o *options, cl *client, sl *child, snk *sink, deadline time.Time, 
 	}
 	r.rss = mem.HWM
 	cpu1, _ := cpuSeconds(sl.pid())
-	r.notes = append(r.notes, fmt.Sprintf("accept %.2fs, e2e %.2fs, max latency %.1f ms, sessions %d; cpu: sluice %.1fs (%.2f ms/msg), benchtool+sink %.1fs; RSS now %s, of it private %s",
+	self, sinkCPU := selfCPU()-self0, snk.cpu()-sink0
+	perMsg := func(s float64) float64 { return s * 1000 / float64(res.nAcc) }
+	tool := fmt.Sprintf("benchtool+sink %.1fs (%.2f ms/msg)", self, perMsg(self))
+	if o.sink != "go" {
+		tool = fmt.Sprintf("benchtool %.1fs (%.2f ms/msg), %s %.1fs (%.2f ms/msg)", self, perMsg(self), o.sink, sinkCPU, perMsg(sinkCPU))
+	}
+	r.notes = append(r.notes, fmt.Sprintf("accept %.2fs, e2e %.2fs, max latency %.1f ms, sessions %d; cpu: sluice %.1fs (%.2f ms/msg), %s; RSS now %s, of it private %s",
 		accDur.Seconds(), last.Sub(res.start).Seconds(), float64(percentile(lat, 100))/1e6, res.sessions,
-		cpu1-cpu0, (cpu1-cpu0)*1000/float64(res.nAcc), selfCPU()-self0, mb(mem.RSS), mb(mem.Anon)))
+		cpu1-cpu0, perMsg(cpu1-cpu0), tool, mb(mem.RSS), mb(mem.Anon)))
 	for _, e := range sortedErrs(res.errs) {
 		r.notes = append(r.notes, "error: "+e)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,16 @@ import (
 type sink struct {
 	ln  net.Listener
 	srv *smtp.Server
+
+	// smtp-sink instead of the Go server (smtpsink.go).
+	proc       *exec.Cmd
+	extPort    int
+	dump       string
+	countOnly  bool
+	countFile  string
+	readerDone chan struct{}
+	stopRead   chan struct{}
+	closeOnce  sync.Once
 
 	mu      sync.Mutex
 	seen    map[int]int // seq → arrivals
@@ -55,9 +66,20 @@ func serveSink(ln net.Listener) *sink {
 	return s
 }
 
-func (s *sink) port() int { return s.ln.Addr().(*net.TCPAddr).Port }
+func (s *sink) port() int {
+	if s.proc != nil {
+		return s.extPort
+	}
+	return s.ln.Addr().(*net.TCPAddr).Port
+}
 
-func (s *sink) close() { _ = s.srv.Close() }
+func (s *sink) close() {
+	if s.proc != nil {
+		s.closeSmtpSink()
+		return
+	}
+	_ = s.srv.Close()
+}
 
 // record notes one delivered message for the given recipients.
 func (s *sink) record(rcpts []string, n int64) {
@@ -122,6 +144,17 @@ func (s *sink) waitCount(n int, deadline time.Time) bool {
 // lost counts accepted sequence numbers that never arrived, dups the extra
 // arrivals of a sequence number (allowed by DESIGN §1 only around crashes).
 func (s *sink) tally(accepted []bool) (lost, dups int) {
+	if s.countOnly {
+		return s.tallyCount(accepted)
+	}
+	if s.proc != nil {
+		if err := s.readDump(); err != nil {
+			// Nothing can be confirmed: every accepted message counts as lost.
+			s.mu.Lock()
+			s.seen = map[int]int{}
+			s.mu.Unlock()
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for seq, ok := range accepted {
