@@ -28,6 +28,7 @@ type Attempt struct {
 	prefix []byte
 	msgLen int64
 	first  *Record // the unrecorded first attempt, written with the outcome
+	size   int64   // the file's length when known (a fresh message), else -1
 }
 
 // Attempt records rec (an "attempt" record: number, time, next due) and
@@ -36,7 +37,7 @@ type Attempt struct {
 // On error the attempt must not be made.
 func (s *Spool) Attempt(id string, fresh *Fresh, rec Record) (*Attempt, error) {
 	if fresh != nil && fresh.f != nil {
-		a := &Attempt{s: s, id: id, f: fresh.f, prefix: fresh.prefix, msgLen: fresh.msgLen, first: &rec}
+		a := &Attempt{s: s, id: id, f: fresh.f, prefix: fresh.prefix, msgLen: fresh.msgLen, first: &rec, size: fresh.size}
 		fresh.f, fresh.prefix = nil, nil
 		return a, nil
 	}
@@ -56,7 +57,7 @@ func (s *Spool) Attempt(id string, fresh *Fresh, rec Record) (*Attempt, error) {
 		f.Close()
 		return nil, fmt.Errorf("spool: read %s: %w", id, err)
 	}
-	return &Attempt{s: s, id: id, f: f, prefix: tr.Prefix, msgLen: msgLen}, nil
+	return &Attempt{s: s, id: id, f: f, prefix: tr.Prefix, msgLen: msgLen, size: -1}, nil
 }
 
 // Size is the number of bytes delivered: prefix and message.
@@ -91,7 +92,7 @@ func (a *Attempt) Record(recs ...Record) error {
 func (a *Attempt) Finish() error {
 	f := a.f
 	a.f = nil
-	return a.s.finish(a.id, f)
+	return a.s.finish(a.id, f, a.size)
 }
 
 // Close ends the attempt of a message that stays queued: its descriptor is

@@ -20,11 +20,14 @@ type Draft struct {
 	err  error
 	done bool
 	path string // the draft's file: ID.tmp, or the free file it reuses
+	old  int64  // the length of a reused free file's old content, written over
 }
 
-// Begin allocates a queue ID and a file for the draft: an empty free file
-// when the pool has one (its inode and directory entry are reused, and one
-// with its descriptor costs no open either), else a new ID.tmp.
+// Begin allocates a queue ID and a file for the draft: a free file when the
+// pool has one (its inode, directory entry and data blocks are reused, and
+// one with its descriptor costs no open either), else a new ID.tmp. The
+// draft writes over a free file's old content from the start; Commit cuts
+// what is left of it.
 func (s *Spool) Begin() (*Draft, error) {
 	if ff := s.free.take(); ff.name != "" {
 		f := ff.f
@@ -35,7 +38,7 @@ func (s *Spool) Begin() (*Draft, error) {
 			_, err = f.Seek(0, io.SeekStart)
 		}
 		if err == nil {
-			return &Draft{ID: NewID(s.now()), s: s, f: f, path: s.path(ff.name), w: getWriter(f)}, nil
+			return &Draft{ID: NewID(s.now()), s: s, f: f, path: s.path(ff.name), w: getWriter(f), old: ff.size}, nil
 		}
 		if f != nil {
 			f.Close()
@@ -82,6 +85,7 @@ type Fresh struct {
 	f      File
 	prefix []byte
 	msgLen int64
+	size   int64 // the file's length: message, trailer and footer
 }
 
 // Close drops the descriptor of a message that will not be attempted by
@@ -94,8 +98,8 @@ func (fr *Fresh) Close() {
 }
 
 // Commit stores env and prefix after the message and makes it durable: write
-// the trailer, fsync the file, rename it to its ID, fsync the directory
-// (grouped with other commits). When Commit returns nil the message survives
+// the trailer, cut a reused file's longer old content, fsync the file, rename
+// it to its ID, fsync the directory (grouped with other commits). When Commit returns nil the message survives
 // kill -9 and power loss. On error nothing was accepted.
 func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	if d.err != nil {
@@ -121,6 +125,17 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 		d.Abort()
 		return nil, fmt.Errorf("spool: write %s: %w", d.ID, err)
 	}
+	size := d.n + int64(len(tail))
+	// A reused file's old content beyond the new would hide the footer: the
+	// file must end where the message does. A file written over exactly (the
+	// common case: messages of about one size) keeps its blocks, and its
+	// fsync writes data, not allocation.
+	if d.old > size {
+		if err := d.f.Truncate(size); err != nil {
+			d.Abort()
+			return nil, fmt.Errorf("spool: truncate %s: %w", d.ID, err)
+		}
+	}
 	if err := d.f.Sync(); err != nil {
 		d.Abort()
 		return nil, fmt.Errorf("spool: fsync %s: %w", d.ID, err)
@@ -145,7 +160,7 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	}
 	mCommits.Inc()
 	mCommitSecs.Add(time.Since(start).Seconds())
-	return &Fresh{f: d.f, prefix: prefix, msgLen: d.n}, nil
+	return &Fresh{f: d.f, prefix: prefix, msgLen: d.n, size: size}, nil
 }
 
 // Abort removes the draft's file; after Commit it does nothing.

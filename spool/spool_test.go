@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -111,7 +112,10 @@ func TestWriteAfterCloseFails(t *testing.T) {
 
 // TestFinishHandsFreshDescriptorToPool: a message finished before its first
 // attempt gives its descriptor to the free pool (not leaked, not closed
-// twice), emptied; the next draft writes into it.
+// twice) with its blocks (at most keepBlocks), its content overwritten with
+// zeros (a delivered message does not outlive its delivery); the next draft
+// writes over it, and a shorter message cuts the old rest off. A file above
+// keepBlocks is emptied.
 func TestFinishHandsFreshDescriptorToPool(t *testing.T) {
 	t.Parallel()
 	s := openTemp(t, Options{})
@@ -126,13 +130,19 @@ func TestFinishHandsFreshDescriptorToPool(t *testing.T) {
 	if len(s.free.files) != 1 || s.free.files[0].f != f {
 		t.Fatalf("pool = %+v, want the message's descriptor", s.free.files)
 	}
-	if st, err := f.Stat(); err != nil || st.Size() != 0 {
-		t.Errorf("free file not emptied: %v %v", st, err)
+	if st, err := f.Stat(); err != nil || st.Size() != fresh.size || s.free.files[0].size != fresh.size || s.free.kept != fresh.size {
+		t.Errorf("free file: %v %v, pooled size %d, kept %d; want its %d bytes kept", st, err, s.free.files[0].size, s.free.kept, fresh.size)
+	}
+	if b, err := os.ReadFile(s.path(s.free.files[0].name)); err != nil || len(b) != int(fresh.size) || bytes.Count(b, []byte{0}) != len(b) {
+		t.Errorf("free file holds %q (%v), want %d zeros", b, err, fresh.size)
 	}
 	id2, fresh2 := commitOne(t, s, "short\r\n")
 	defer fresh2.Close()
 	if fresh2.f != f {
 		t.Error("the next draft did not reuse the free file")
+	}
+	if st, err := f.Stat(); err != nil || st.Size() != fresh2.size || fresh2.size >= fresh.size {
+		t.Errorf("reused file: %v %v; want %d bytes, the old content cut", st, err, fresh2.size)
 	}
 	rc, _, err := s.Body(id2)
 	if err != nil {
@@ -146,11 +156,19 @@ func TestFinishHandsFreshDescriptorToPool(t *testing.T) {
 	if _, err := s.Read(id); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("finished message still readable: %v", err)
 	}
+	big, freshBig := commitOne(t, s, strings.Repeat("x", keepBlocks)+"\r\n")
+	fb := freshBig.f
+	if err := s.Finish(big, freshBig); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := fb.Stat(); err != nil || st.Size() != 0 {
+		t.Errorf("free file of %d bytes not emptied: %v %v", freshBig.size, st, err)
+	}
 }
 
 // TestFreePoolBounded: above MaxFree, finished files are unlinked; free
-// files hold no bytes; a restart takes back at most MaxFree of them,
-// emptied, and removes the rest.
+// files hold at most keepBlocks bytes; a restart takes back at most MaxFree
+// of them, emptied, and removes the rest.
 func TestFreePoolBounded(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -170,19 +188,19 @@ func TestFreePoolBounded(t *testing.T) {
 		}
 	}
 	s.Close()
-	check := func(when string) {
+	check := func(when string, maxSize int64) {
 		des, _ := os.ReadDir(filepath.Join(dir, "msg"))
 		if len(des) != 2 {
 			t.Errorf("%s: %d files, want 2 free ones", when, len(des))
 		}
 		for _, de := range des {
 			fi, _ := de.Info()
-			if !strings.HasPrefix(de.Name(), freePrefix) || fi.Size() != 0 {
+			if !strings.HasPrefix(de.Name(), freePrefix) || fi.Size() > maxSize {
 				t.Errorf("%s: %s, %d bytes", when, de.Name(), fi.Size())
 			}
 		}
 	}
-	check("after finishing 5")
+	check("after finishing 5", keepBlocks)
 	// Free files left with content and above the bound (older versions, a
 	// crash before the truncation) are emptied or removed at recovery.
 	for i := range 3 {
@@ -196,7 +214,7 @@ func TestFreePoolBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2.Close()
-	check("after a restart")
+	check("after a restart", 0)
 }
 
 // FuzzStateLog: whatever bytes a state log holds (torn appends, garbage),
@@ -249,5 +267,29 @@ func TestWalkReadsInBlocks(t *testing.T) {
 		if !want[id] || n != 1 {
 			t.Errorf("Walk gave %s %d times (a message: %v)", id, n, want[id])
 		}
+	}
+}
+
+// TestFreePoolKeepsBoundedBytes: the pool keeps at most maxKept bytes in
+// files pooled with their blocks; taking one gives its bytes back.
+func TestFreePoolKeepsBoundedBytes(t *testing.T) {
+	t.Parallel()
+	p := &freePool{max: 1 << 20}
+	n := 0
+	for p.reserve(keepBlocks) {
+		if !p.put(freeFile{name: strconv.Itoa(n), size: keepBlocks}) {
+			t.Fatal("put refused below max")
+		}
+		n++
+	}
+	if int64(n)*keepBlocks != maxKept || p.kept != maxKept {
+		t.Fatalf("%d files of %d bytes kept (%d), want %d bytes", n, keepBlocks, p.kept, maxKept)
+	}
+	if ff := p.take(); ff.size != keepBlocks || p.kept != maxKept-keepBlocks || !p.reserve(keepBlocks) {
+		t.Errorf("after take: kept %d, want room for one more", p.kept)
+	}
+	p.release(keepBlocks)
+	if p.kept != maxKept-keepBlocks {
+		t.Errorf("after release: kept %d", p.kept)
 	}
 }
