@@ -21,9 +21,10 @@ import (
 )
 
 var (
-	mUp       = metrics.Default.NewGaugeVec("sluice_upstream_up", "1 when the upstream's circuit breaker is closed or half-open, 0 when open.", "upstream")
-	mAttempts = metrics.Default.NewCounterVec("sluice_upstream_attempts_total", "Delivery attempts per upstream.", "upstream")
-	mFailures = metrics.Default.NewCounterVec("sluice_upstream_failures_total", "Failed delivery attempts per upstream.", "upstream")
+	mUp          = metrics.Default.NewGaugeVec("sluice_upstream_up", "1 when the upstream's circuit breaker is closed or half-open, 0 when open.", "upstream")
+	mAttempts    = metrics.Default.NewCounterVec("sluice_upstream_attempts_total", "Delivery attempts per upstream.", "upstream")
+	mFailures    = metrics.Default.NewCounterVec("sluice_upstream_failures_total", "Failed delivery attempts per upstream.", "upstream")
+	mDispatchers = metrics.Default.NewGauge("sluice_upstream_dispatchers", "Dispatchers built and not yet closed: 1, or 2 while one replaced by a reload finishes its deliveries.")
 )
 
 // Dispatcher delivers messages to the configured upstreams. It is safe for
@@ -120,6 +121,7 @@ func New(opts Options) (*Dispatcher, error) {
 		}
 		d.ups = append(d.ups, u)
 	}
+	mDispatchers.Add(1)
 	return d, nil
 }
 
@@ -232,6 +234,7 @@ func (u *upstream) publish() {
 // Deliveries in flight finish; their connections are closed, not pooled.
 func (d *Dispatcher) Close() {
 	d.closeOnce.Do(func() {
+		defer mDispatchers.Add(-1)
 		close(d.done)
 		d.wg.Wait()
 		var wg sync.WaitGroup

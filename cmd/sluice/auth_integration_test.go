@@ -85,10 +85,7 @@ func guessAuth(addr string, cfg *tls.Config, local net.IP, tries int) []string {
 // attempt holds a failure slot before its check), the rest get 421 4.7.0.
 func TestAuthParallelBruteForce(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
-	addr := p.addrs["submission"]
+	d := launch(t, polCfg("", ""))
 	local := net.IPv4(127, 0, 8, 3)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -97,7 +94,7 @@ func TestAuthParallelBruteForce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			codes := guessAuth(addr, e.tlsConfig(), local, 3)
+			codes := guessAuth(d.addrs["submission"], d.tlsConfig(), local, 3)
 			mu.Lock()
 			defer mu.Unlock()
 			for _, c := range codes {
@@ -106,11 +103,11 @@ func TestAuthParallelBruteForce(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	checked := strings.Count(p.stderr.String(), "msg=auth_failed")
+	checked := strings.Count(d.stderr.String(), "msg=auth_failed")
 	if checked != 10 || replies["535 5.7.8"] != 10 || replies["421 4.7.0"] != 40 {
 		t.Errorf("40 connections × 3 guesses: %d passwords checked, replies %v; want exactly 10 checked and answered 535 5.7.8, then 421 4.7.0 on every connection", checked, replies)
 	}
-	if g := greetingFrom(t, addr, local); !strings.HasPrefix(g, "421 4.7.0") {
+	if g := greetingFrom(t, d.addrs["submission"], local); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Errorf("connect after the brute force: %q, want 421 4.7.0", g)
 	}
 }
@@ -120,40 +117,36 @@ func TestAuthParallelBruteForce(t *testing.T) {
 // another listener; AUTH there is refused with 421 too.
 func TestAuthBlockSparesTrustedListener(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 2, "serve", "-c", polConfig(e, up.Port(), authTrusted, ""))
+	d := launch(t, polCfg(authTrusted, ""))
 	local := net.IPv4(127, 0, 8, 4)
 	var wg sync.WaitGroup
 	for range 10 { // in parallel: the delays overlap
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := login(p.addrs["submission"], e.tlsConfig(), local, "app", "wrong"); replyCode(err) != "535 5.7.8" {
+			if _, err := login(d.addrs["submission"], d.tlsConfig(), local, "app", "wrong"); replyCode(err) != "535 5.7.8" {
 				t.Errorf("failure: %s, want 535 5.7.8", replyCode(err))
 			}
 		}()
 	}
 	wg.Wait()
-	if g := greetingFrom(t, p.addrs["submission"], local); !strings.HasPrefix(g, "421 4.7.0") {
+	if g := greetingFrom(t, d.addrs["submission"], local); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("AUTH listener after 10 failures: %q, want 421 4.7.0", g)
 	}
-	s := rawDial(t, p.addrs["trusted"], local)
-	s.starttls(e.tlsConfig())
+	s := rawDial(t, d.addrs["trusted"], local)
+	s.starttls(d.tlsConfig())
 	s.send("after-block", "250 2.0.0 OK queued as")
 	s.cmd("AUTH PLAIN "+plainAuth("app", password), "421 4.7.0")
-	up.WaitMessages(t, 1, 20*time.Second)
+	d.up.WaitMessages(t, 1, 20*time.Second)
 }
 
 // TestAuthInsideTransaction: AUTH after MAIL gets 503 5.5.1 (RFC 4954 §4)
 // and changes nothing: the transaction goes on under the listener's policy.
 func TestAuthInsideTransaction(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 2, "serve", "-c", polConfig(e, up.Port(), authTrusted, ""))
-	s := rawDial(t, p.addrs["trusted"], nil)
-	s.starttls(e.tlsConfig())
+	d := launch(t, polCfg(authTrusted, ""))
+	s := rawDial(t, d.addrs["trusted"], nil)
+	s.starttls(d.tlsConfig())
 	s.cmd("MAIL FROM:<ceo@example.com>", "250")
 	s.cmd("AUTH PLAIN "+plainAuth("app", password), "503 5.5.1")
 	s.cmd("RSET", "250")
@@ -206,12 +199,10 @@ func TestAuthCleartext(t *testing.T) {
 // gets 501 5.5.2; STARTTLS with an argument gets 501.
 func TestAuthSyntax(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
-	s := rawDial(t, p.addrs["submission"], nil)
+	d := launch(t, polCfg("", ""))
+	s := rawDial(t, d.addrs["submission"], nil)
 	s.cmd("STARTTLS foo", "501 5.5.4")
-	s.starttls(e.tlsConfig())
+	s.starttls(d.tlsConfig())
 	s.cmd("AUTH PLAIN !!!notbase64", "501 5.5.2")
 	s.cmd("AUTH LOGIN", "334")
 	s.cmd("@@@", "501 5.5.2")

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,8 +30,7 @@ func TestBreakerRestartOneDoublingPerProbe(t *testing.T) {
 	if _, errs := submit(p.addrs["submission"], e.tlsConfig(), 10, 6, "q", 0).wait(); len(errs) > 0 {
 		t.Fatalf("queueing with the upstream down: %v", errs)
 	}
-	p.signal(syscall.SIGTERM)
-	p.wait(15 * time.Second) // deliveries still dialling may outlast shutdown_timeout: any exit will do
+	p.stop(15 * time.Second) // deliveries still dialling may outlast shutdown_timeout: any exit will do
 
 	p = start(t, 1, "serve", "-c", cfg)
 	if !p.waitLog(`msg="upstream breaker open" upstream=up1 for=2s`, 30*time.Second) {

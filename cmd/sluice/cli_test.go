@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/sluicemail/sluice/internal/passwd"
-	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
 // TestPasswd: one line on stdin (not a terminal) gives one hash that
@@ -103,15 +102,9 @@ func TestCheckConfig(t *testing.T) {
 // (and so none of the daemon's secrets) and sees a deferred message.
 func TestQueueListByStateDir(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
-	_, p := e.startBase(up)
-	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "waiting", "x"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, stderr, code := runCmd(t, "", "queue", "list", "--json", "--state-dir", filepath.Join(e.dir, "state"))
+	d := launch(t, baseCfg, refused)
+	id := d.mustSend("waiting", "x")
+	out, stderr, code := runCmd(t, "", "queue", "list", "--json", "--state-dir", filepath.Join(d.dir, "state"))
 	if code != 0 || !strings.Contains(out, `"id":"`+id+`"`) {
 		t.Errorf("queue list --state-dir: exit %d, want %s in:\n%s%s", code, id, out, stderr)
 	}

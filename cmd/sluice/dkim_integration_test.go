@@ -42,6 +42,14 @@ queue:
   retry: [300ms]
 {{UP}}`
 
+// managedCfg is managedYAML with the test DNS server at dnsAddr and
+// dkim_retire_after retire.
+func managedCfg(dnsAddr, retire string) option {
+	return configWith(func(port int) string {
+		return strings.NewReplacer("{{UP}}", upstreamYAML(port), "{{DNS}}", dnsAddr, "{{RETIRE}}", retire).Replace(managedYAML)
+	})
+}
+
 // recordLine splits one `sluice dkim dns` line into its name and value.
 var recordLineRE = regexp.MustCompile(`^(\S+)\. IN TXT \((( "[^"]*")+) \)$`)
 
@@ -111,15 +119,12 @@ func dkimStatus(t *testing.T, cfg string) map[string]keyLine {
 // while serve runs, against a DNS server the test changes.
 func TestDKIMRotation(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
 	dnsSrv := testdns.Start(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	y := strings.NewReplacer("{{UP}}", upstreamYAML(up.Port()), "{{DNS}}", dnsSrv.Addr, "{{RETIRE}}", "2s").Replace(managedYAML)
-	cfg := e.config(y)
+	d := launch(t, managedCfg(dnsSrv.Addr, "2s"), unstarted)
 	today := "s" + time.Now().UTC().Format("20060102")
 
 	// First rotate: pending, and activate refuses while DNS has nothing.
-	out, stderr, code := runCmd(t, "", "dkim", "rotate", "--domain", "example.com", "-c", cfg)
+	out, stderr, code := runCmd(t, "", "dkim", "rotate", "--domain", "example.com", "-c", d.cfg)
 	if code != 0 {
 		t.Fatalf("rotate: %d %s", code, stderr)
 	}
@@ -128,38 +133,38 @@ func TestDKIMRotation(t *testing.T) {
 	if len(gen1) != 2 || !strings.HasPrefix(gen1[r1], "v=DKIM1; k=rsa; p=") || !strings.HasPrefix(gen1[e1], "v=DKIM1; k=ed25519; p=") {
 		t.Fatalf("rotate printed:\n%s", out)
 	}
-	_, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", cfg)
+	_, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", d.cfg)
 	if code != 1 || !strings.Contains(stderr, r1+": no TXT record (missing)") || !strings.Contains(stderr, e1+": no TXT record (missing)") {
 		t.Fatalf("activate without records: %d %q", code, stderr)
 	}
 	for name, v := range gen1 {
 		dnsSrv.SetValue(name, v)
 	}
-	out, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", cfg)
+	out, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", d.cfg)
 	if code != 0 || out != "example.com: activated "+today+"r, "+today+"e\n" {
 		t.Fatalf("activate: %d %q %q", code, out, stderr)
 	}
 
-	p := start(t, 1, "serve", "-c", cfg)
+	d.serve()
 	sendID := func(id string) {
 		t.Helper()
-		if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "rotation")); err != nil {
+		if _, err := d.sendMsg(id, "rotation"); err != nil {
 			t.Fatalf("%s: %v", id, err)
 		}
 	}
 	sendID("m1")
-	msgs := up.WaitMessages(t, 1, 10*time.Second)
+	msgs := d.up.WaitMessages(t, 1, 10*time.Second)
 	if sels := verifyWith(t, dnsSrv.Addr, msgs[0].Data); strings.Join(sels, ",") != today+"r,"+today+"e" {
 		t.Fatalf("m1 signed by %v", sels)
 	}
 
 	// m2 waits in the queue (the upstream defers it) across the rotation.
-	up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "try later")
+	d.up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "try later")
 	sendID("m2")
-	waitFor(t, 30*time.Second, "m2 deferred", func() bool { return strings.Contains(p.stderr.String(), "msg=deferred") })
+	waitFor(t, 30*time.Second, "m2 deferred", func() bool { return strings.Contains(d.stderr.String(), "msg=deferred") })
 
 	// Second rotate while serve runs: pending; mail keeps the old selectors.
-	out, stderr, code = runCmd(t, "", "dkim", "rotate", "--domain", "example.com", "-c", cfg)
+	out, stderr, code = runCmd(t, "", "dkim", "rotate", "--domain", "example.com", "-c", d.cfg)
 	if code != 0 {
 		t.Fatalf("rotate 2: %d %s", code, stderr)
 	}
@@ -169,11 +174,11 @@ func TestDKIMRotation(t *testing.T) {
 		t.Fatalf("rotate 2 printed:\n%s", out)
 	}
 	// dkim dns prints every record that must be in DNS: active and pending.
-	out, _, code = runCmd(t, "", "dkim", "dns", "-c", cfg)
+	out, _, code = runCmd(t, "", "dkim", "dns", "-c", d.cfg)
 	if recs := parseRecords(t, out); code != 0 || len(recs) != 4 || recs[r1] != gen1[r1] || recs[e2] != gen2[e2] {
 		t.Fatalf("dkim dns: %d\n%s", code, out)
 	}
-	st := dkimStatus(t, cfg)
+	st := dkimStatus(t, d.cfg)
 	if k := st[today+"r2"]; k.State != "pending" || k.DNS != "missing" || k.Algorithm != "rsa" || k.Domain != "example.com" || time.Since(k.Created) > time.Minute {
 		t.Fatalf("status of the new key: %+v", k)
 	}
@@ -183,15 +188,15 @@ func TestDKIMRotation(t *testing.T) {
 	// Wrong key at the RSA name: mismatch, named.
 	dnsSrv.SetValue(r2, gen1[r1])
 	dnsSrv.SetValue(e2, gen2[e2])
-	_, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", cfg)
+	_, stderr, code = runCmd(t, "", "dkim", "activate", "--domain", "example.com", "-c", d.cfg)
 	if code != 1 || !strings.Contains(stderr, r2+": p= publishes a different RSA key (mismatch)") || strings.Contains(stderr, e2) {
 		t.Fatalf("activate with a wrong key: %d %q", code, stderr)
 	}
-	if st := dkimStatus(t, cfg); st[today+"r2"].DNS != "mismatch" || st[today+"r2"].State != "pending" {
+	if st := dkimStatus(t, d.cfg); st[today+"r2"].DNS != "mismatch" || st[today+"r2"].State != "pending" {
 		t.Fatalf("status after a wrong key: %+v", st[today+"r2"])
 	}
 	sendID("m3")
-	msgs = up.Messages()
+	msgs = d.up.Messages()
 	// Mail keeps flowing, over new connections, while the keys switch.
 	stop := make(chan struct{})
 	flowDone := make(chan []string)
@@ -205,7 +210,7 @@ func TestDKIMRotation(t *testing.T) {
 			default:
 			}
 			id := fmt.Sprintf("flow%d", i)
-			if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "during the switch")); err != nil {
+			if _, err := d.sendMsg(id, "during the switch"); err != nil {
 				t.Errorf("%s during the key switch: %v", id, err)
 				flowDone <- ids
 				return
@@ -217,14 +222,14 @@ func TestDKIMRotation(t *testing.T) {
 	dnsSrv.SetValue(r2, gen2[r2])
 	// (Each earlier change of the state file reloaded the keys too: wait
 	// for the reload that signs with the new generation.)
-	if !p.waitLog("msg=dkim_key_active", 30*time.Second) || !p.waitLog("example.com="+today+"r2,"+today+"e2", 30*time.Second) {
-		t.Fatalf("the daemon did not activate the new keys:\n%s", p.stderr.String())
+	if !d.waitLog("msg=dkim_key_active", 30*time.Second) || !d.waitLog("example.com="+today+"r2,"+today+"e2", 30*time.Second) {
+		t.Fatalf("the daemon did not activate the new keys:\n%s", d.stderr.String())
 	}
 	sendID("m4")
 	close(stop)
 	flow := <-flowDone
-	up.ClearFailures()
-	all := up.WaitMessages(t, len(msgs)+3+len(flow), 60*time.Second)
+	d.up.ClearFailures()
+	all := d.up.WaitMessages(t, len(msgs)+3+len(flow), 60*time.Second)
 	byID := map[string][]byte{}
 	for _, m := range all {
 		for id := range messageIDs([][]byte{m.Data}) {
@@ -252,12 +257,12 @@ func TestDKIMRotation(t *testing.T) {
 
 	// The old generation retires after dkim_retire_after (2s).
 	waitFor(t, 30*time.Second, "old keys retired", func() bool {
-		st := dkimStatus(t, cfg)
+		st := dkimStatus(t, d.cfg)
 		return st[today+"r"].State == "retired" && st[today+"e"].State == "retired" && st[today+"r2"].State == "active"
 	})
 
 	// Metrics: the active keys' age and DNS state.
-	addr := p.httpAddr()
+	addr := d.httpAddr()
 	okSeries := fmt.Sprintf(`sluice_dkim_dns_ok{domain="example.com",selector="%sr2"}`, today)
 	waitFor(t, 30*time.Second, "dkim metrics", func() bool {
 		m := readMetrics(t, addr)
@@ -276,12 +281,9 @@ func TestDKIMRotation(t *testing.T) {
 // ever active.
 func TestDKIMRotateKill9(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
 	dnsSrv := testdns.Start(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	y := strings.NewReplacer("{{UP}}", upstreamYAML(up.Port()), "{{DNS}}", dnsSrv.Addr, "{{RETIRE}}", "1h").Replace(managedYAML)
-	cfg := e.config(y)
-	stateFile := filepath.Join(e.dir, "state", "dkim", "example.com", "state.json")
+	d := launch(t, managedCfg(dnsSrv.Addr, "1h"), unstarted)
+	stateFile := filepath.Join(d.dir, "state", "dkim", "example.com", "state.json")
 	verified := map[string]bool{} // selectors whose exact record the test published
 	check := func(round int) {
 		t.Helper()
@@ -304,9 +306,9 @@ func TestDKIMRotateKill9(t *testing.T) {
 			}
 		}
 	}
-	p := start(t, 1, "serve", "-c", cfg)
+	d.serve()
 	rotate := func(killAfter time.Duration) string {
-		cmd := exec.Command(sluiceBin, "dkim", "rotate", "--force", "--domain", "example.com", "-c", cfg)
+		cmd := exec.Command(sluiceBin, "dkim", "rotate", "--force", "--domain", "example.com", "-c", d.cfg)
 		var out bytes.Buffer
 		cmd.Stdout = &out
 		if err := cmd.Start(); err != nil {
@@ -336,10 +338,9 @@ func TestDKIMRotateKill9(t *testing.T) {
 			// Not a synchronisation: a later round kills the daemon later
 			// in its checks, so the kill lands at different points.
 			time.Sleep(time.Duration(round) * 100 * time.Millisecond)
-			p.cmd.Process.Signal(syscall.SIGKILL)
-			p.wait(10 * time.Second)
+			d.kill()
 			check(round)
-			p = start(t, 1, "serve", "-c", cfg)
+			d.serve()
 			continue
 		}
 		// Killed at a different point each round, from the start of the
@@ -352,5 +353,4 @@ func TestDKIMRotateKill9(t *testing.T) {
 		b, _ := os.ReadFile(stateFile)
 		return bytes.Contains(b, []byte(`"state": "active"`))
 	})
-	_ = p
 }

@@ -172,6 +172,28 @@ func start(t *testing.T, listeners int, args ...string) *proc {
 
 func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
 
+// kill ends the process with SIGKILL, no shutdown at all, and waits for it.
+func (p *proc) kill() {
+	p.signal(syscall.SIGKILL)
+	p.wait(10 * time.Second)
+}
+
+// stop sends SIGTERM and returns the exit code (see wait).
+func (p *proc) stop(timeout time.Duration) int {
+	p.signal(syscall.SIGTERM)
+	return p.wait(timeout)
+}
+
+// reload sends SIGHUP and fails the test unless the log says want (a
+// line such as msg=reloaded or "reload refused") within 10 s.
+func (p *proc) reload(want string) {
+	p.t.Helper()
+	p.signal(syscall.SIGHUP)
+	if !p.waitLog(want, 10*time.Second) {
+		p.t.Fatalf("no %q in the log after SIGHUP", want)
+	}
+}
+
 // wait waits for the process to exit and returns its exit code.
 func (p *proc) wait(timeout time.Duration) int {
 	select {
@@ -478,14 +500,209 @@ func waitQueueEmpty(t *testing.T, e *env) {
 	})
 }
 
-// startBase makes e's DKIM keys and runs a daemon on baseYAML (two
-// listeners, every message dual-signed) with up as its one upstream; it
-// returns the config file and the process.
-func (e *env) startBase(up *testsmtp.Server) (string, *proc) {
-	e.t.Helper()
-	e.keygen()
-	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
-	return cfg, start(e.t, 2, "serve", "-c", cfg)
+// A testDaemon is one scenario end to end, as launch sets it up: its env
+// (directory, certificate), the upstream sink it relays to, its config file
+// and the running `sluice serve`. Tests name only what differs: the config
+// (baseCfg, opsCfg, polCfg, dataCfg, or their own with configWith) and what
+// the sink does (sinkOpts, refused, failRcpt).
+type testDaemon struct {
+	*env
+	*proc
+	up  *testsmtp.Server
+	cfg string
+	txt map[string]string // the DKIM TXT records by name, when the config made keys
+}
+
+// setup is what the options of launch fill in.
+type setup struct {
+	before    []func(e *env)                  // run on the env before the config is written
+	config    func(e *env, upPort int) string // writes the config file, returns its path
+	keygen    bool
+	unstarted bool
+	sink      testsmtp.Options
+	shared    *testsmtp.Server // the sink, when another daemon's
+	refuse    bool
+	rules     []testsmtp.Rule
+}
+
+type option func(*setup)
+
+// launch starts the sink, writes the config and runs `sluice serve -c` on
+// it until every listener the config names is listening.
+func launch(t *testing.T, opts ...option) *testDaemon {
+	t.Helper()
+	var s setup
+	for _, o := range opts {
+		o(&s)
+	}
+	d := &testDaemon{env: newEnv(t), up: s.shared}
+	if d.up == nil {
+		d.up = testsmtp.Start(t, s.sink)
+	}
+	if s.refuse {
+		d.up.SetMode(testsmtp.Refuse)
+	}
+	for _, r := range s.rules {
+		d.up.FailRule(r)
+	}
+	if s.keygen {
+		d.txt = d.keygen()
+	}
+	for _, f := range s.before {
+		f(d.env)
+	}
+	d.cfg = s.config(d.env, d.up.Port())
+	if !s.unstarted {
+		d.serve()
+	}
+	return d
+}
+
+// serve starts `sluice serve` on the config (again, after a kill or a
+// stop; first, after launch with unstarted) and returns the process.
+func (d *testDaemon) serve() *proc {
+	d.env.t.Helper()
+	y, err := os.ReadFile(d.cfg)
+	if err != nil {
+		d.env.t.Fatal(err)
+	}
+	d.proc = start(d.env.t, listenerCount(string(y)), "serve", "-c", d.cfg)
+	return d.proc
+}
+
+// listenerCount counts the entries under a config's listeners: key.
+func listenerCount(y string) int {
+	n, in := 0, false
+	for _, line := range strings.Split(y, "\n") {
+		switch {
+		case line == "listeners:":
+			in = true
+		case in && strings.HasPrefix(line, "  - name:"):
+			n++
+		case in && line != "" && line[0] != ' ':
+			in = false
+		}
+	}
+	return n
+}
+
+// configWith is a config of the test's own: y is its text (with the
+// {{…}} parts config expands), made from the sink's port.
+func configWith(y func(upPort int) string) option {
+	return func(s *setup) { s.config = func(e *env, port int) string { return e.config(y(port)) } }
+}
+
+// baseCfg is baseYAML: two listeners, every message dual-signed with the
+// env's DKIM keys (made first), the sink the one upstream.
+func baseCfg(s *setup) {
+	s.keygen = true
+	configWith(func(port int) string { return strings.Replace(baseYAML, "{{UP}}", upstreamYAML(port), 1) })(s)
+}
+
+// opsCfg is opsYAML filled from o; its upPort is the sink's.
+func opsCfg(o opsOpts) option {
+	return func(s *setup) {
+		s.config = func(e *env, port int) string { o.upPort = port; return e.opsConfig(o) }
+	}
+}
+
+// polCfg is polYAML with extra listeners and a ratelimit block.
+func polCfg(listeners, rl string) option {
+	return func(s *setup) {
+		s.config = func(e *env, port int) string { return polConfig(e, port, listeners, rl) }
+	}
+}
+
+// before runs f on the env before the config is written (state to set up
+// for the daemon to find).
+func before(f func(e *env)) option { return func(s *setup) { s.before = append(s.before, f) } }
+
+// onTmpfs mounts a tmpfs of size at {{DIR}}/small (see mountTmpfs), for a
+// state_dir on a small volume.
+func onTmpfs(size string) option {
+	return before(func(e *env) { mountTmpfs(e.t, e.dir, size) })
+}
+
+// unstarted sets up the env, the sink and the config but leaves starting
+// the daemon to the test (d.serve), for commands to run before it.
+func unstarted(s *setup) { s.unstarted = true }
+
+// sinkOpts sets the sink's options.
+func sinkOpts(o testsmtp.Options) option { return func(s *setup) { s.sink = o } }
+
+// sinkOf relays to other's sink rather than a new one (instances side by
+// side); other's options and rules hold.
+func sinkOf(other *testDaemon) option { return func(s *setup) { s.shared = other.up } }
+
+// refused makes the sink refuse connections from the start, until the test
+// calls up.SetMode(testsmtp.Serve).
+func refused(s *setup) { s.refuse = true }
+
+// failRcpt makes the sink answer RCPT TO:<rcpt> with code, enhanced code
+// and text.
+func failRcpt(rcpt string, code int, enhanced [3]int, text string) option {
+	return failRcptTimes(0, rcpt, code, enhanced, text)
+}
+
+// failRcptOnce is failRcpt for the first RCPT TO:<rcpt> only.
+func failRcptOnce(rcpt string, code int, enhanced [3]int, text string) option {
+	return failRcptTimes(1, rcpt, code, enhanced, text)
+}
+
+func failRcptTimes(times int, rcpt string, code int, enhanced [3]int, text string) option {
+	return failRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: rcpt, Code: code, Enhanced: enhanced, Message: text, Times: times})
+}
+
+// failAt makes the sink answer every command of stage with code,
+// enhanced code and text.
+func failAt(stage testsmtp.Stage, code int, enhanced [3]int, text string) option {
+	return failRule(testsmtp.Rule{Stage: stage, Code: code, Enhanced: enhanced, Message: text})
+}
+
+func failRule(r testsmtp.Rule) option { return func(s *setup) { s.rules = append(s.rules, r) } }
+
+// sendMsg logs in as app on the submission listener and sends a message
+// with Message-ID <id@example.com> from app@example.com to rcpts (none:
+// r@example.org), its To: the first; it returns the queue ID.
+func (d *testDaemon) sendMsg(id, body string, rcpts ...string) (string, error) {
+	if len(rcpts) == 0 {
+		rcpts = []string{"r@example.org"}
+	}
+	return send(d.addrs["submission"], d.tlsConfig(), "app", "app@example.com", rcpts, message("app@example.com", rcpts[0], id, body))
+}
+
+// mustSend is sendMsg for a message that must be answered 250: anything
+// else fails the test. It returns the queue ID.
+func (d *testDaemon) mustSend(id, body string, rcpts ...string) string {
+	d.env.t.Helper()
+	qid, err := d.sendMsg(id, body, rcpts...)
+	if err != nil {
+		d.env.t.Fatalf("sending %s: %v", id, err)
+	}
+	return qid
+}
+
+// openRcpt logs in as app on the submission listener and says MAIL
+// FROM:<app@example.com> and RCPT TO:<to>; it returns the session (open for
+// DATA when err is nil; the caller closes it) and the RCPT's error.
+func (d *testDaemon) openRcpt(to string) (*smtp.Client, error) {
+	t := d.env.t
+	t.Helper()
+	c, err := login(d.addrs["submission"], d.tlsConfig(), nil, "app", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("app@example.com", nil); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c, c.Rcpt(to, nil)
+}
+
+// metric reads one series from the daemon's /metrics; -1 when absent.
+func (d *testDaemon) metric(series string) float64 {
+	d.env.t.Helper()
+	return metric(d.env.t, d.httpAddr(), series)
 }
 
 // submitter is a client load: connections sending messages and keeping

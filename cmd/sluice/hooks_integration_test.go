@@ -91,11 +91,8 @@ func dsnsFor(t *testing.T, up *testsmtp.Server, sender, rcpt string) []opsReport
 
 func TestHooksProviders(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(), extra: "hooks:\n  token: " + hookToken + "\n  mailgun_signing_key: key-mg-test\n"})
-	p := start(t, 1, "serve", "-c", cfg)
-	smtpAddr, httpAddr := p.addrs["submission"], p.httpAddr()
+	d := launch(t, opsCfg(opsOpts{extra: "hooks:\n  token: " + hookToken + "\n  mailgun_signing_key: key-mg-test\n"}))
+	smtpAddr, httpAddr := d.addrs["submission"], d.httpAddr()
 	today := time.Now().UTC().Format("2006-01-02")
 
 	cases := []struct {
@@ -116,10 +113,10 @@ func TestHooksProviders(t *testing.T) {
 			body = mailgunSigned(t, body, "key-mg-test")
 		}
 		data := "From: <" + c.sender + ">\r\nTo: <" + c.rcpt + ">\r\nSubject: hook test\r\nMessage-ID: <" + c.msgID + ">\r\n\r\nbody\r\n"
-		if _, err := send(smtpAddr, e.tlsConfig(), "app", c.sender, []string{c.rcpt}, data); err != nil {
+		if _, err := send(smtpAddr, d.tlsConfig(), "app", c.sender, []string{c.rcpt}, data); err != nil {
 			t.Fatalf("%s: send: %v", c.provider, err)
 		}
-		waitQueueEmpty(t, e) // delivered: the provider said 250
+		waitQueueEmpty(t, d.env) // delivered: the provider said 250
 
 		// A wrong or missing token: 401, and nothing changes.
 		for _, tok := range []string{"", "wrong"} {
@@ -139,10 +136,10 @@ func TestHooksProviders(t *testing.T) {
 		if code := hookPost(t, httpAddr, c.provider, []byte(`{"not": json`), c.auth, hookToken); code != 400 {
 			t.Fatalf("%s: malformed JSON: %d, want 400", c.provider, code)
 		}
-		if _, _, code := suppCmd(t, "check", c.rcpt, "-c", cfg); code != 1 {
+		if _, _, code := suppCmd(t, "check", c.rcpt, "-c", d.cfg); code != 1 {
 			t.Fatalf("%s: %s suppressed after refused posts", c.provider, c.rcpt)
 		}
-		if n := len(dsnsFor(t, up, c.sender, c.rcpt)); n != 0 {
+		if n := len(dsnsFor(t, d.up, c.sender, c.rcpt)); n != 0 {
 			t.Fatalf("%s: %d DSNs after refused posts", c.provider, n)
 		}
 
@@ -154,8 +151,8 @@ func TestHooksProviders(t *testing.T) {
 		}
 		// Every DSN a post makes is spooled before its 200: once the queue
 		// is empty, the upstream has all there will be.
-		waitQueueEmpty(t, e)
-		dsns := dsnsFor(t, up, c.sender, c.rcpt)
+		waitQueueEmpty(t, d.env)
+		dsns := dsnsFor(t, d.up, c.sender, c.rcpt)
 		if len(dsns) != 1 {
 			t.Fatalf("%s: %d DSNs to %s for %s after three posts, want exactly 1", c.provider, len(dsns), c.sender, c.rcpt)
 		}
@@ -168,14 +165,14 @@ func TestHooksProviders(t *testing.T) {
 			t.Errorf("%s: DSN does not name the original Message-ID:\n%s", c.provider, dsns[0].origHeaders)
 		}
 
-		err := suppRcpt(t, smtpAddr, p, e, c.rcpt)
+		err := suppRcpt(d, c.rcpt)
 		if got, want := suppReply(err), "550 5.1.1 <"+c.rcpt+">: suppressed after a hard bounce on "+today; got != want {
 			t.Fatalf("%s: RCPT after the bounce: %q, want %q", c.provider, got, want)
 		}
-		if out, stderr, code := suppCmd(t, "remove", c.rcpt, "-c", cfg); code != 0 {
+		if out, stderr, code := suppCmd(t, "remove", c.rcpt, "-c", d.cfg); code != 0 {
 			t.Fatalf("%s: remove: %d %s %s", c.provider, code, out, stderr)
 		}
-		if got := suppReply(suppRcpt(t, smtpAddr, p, e, c.rcpt)); got != "accepted" {
+		if got := suppReply(suppRcpt(d, c.rcpt)); got != "accepted" {
 			t.Fatalf("%s: RCPT after remove: %s", c.provider, got)
 		}
 	}
@@ -189,24 +186,24 @@ func TestHooksProviders(t *testing.T) {
 	}
 	// richard@ was not among the SES message's recipients: the complaint is
 	// unmatched, journaled and answered 200, and suppresses nothing.
-	if _, _, code := suppCmd(t, "check", "richard@example.com", "-c", cfg); code != 1 {
+	if _, _, code := suppCmd(t, "check", "richard@example.com", "-c", d.cfg); code != 1 {
 		t.Fatal("an unmatched complaint suppressed its recipient")
 	}
 	data := "From: <john@example.com>\r\nTo: <mary@example.com>\r\nSubject: c\r\nMessage-ID: <complaint-1@example.com>\r\n\r\nbody\r\n"
-	if _, err := send(smtpAddr, e.tlsConfig(), "app", "john@example.com", []string{"mary@example.com"}, data); err != nil {
+	if _, err := send(smtpAddr, d.tlsConfig(), "app", "john@example.com", []string{"mary@example.com"}, data); err != nil {
 		t.Fatal(err)
 	}
-	waitQueueEmpty(t, e)
+	waitQueueEmpty(t, d.env)
 	complaint := bytes.ReplaceAll(bytes.ReplaceAll(hookFixture(t, "ses-complaint.json"), []byte("richard@example.com"), []byte("mary@example.com")),
 		[]byte("custom-message-ID"), []byte("complaint-1@example.com"))
 	if code := hookPost(t, httpAddr, "ses", complaint, "query", hookToken); code != 200 {
 		t.Fatalf("matched complaint: %d", code)
 	}
-	if got := suppReply(suppRcpt(t, smtpAddr, p, e, "mary@example.com")); got != "550 5.1.1 <mary@example.com>: suppressed after a complaint on "+today {
+	if got := suppReply(suppRcpt(d, "mary@example.com")); got != "550 5.1.1 <mary@example.com>: suppressed after a complaint on "+today {
 		t.Fatalf("RCPT after a complaint: %q", got)
 	}
-	waitQueueEmpty(t, e)
-	if n := len(dsnsFor(t, up, "john@example.com", "mary@example.com")); n != 0 {
+	waitQueueEmpty(t, d.env)
+	if n := len(dsnsFor(t, d.up, "john@example.com", "mary@example.com")); n != 0 {
 		t.Fatalf("a complaint made %d DSNs, want none", n)
 	}
 
@@ -214,13 +211,13 @@ func TestHooksProviders(t *testing.T) {
 	if code := hookPost(t, httpAddr, "ses", hookFixture(t, "ses-subscription-confirmation.json"), "query", hookToken); code != 200 {
 		t.Fatalf("subscription confirmation: %d", code)
 	}
-	if !p.waitLog("msg=sns_subscription_confirmation", 5*time.Second) || !p.waitLog("Action=ConfirmSubscription", time.Second) {
+	if !d.waitLog("msg=sns_subscription_confirmation", 5*time.Second) || !d.waitLog("Action=ConfirmSubscription", time.Second) {
 		t.Fatal("the SubscribeURL was not logged")
 	}
 
 	// The journal tells the story: sluice trace finds the provider event
 	// and the DSN under the original's Message-ID.
-	out, stderr, code := runCmd(t, "", "trace", "custom-message-ID", "--json", "-c", cfg)
+	out, stderr, code := runCmd(t, "", "trace", "custom-message-ID", "--json", "-c", d.cfg)
 	if code != 0 || !strings.Contains(out, `"event":"provider_event"`) || !strings.Contains(out, `"event":"dsn_sent"`) || !strings.Contains(out, `"kind":"delivery"`) {
 		t.Errorf("trace custom-message-ID: exit %d\n%s%s", code, out, stderr)
 	}
@@ -234,21 +231,16 @@ func TestHooksProviders(t *testing.T) {
 func TestHooksTwoInstancesRedis(t *testing.T) {
 	t.Parallel()
 	r := testredis.Start(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "gone@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
 	extra := "ratelimit:\n  redis: " + r.URL + "\nhooks:\n  token: " + hookToken + "\n"
-	ea, eb := newEnv(t), newEnv(t)
-	cfgA := ea.opsConfig(opsOpts{upPort: up.Port(), extra: extra})
-	cfgB := eb.opsConfig(opsOpts{upPort: up.Port(), extra: extra})
-	a := start(t, 1, "serve", "-c", cfgA)
-	b := start(t, 1, "serve", "-c", cfgB)
+	a := launch(t, opsCfg(opsOpts{extra: extra}), failRcpt("gone@example.org", 550, [3]int{5, 1, 1}, "no such user"))
+	b := launch(t, opsCfg(opsOpts{extra: extra}), sinkOf(a))
 	today := time.Now().UTC().Format("2006-01-02")
 
 	data := "From: <john@example.com>\r\nTo: <jane@example.com>\r\nSubject: two\r\nMessage-ID: <custom-message-ID>\r\n\r\nbody\r\n"
-	if _, err := send(a.addrs["submission"], ea.tlsConfig(), "app", "john@example.com", []string{"jane@example.com"}, data); err != nil {
+	if _, err := send(a.addrs["submission"], a.tlsConfig(), "app", "john@example.com", []string{"jane@example.com"}, data); err != nil {
 		t.Fatal(err)
 	}
-	waitQueueEmpty(t, ea)
+	waitQueueEmpty(t, a.env)
 	body := hookFixture(t, "ses-bounce.json")
 	// Posted to the instance that did not relay the message: B matches it
 	// through Redis and sends the DSN itself.
@@ -259,14 +251,14 @@ func TestHooksTwoInstancesRedis(t *testing.T) {
 		t.Fatalf("B did not send the DSN:\n%s", b.stderr.String())
 	}
 	// Then repeated to both.
-	for _, p := range []*proc{a, b, a} {
+	for _, p := range []*testDaemon{a, b, a} {
 		if code := hookPost(t, p.httpAddr(), "ses", body, "query", hookToken); code != 200 {
 			t.Fatalf("post: %d, want 200", code)
 		}
 	}
-	waitQueueEmpty(t, ea)
-	waitQueueEmpty(t, eb)
-	dsns := dsnsFor(t, up, "john@example.com", "jane@example.com")
+	waitQueueEmpty(t, a.env)
+	waitQueueEmpty(t, b.env)
+	dsns := dsnsFor(t, a.up, "john@example.com", "jane@example.com")
 	if len(dsns) != 1 {
 		t.Fatalf("%d DSNs across two instances and four posts, want exactly 1", len(dsns))
 	}
@@ -274,34 +266,29 @@ func TestHooksTwoInstancesRedis(t *testing.T) {
 		t.Errorf("DSN Status %q, want 5.1.1", st)
 	}
 	want := "550 5.1.1 <jane@example.com>: suppressed after a hard bounce on " + today
-	for name, p := range map[string]*proc{"A": a, "B": b} {
-		e := ea
-		if name == "B" {
-			e = eb
-		}
-		if got := suppReply(suppRcpt(t, p.addrs["submission"], p, e, "jane@example.com")); got != want {
+	for name, d := range map[string]*testDaemon{"A": a, "B": b} {
+		if got := suppReply(suppRcpt(d, "jane@example.com")); got != want {
 			t.Errorf("instance %s: RCPT %q, want %q", name, got, want)
 		}
 	}
 
 	// An upstream's 5.1.1 on B lists the address for A.
-	if _, err := send(b.addrs["submission"], eb.tlsConfig(), "app", "app@example.com", []string{"gone@example.org"},
-		message("app@example.com", "gone@example.org", "two-gone", "bounces")); err != nil {
+	if _, err := b.sendMsg("two-gone", "bounces", "gone@example.org"); err != nil {
 		t.Fatal(err)
 	}
-	waitQueueEmpty(t, eb)
-	if got := suppReply(suppRcpt(t, a.addrs["submission"], a, ea, "gone@example.org")); !strings.HasPrefix(got, "550 5.1.1 <gone@example.org>: suppressed after a hard bounce on ") {
+	waitQueueEmpty(t, b.env)
+	if got := suppReply(suppRcpt(a, "gone@example.org")); !strings.HasPrefix(got, "550 5.1.1 <gone@example.org>: suppressed after a hard bounce on ") {
 		t.Errorf("instance A after B's upstream bounce: %q", got)
 	}
 
 	// Removed through B's socket, let through by A.
-	if out, stderr, code := suppCmd(t, "remove", "jane@example.com", "-c", cfgB); code != 0 {
+	if out, stderr, code := suppCmd(t, "remove", "jane@example.com", "-c", b.cfg); code != 0 {
 		t.Fatalf("remove via B: %d %s %s", code, out, stderr)
 	}
-	if got := suppReply(suppRcpt(t, a.addrs["submission"], a, ea, "jane@example.com")); got != "accepted" {
+	if got := suppReply(suppRcpt(a, "jane@example.com")); got != "accepted" {
 		t.Fatalf("instance A after the removal: %s", got)
 	}
-	out, _, code := suppCmd(t, "list", "--json", "-c", cfgA)
+	out, _, code := suppCmd(t, "list", "--json", "-c", a.cfg)
 	if code != 0 || strings.Contains(out, "jane@example.com") || !strings.Contains(out, `"address":"gone@example.org"`) {
 		t.Errorf("list via A: exit %d\n%s", code, out)
 	}

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -96,25 +95,21 @@ func verifyDKIM(t *testing.T, txt map[string]string, data []byte) {
 // PLAIN and implicit TLS + LOGIN; every message arrives dual-signed.
 func TestRealClients(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	txt := e.keygen()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1))
-	p := start(t, 2, "serve", "-c", cfg)
+	d := launch(t, baseCfg)
 
-	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "go", "from go")); err != nil {
+	if _, err := d.sendMsg("go", "from go"); err != nil {
 		t.Fatalf("go client: %v", err)
 	}
 	want := 1
 	if _, err := exec.LookPath("swaks"); err == nil || os.Getenv("CI") != "" {
-		host, port := splitAddr(p.addrs["submission"])
+		host, port := splitAddr(d.addrs["submission"])
 		out, err := exec.Command("swaks", "--server", host, "--port", port, "--tls", "--auth", "PLAIN",
 			"--auth-user", "app", "--auth-password", password, "--from", "app@example.com", "--to", "r@example.org",
 			"--header", "Message-ID: <swaks-starttls@example.com>", "--header", "From: <app@example.com>").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "250 2.0.0 OK queued as") {
 			t.Errorf("swaks STARTTLS: %v\n%s", err, out)
 		}
-		host, port = splitAddr(p.addrs["submissions"])
+		host, port = splitAddr(d.addrs["submissions"])
 		out, err = exec.Command("swaks", "--server", host, "--port", port, "--tlsc", "--auth", "LOGIN",
 			"--auth-user", "app", "--auth-password", password, "--from", "app@example.com", "--to", "r@example.org",
 			"--header", "Message-ID: <swaks-implicit@example.com>", "--header", "From: <app@example.com>").CombinedOutput()
@@ -143,18 +138,18 @@ with smtplib.SMTP_SSL(host, p2, context=ctx) as s:
     s.sendmail("app@example.com", ["r@example.org"], msg.replace("py-starttls", "py-implicit"))
 print("ok")
 `
-	h1, p1 := splitAddr(p.addrs["submission"])
-	_, p2 := splitAddr(p.addrs["submissions"])
-	out, err := exec.Command("python3", "-c", py, h1, p1, p2, e.certFile, password).CombinedOutput()
+	h1, p1 := splitAddr(d.addrs["submission"])
+	_, p2 := splitAddr(d.addrs["submissions"])
+	out, err := exec.Command("python3", "-c", py, h1, p1, p2, d.certFile, password).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ok") {
 		t.Errorf("python smtplib: %v\n%s", err, out)
 	}
 	want += 2
 
-	msgs := up.WaitMessages(t, want, 20*time.Second)
+	msgs := d.up.WaitMessages(t, want, 20*time.Second)
 	ids := map[string]bool{}
 	for _, m := range msgs {
-		verifyDKIM(t, txt, m.Data)
+		verifyDKIM(t, d.txt, m.Data)
 		for id := range messageIDs([][]byte{m.Data}) {
 			ids[id] = true
 		}
@@ -169,23 +164,19 @@ print("ok")
 // restarted; once the upstream is back, all 200 arrive.
 func TestDurabilityKill9(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
-	cfg, p := e.startBase(up)
+	d := launch(t, baseCfg, refused)
 
 	const conns, per = 10, 20
-	sub := submit(p.addrs["submission"], e.tlsConfig(), conns, per, "k9", 0)
+	sub := submit(d.addrs["submission"], d.tlsConfig(), conns, per, "k9", 0)
 	accepted, errs := sub.wait()
 	if len(accepted) != conns*per {
 		t.Fatalf("%d accepted, want %d; errors: %v", len(accepted), conns*per, errs)
 	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.wait(10 * time.Second)
+	d.kill()
 
-	up.SetMode(testsmtp.Serve)
-	start(t, 2, "serve", "-c", cfg)
-	msgs := up.WaitMessages(t, conns*per, 60*time.Second)
+	d.up.SetMode(testsmtp.Serve)
+	d.serve()
+	msgs := d.up.WaitMessages(t, conns*per, 60*time.Second)
 	var datas [][]byte
 	for _, m := range msgs {
 		datas = append(datas, m.Data)
@@ -288,8 +279,7 @@ func TestDevMode(t *testing.T) {
 	if err != nil || len(vs) != 1 || vs[0].Err != nil {
 		t.Fatalf("dev message signature: %v %+v\n%s", err, vs, data)
 	}
-	p.signal(syscall.SIGTERM)
-	if code := p.wait(15 * time.Second); code != 0 {
+	if code := p.stop(15 * time.Second); code != 0 {
 		t.Errorf("exit code after SIGTERM = %d, want 0", code)
 	}
 }
@@ -300,22 +290,19 @@ func TestDevMode(t *testing.T) {
 // answered 250 arrives at least once.
 func TestDurabilityKill9WhileDelivering(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg, p := e.startBase(up)
+	d := launch(t, baseCfg)
 
-	sub := submit(p.addrs["submission"], e.tlsConfig(), 10, -1, "flow", 400)
+	sub := submit(d.addrs["submission"], d.tlsConfig(), 10, -1, "flow", 400)
 	// Kill once a good share has been accepted and delivered: a run that
 	// accepted little proves little, so it fails rather than passes.
 	const minAccepted = 150
 	waitFor(t, 60*time.Second, fmt.Sprintf("%d messages answered 250 before the kill", minAccepted), func() bool {
 		return sub.count() >= minAccepted
 	})
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.wait(10 * time.Second)
+	d.kill()
 	accepted, _ := sub.wait() // the kill ends every connection with an error
 
-	start(t, 2, "serve", "-c", cfg)
+	d.serve()
 	want := len(accepted)
 	if want < minAccepted {
 		t.Fatalf("%d messages accepted before the kill, want at least %d", want, minAccepted)
@@ -324,7 +311,7 @@ func TestDurabilityKill9WhileDelivering(t *testing.T) {
 	var got map[string]int
 	for time.Now().Before(deadline) {
 		var datas [][]byte
-		for _, m := range up.Messages() {
+		for _, m := range d.up.Messages() {
 			datas = append(datas, m.Data)
 		}
 		got = messageIDs(datas)

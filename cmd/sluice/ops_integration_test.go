@@ -207,18 +207,10 @@ func (r opsReport) rcpt(addr string) textproto.MIMEHeader {
 // upstream's own text.
 func TestOpsBounceDSN(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "bad@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "mailbox bad@example.org does not exist here"})
-	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
-	p := start(t, 1, "serve", "-c", cfg)
+	d := launch(t, opsCfg(opsOpts{}), failRcpt("bad@example.org", 550, [3]int{5, 1, 1}, "mailbox bad@example.org does not exist here"))
 
-	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"good@example.org", "bad@example.org"},
-		message("app@example.com", "good@example.org", "dsn1", "one fails"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs := up.WaitMessages(t, 2, 20*time.Second)
+	id := d.mustSend("dsn1", "one fails", "good@example.org", "bad@example.org")
+	msgs := d.up.WaitMessages(t, 2, 20*time.Second)
 	var orig, dsn *testsmtp.Message
 	for i := range msgs {
 		if msgs[i].From == "" {
@@ -275,31 +267,22 @@ func TestOpsBounceDSN(t *testing.T) {
 // its DSN, so the upstream's single message proves the first made none.
 func TestOpsNullSenderNoDSN(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "gone@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
 	// The control goes to another address: the first bounce suppresses gone@.
-	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "gone2@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
-	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
-	p := start(t, 1, "serve", "-c", cfg)
+	d := launch(t, opsCfg(opsOpts{}), failRcpt("gone@example.org", 550, [3]int{5, 1, 1}, "no such user"), failRcpt("gone2@example.org", 550, [3]int{5, 1, 1}, "no such user"))
 
-	nullID, err := send(p.addrs["submission"], e.tlsConfig(), "app", "", []string{"gone@example.org"},
+	nullID, err := send(d.addrs["submission"], d.tlsConfig(), "app", "", []string{"gone@example.org"},
 		message("app@example.com", "gone@example.org", "null1", "from <>"))
 	if err != nil {
 		t.Fatalf("null sender submission (policy allows <>): %v", err)
 	}
-	if !p.waitLog("no report for a null-sender message", 20*time.Second) {
+	if !d.waitLog("no report for a null-sender message", 20*time.Second) {
 		t.Fatalf("no log line about the dropped report for %s", nullID)
 	}
-	ctlID, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"gone2@example.org"},
-		message("app@example.com", "gone2@example.org", "ctl1", "control"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	up.WaitMessages(t, 1, 20*time.Second)
+	ctlID := d.mustSend("ctl1", "control", "gone2@example.org")
+	d.up.WaitMessages(t, 1, 20*time.Second)
 	// An empty queue has nothing left to deliver: what arrived is all.
-	waitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
-	msgs := up.Messages()
+	waitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, d.cfg)) == 0 })
+	msgs := d.up.Messages()
 	if len(msgs) != 1 {
 		t.Fatalf("upstream got %d messages, want only the control DSN", len(msgs))
 	}
@@ -315,27 +298,19 @@ func TestOpsNullSenderNoDSN(t *testing.T) {
 // the upstream is back.
 func TestOpsExpiry(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
 	// A short breaker_backoff: the DSN has max_age too, and must not wait
 	// behind a breaker doubled during the outage for longer than that.
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(), backoff: "100ms", queue: "  max_age: 3s\n"})
-	p := start(t, 1, "serve", "-c", cfg)
+	d := launch(t, opsCfg(opsOpts{backoff: "100ms", queue: "  max_age: 3s\n"}), refused)
 
-	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
-		message("app@example.com", "r@example.org", "exp1", "will expire"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !p.waitLog("msg=expired queue_id="+id, 15*time.Second) {
+	id := d.mustSend("exp1", "will expire")
+	if !d.waitLog("msg=expired queue_id="+id, 15*time.Second) {
 		t.Fatalf("message %s did not expire", id)
 	}
-	if len(up.Messages()) != 0 {
+	if len(d.up.Messages()) != 0 {
 		t.Fatal("the upstream received mail while refusing connections")
 	}
-	up.SetMode(testsmtp.Serve)
-	msgs := up.WaitMessages(t, 1, 15*time.Second)
+	d.up.SetMode(testsmtp.Serve)
+	msgs := d.up.WaitMessages(t, 1, 15*time.Second)
 	if msgs[0].From != "" || len(msgs[0].To) != 1 || msgs[0].To[0] != "app@example.com" {
 		t.Fatalf("want a DSN from <> to app@example.com, got from %q to %v", msgs[0].From, msgs[0].To)
 	}
@@ -350,7 +325,7 @@ func TestOpsExpiry(t *testing.T) {
 	if h.Get("Diagnostic-Code") == "" {
 		t.Error("an expiry report should carry the last error as Diagnostic-Code")
 	}
-	for _, m := range up.Messages() {
+	for _, m := range d.up.Messages() {
 		if m.From != "" {
 			t.Errorf("the expired message itself was delivered (from %q)", m.From)
 		}
@@ -364,18 +339,14 @@ func TestOpsExpiry(t *testing.T) {
 // deferred with them shows when the held one would have gone.
 func TestOpsQueueCommands(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
 	// Down with a temporary reply rather than refused connections: a
 	// refusing upstream's breaker doubles its backoff for as long as the
 	// outage lasts, which would only make this test wait.
-	up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "mailbox service temporarily unavailable")
-	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
-	p := start(t, 1, "serve", "-c", cfg)
+	d := launch(t, opsCfg(opsOpts{}), failAt(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "mailbox service temporarily unavailable"))
 
 	ids := map[string]string{}
 	for _, n := range []string{"held", "deleted", "silent", "sentinel"} {
-		id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{n + "@example.org"},
+		id, err := send(d.addrs["submission"], d.tlsConfig(), "app", "app@example.com", []string{n + "@example.org"},
 			message("app@example.com", n+"@example.org", "q-"+n, n))
 		if err != nil {
 			t.Fatal(err)
@@ -384,7 +355,7 @@ func TestOpsQueueCommands(t *testing.T) {
 	}
 	var list []map[string]any
 	waitFor(t, 15*time.Second, "four deferred messages in `queue list`", func() bool {
-		list = opsQueueList(t, cfg)
+		list = opsQueueList(t, d.cfg)
 		if len(list) != 4 {
 			return false
 		}
@@ -397,7 +368,7 @@ func TestOpsQueueCommands(t *testing.T) {
 	})
 	// The daemon is up and working by now (the socket is bound by the
 	// queue's Run, after the listeners log; see the report).
-	if fi, err := os.Stat(filepath.Join(e.dir, "state", "control.sock")); err != nil {
+	if fi, err := os.Stat(filepath.Join(d.dir, "state", "control.sock")); err != nil {
 		t.Errorf("control socket: %v", err)
 	} else if fi.Mode().Perm() != 0o600 {
 		t.Errorf("control socket mode %v, want 0600 so only the service user and root act on the queue", fi.Mode())
@@ -425,14 +396,14 @@ func TestOpsQueueCommands(t *testing.T) {
 	if age, _ := m["age_seconds"].(float64); age < 0 || age > 60 {
 		t.Errorf("age_seconds %v", m["age_seconds"])
 	}
-	if table, _, code := runCmd(t, "", "queue", "list", "-c", cfg); code != 0 || !strings.Contains(table, ids["held"]) {
+	if table, _, code := runCmd(t, "", "queue", "list", "-c", d.cfg); code != 0 || !strings.Contains(table, ids["held"]) {
 		t.Errorf("queue list (table): exit %d\n%s", code, table)
 	}
 
-	opsQueueCmd(t, cfg, "hold", ids["held"])
-	opsQueueCmd(t, cfg, "delete", ids["deleted"])
-	opsQueueCmd(t, cfg, "delete", ids["silent"], "--silent")
-	list = opsQueueList(t, cfg)
+	opsQueueCmd(t, d.cfg, "hold", ids["held"])
+	opsQueueCmd(t, d.cfg, "delete", ids["deleted"])
+	opsQueueCmd(t, d.cfg, "delete", ids["silent"], "--silent")
+	list = opsQueueList(t, d.cfg)
 	if m := opsQueueEntry(list, ids["held"]); m == nil || m["held"] != true {
 		t.Errorf("after hold: %v, want held true", m)
 	}
@@ -443,17 +414,17 @@ func TestOpsQueueCommands(t *testing.T) {
 	}
 	heldAttempts := opsQueueEntry(list, ids["held"])["attempts"]
 	// retry must not release a held message, alone or with --all.
-	opsQueueCmd(t, cfg, "retry", ids["held"])
-	up.ClearFailures()
-	opsQueueCmd(t, cfg, "retry", "--all")
+	opsQueueCmd(t, d.cfg, "retry", ids["held"])
+	d.up.ClearFailures()
+	opsQueueCmd(t, d.cfg, "retry", "--all")
 	// The sentinel and the bounce were due with the held message; once
 	// only the held one is left, it had its chance and did not take it.
-	up.WaitMessages(t, 2, 15*time.Second)
-	waitFor(t, 15*time.Second, "only the held message in the queue", func() bool { return len(opsQueueList(t, cfg)) == 1 })
-	if m := opsQueueEntry(opsQueueList(t, cfg), ids["held"]); m == nil || m["held"] != true || m["attempts"] != heldAttempts {
+	d.up.WaitMessages(t, 2, 15*time.Second)
+	waitFor(t, 15*time.Second, "only the held message in the queue", func() bool { return len(opsQueueList(t, d.cfg)) == 1 })
+	if m := opsQueueEntry(opsQueueList(t, d.cfg), ids["held"]); m == nil || m["held"] != true || m["attempts"] != heldAttempts {
 		t.Errorf("held message after retry and retry --all: %v, want held with %v attempts", m, heldAttempts)
 	}
-	msgs := up.Messages()
+	msgs := d.up.Messages()
 	if len(msgs) != 2 {
 		t.Fatalf("upstream got %d messages, want the sentinel and the deleted message's bounce (held must stay, --silent sends none)", len(msgs))
 	}
@@ -478,12 +449,12 @@ func TestOpsQueueCommands(t *testing.T) {
 
 	// release makes the message due at once (docs/queue.md), so a retry
 	// right after it may find the message already delivered.
-	opsQueueCmd(t, cfg, "release", ids["held"])
-	msgs = up.WaitMessages(t, 3, 15*time.Second)
+	opsQueueCmd(t, d.cfg, "release", ids["held"])
+	msgs = d.up.WaitMessages(t, 3, 15*time.Second)
 	if got := messageIDs([][]byte{msgs[2].Data}); got["q-held@example.com"] != 1 {
 		t.Errorf("second delivery is not the released message: %v", got)
 	}
-	waitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
+	waitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, d.cfg)) == 0 })
 }
 
 // TestOpsWebhook: a receiver that fails its first requests still gets
@@ -580,13 +551,10 @@ func TestOpsWebhook(t *testing.T) {
 // /readyz answer 200 while all is well.
 func TestOpsMetrics(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
-	p := start(t, 1, "serve", "-c", cfg)
-	h := p.httpAddr()
+	d := launch(t, opsCfg(opsOpts{}))
+	h := d.httpAddr()
 
-	c, err := login(p.addrs["submission"], e.tlsConfig(), nil, "app", password)
+	c, err := login(d.addrs["submission"], d.tlsConfig(), nil, "app", password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,7 +570,7 @@ func TestOpsMetrics(t *testing.T) {
 		t.Fatalf("sender outside allowed_senders: %v, want 550 5.7.1", err)
 	}
 	c.Quit()
-	bad, err := smtp.DialStartTLS(p.addrs["submission"], e.tlsConfig())
+	bad, err := smtp.DialStartTLS(d.addrs["submission"], d.tlsConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -611,7 +579,7 @@ func TestOpsMetrics(t *testing.T) {
 		t.Fatalf("wrong password: %v, want 535 5.7.8", err)
 	}
 	bad.Close()
-	up.WaitMessages(t, 3, 20*time.Second)
+	d.up.WaitMessages(t, 3, 20*time.Second)
 
 	var m map[string]float64
 	waitFor(t, 10*time.Second, "delivered 3 and an empty queue in /metrics", func() bool {
@@ -647,14 +615,14 @@ func TestOpsMetrics(t *testing.T) {
 
 	// The log follows a message by queue_id from its session (cid) to its
 	// delivery, and holds no password, right or wrong, nor a hash.
-	logs := p.stderr.String()
+	logs := d.stderr.String()
 	if !regexp.MustCompile(`msg=accepted cid=\S+ .*queue_id=` + ids[0]).MatchString(logs) {
 		t.Errorf("no `accepted` line with cid and queue_id=%s", ids[0])
 	}
 	if !strings.Contains(logs, "msg=delivered queue_id="+ids[0]) {
 		t.Errorf("no `delivered` line for queue_id=%s", ids[0])
 	}
-	for _, secret := range []string{password, wrongPW, e.hash} {
+	for _, secret := range []string{password, wrongPW, d.hash} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("the log contains a secret %q", secret)
 		}
@@ -666,21 +634,14 @@ func TestOpsMetrics(t *testing.T) {
 // open.
 func TestOpsReadyzBreakerOpen(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(), backoff: "1m"})
-	p := start(t, 1, "serve", "-c", cfg)
-	h := p.httpAddr()
+	d := launch(t, opsCfg(opsOpts{backoff: "1m"}), refused)
+	h := d.httpAddr()
 	// The spool is recovered in the background (503 "recovering" meanwhile).
 	waitFor(t, 15*time.Second, "/readyz 200 before any failure", func() bool {
 		code, _ := httpGet(t, "http://"+h+"/readyz")
 		return code == http.StatusOK
 	})
-	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
-		message("app@example.com", "r@example.org", "brk", "x")); err != nil {
-		t.Fatal(err)
-	}
+	d.mustSend("brk", "x")
 	waitFor(t, 15*time.Second, "/readyz 503", func() bool {
 		code, _ := httpGet(t, "http://"+h+"/readyz")
 		return code == http.StatusServiceUnavailable
@@ -692,7 +653,7 @@ func TestOpsReadyzBreakerOpen(t *testing.T) {
 		t.Errorf("sluice_upstream_up = %v with the breaker open, want 0", v)
 	}
 	waitFor(t, 10*time.Second, "`sluice upstreams` to show the open breaker", func() bool {
-		out, _, code := runCmd(t, "", "upstreams", "-c", cfg)
+		out, _, code := runCmd(t, "", "upstreams", "-c", d.cfg)
 		return code == 0 && strings.Contains(out, "up1") && strings.Contains(out, "open")
 	})
 }
@@ -726,10 +687,7 @@ func TestOpsReload(t *testing.T) {
 
 	o.users = "  - name: app2\n    password_hash: \"{{HASH}}\"\n"
 	e.opsConfig(o)
-	p.signal(syscall.SIGHUP)
-	if !p.waitLog("msg=reloaded", 10*time.Second) {
-		t.Fatal("no `reloaded` log line after SIGHUP")
-	}
+	p.reload("msg=reloaded")
 	if _, err := send(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "new-user", "x")); err != nil {
 		t.Fatalf("new user right after reload: %v", err)
 	}
@@ -740,10 +698,7 @@ func TestOpsReload(t *testing.T) {
 
 	o.extra = "no_such_key: true\n"
 	e.opsConfig(o)
-	p.signal(syscall.SIGHUP)
-	if !p.waitLog("reload refused", 10*time.Second) {
-		t.Fatal("a broken config on SIGHUP was not refused in the log")
-	}
+	p.reload("reload refused")
 	if !strings.Contains(p.stderr.String(), "no_such_key") {
 		t.Error("the refusal does not name the bad key")
 	}
@@ -770,22 +725,18 @@ func TestOpsReload(t *testing.T) {
 // the spool (queue list shows it) and a restart delivers it.
 func TestOpsShutdown(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
+	d := launch(t, opsCfg(opsOpts{shutdown: "3s"}), refused)
 	const shutdown = 3 * time.Second
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(), shutdown: "3s"})
-	p := start(t, 1, "serve", "-c", cfg)
-	addr := p.addrs["submission"]
+	addr := d.addrs["submission"]
 	want := map[string]bool{}
 	for i := 0; i < 2; i++ {
 		id := fmt.Sprintf("term%d", i)
-		if _, err := send(addr, e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "x")); err != nil {
+		if _, err := send(addr, d.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "x")); err != nil {
 			t.Fatal(err)
 		}
 		want[id+"@example.com"] = true
 	}
-	open, err := login(addr, e.tlsConfig(), nil, "app", password)
+	open, err := login(addr, d.tlsConfig(), nil, "app", password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -798,8 +749,8 @@ func TestOpsShutdown(t *testing.T) {
 	}
 
 	sent := time.Now()
-	p.signal(syscall.SIGTERM)
-	if !p.waitLog("shutting down", 5*time.Second) {
+	d.signal(syscall.SIGTERM)
+	if !d.waitLog("shutting down", 5*time.Second) {
 		t.Fatal("no `shutting down` log line after SIGTERM")
 	}
 	waitFor(t, 2*time.Second, "the listener to stop accepting", func() bool {
@@ -817,21 +768,21 @@ func TestOpsShutdown(t *testing.T) {
 	}
 	open.Quit()
 	// Slack on top of shutdown_timeout for process exit under -race.
-	if code := p.wait(shutdown + 2*time.Second); code != 0 {
+	if code := d.wait(shutdown + 2*time.Second); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
 	if took := time.Since(sent); took > shutdown+time.Second {
 		t.Errorf("exit took %v, more than shutdown_timeout %v", took, shutdown)
 	}
 
-	list := opsQueueList(t, cfg)
+	list := opsQueueList(t, d.cfg)
 	if len(list) != len(want) {
 		t.Fatalf("queue list after exit shows %d messages, want %d: %v", len(list), len(want), list)
 	}
-	up.SetMode(testsmtp.Serve)
-	start(t, 1, "serve", "-c", cfg)
+	d.up.SetMode(testsmtp.Serve)
+	d.serve()
 	var datas [][]byte
-	for _, m := range up.WaitMessages(t, len(want), 20*time.Second) {
+	for _, m := range d.up.WaitMessages(t, len(want), 20*time.Second) {
 		datas = append(datas, m.Data)
 	}
 	got := messageIDs(datas)
@@ -846,22 +797,19 @@ func TestOpsShutdown(t *testing.T) {
 // state_dir, new mail gets 451 4.3.0, nothing is spooled and /readyz is 503.
 func TestOpsDiskFloor(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(), queue: "  min_free_space: 1000000GB\n"})
-	p := start(t, 1, "serve", "-c", cfg)
-	_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "floor", "x"))
+	d := launch(t, opsCfg(opsOpts{queue: "  min_free_space: 1000000GB\n"}))
+	_, err := d.sendMsg("floor", "x")
 	if replyCode(err) != "451 4.3.0" {
 		t.Fatalf("below min_free_space: %v, want 451 4.3.0", err)
 	}
-	if l := opsQueueList(t, cfg); len(l) != 0 {
+	if l := opsQueueList(t, d.cfg); len(l) != 0 {
 		t.Errorf("queue holds %d messages after a 451", len(l))
 	}
-	if code, _ := httpGet(t, "http://"+p.httpAddr()+"/readyz"); code != http.StatusServiceUnavailable {
+	if code, _ := httpGet(t, "http://"+d.httpAddr()+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz %d below the free-space floor, want 503", code)
 	}
 	// The empty queue above is the proof that nothing goes upstream.
-	if n := len(up.Messages()); n != 0 {
+	if n := len(d.up.Messages()); n != 0 {
 		t.Errorf("upstream got %d messages after a 451", n)
 	}
 }
@@ -871,28 +819,23 @@ func TestOpsDiskFloor(t *testing.T) {
 // delivered once the upstream is back.
 func TestOpsDiskFull(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	mnt := mountTmpfs(t, e.dir, "4m")
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
 	// A floor below one message: the last messages find room by statfs but
 	// run out while being written, so both refusal paths are exercised.
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(), stateDir: mnt + "/state", queue: "  min_free_space: 64KiB\n"})
-	p := start(t, 1, "serve", "-c", cfg)
+	d := launch(t, opsCfg(opsOpts{stateDir: "{{DIR}}/small/state", queue: "  min_free_space: 64KiB\n"}), onTmpfs("4m"), refused)
 
-	accepted, refused := fillUntil451(t, e, p, 300, 40) // ~300 KB each
+	accepted, refused := fillUntil451(t, d, 300, 40) // ~300 KB each
 	if !refused {
 		t.Fatalf("a 4 MiB spool accepted %d messages of 300 KB without a 451 4.3.0", len(accepted))
 	}
 	if len(accepted) == 0 {
 		t.Fatal("nothing was accepted before the disk filled")
 	}
-	if l := opsQueueList(t, cfg); len(l) != len(accepted) {
+	if l := opsQueueList(t, d.cfg); len(l) != len(accepted) {
 		t.Errorf("queue list shows %d messages, %d were answered 250", len(l), len(accepted))
 	}
-	up.SetMode(testsmtp.Serve)
+	d.up.SetMode(testsmtp.Serve)
 	var datas [][]byte
-	for _, m := range up.WaitMessages(t, len(accepted), 30*time.Second) {
+	for _, m := range d.up.WaitMessages(t, len(accepted), 30*time.Second) {
 		datas = append(datas, m.Data)
 	}
 	got := messageIDs(datas)
@@ -985,10 +928,7 @@ func TestOpsReloadUpstreams(t *testing.T) {
 	p := start(t, 1, "serve", "-c", cfg)
 	o.upPort = newUp.Port()
 	e.opsConfig(o)
-	p.signal(syscall.SIGHUP)
-	if !p.waitLog("msg=reloaded", 10*time.Second) {
-		t.Fatal("no `reloaded` log line after SIGHUP")
-	}
+	p.reload("msg=reloaded")
 	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
 		message("app@example.com", "r@example.org", "moved", "x")); err != nil {
 		t.Fatal(err)

@@ -203,10 +203,7 @@ func polAuthAttempt(addr string, cfg *tls.Config, pw string) (string, time.Durat
 // password, while 127.0.0.2 logs in and sends.
 func TestPolicyAuthFailures(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
-	addr := p.addrs["submission"]
+	d := launch(t, polCfg("", ""))
 
 	// DESIGN §7: no delay for the first five, then 1 s, 2 s, 4 s, 5 s, 5 s.
 	want := []time.Duration{0, 0, 0, 0, 0, time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
@@ -215,13 +212,13 @@ func TestPolicyAuthFailures(t *testing.T) {
 		if i == 9 {
 			// A session opened before the block: it must be refused at AUTH.
 			var err error
-			open, err = smtp.DialStartTLS(addr, e.tlsConfig())
+			open, err = smtp.DialStartTLS(d.addrs["submission"], d.tlsConfig())
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer open.Close()
 		}
-		got, took := polAuthAttempt(addr, e.tlsConfig(), "wrong password")
+		got, took := polAuthAttempt(d.addrs["submission"], d.tlsConfig(), "wrong password")
 		if got != "535 5.7.8" {
 			t.Fatalf("failure %d: %s, want 535 5.7.8", i+1, got)
 		}
@@ -232,7 +229,7 @@ func TestPolicyAuthFailures(t *testing.T) {
 		}
 		t.Logf("failure %d: %s after %v", i+1, got, took.Round(time.Millisecond))
 	}
-	if g := greeting(t, addr); !strings.HasPrefix(g, "421 4.7.0") {
+	if g := greeting(t, d.addrs["submission"]); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Errorf("connect after 10 failures: %q, want 421 4.7.0", g)
 	}
 	if got := replyCode(open.Auth(sasl.NewPlainClient("", "app", password))); got != "421 4.7.0" {
@@ -240,7 +237,7 @@ func TestPolicyAuthFailures(t *testing.T) {
 	}
 
 	// Linux routes all of 127/8 to lo: 127.0.0.2 is another client.
-	c, err := login(addr, e.tlsConfig(), net.IPv4(127, 0, 0, 2), "app", password)
+	c, err := login(d.addrs["submission"], d.tlsConfig(), net.IPv4(127, 0, 0, 2), "app", password)
 	if err != nil {
 		t.Fatalf("another IP must be unaffected: %v", err)
 	}
@@ -249,7 +246,7 @@ func TestPolicyAuthFailures(t *testing.T) {
 		t.Fatalf("send from 127.0.0.2: %v", err)
 	}
 	c.Quit()
-	up.WaitMessages(t, 1, 20*time.Second)
+	d.up.WaitMessages(t, 1, 20*time.Second)
 }
 
 // TestPolicyAuthFailuresRedis: the failure count lives in Redis, so failures
@@ -304,10 +301,8 @@ func TestPolicyAuthFailuresRedis(t *testing.T) {
 // accepted messages reach the upstream.
 func TestPolicySizeAndRecipients(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
-	c, err := login(p.addrs["submission"], e.tlsConfig(), nil, "printer", password)
+	d := launch(t, polCfg("", ""))
+	c, err := login(d.addrs["submission"], d.tlsConfig(), nil, "printer", password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,11 +369,11 @@ func TestPolicySizeAndRecipients(t *testing.T) {
 	}
 	c.Quit()
 
-	up.WaitMessages(t, 2, 20*time.Second)
+	d.up.WaitMessages(t, 2, 20*time.Second)
 	// A refused message is never spooled: with the queue empty, nothing
 	// more can arrive.
-	waitQueueEmpty(t, e)
-	msgs := up.Messages()
+	waitQueueEmpty(t, d.env)
+	msgs := d.up.Messages()
 	if len(msgs) != 2 {
 		t.Fatalf("upstream got %d messages, want 2 (only the accepted ones)", len(msgs))
 	}
@@ -570,9 +565,7 @@ func TestPolicyRejectionsPython(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil && os.Getenv("CI") == "" {
 		t.Skip("python3 not installed; CI has it")
 	}
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
+	d := launch(t, polCfg("", ""))
 	py := `
 import json, smtplib, ssl, sys
 host, port, ca, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -617,8 +610,8 @@ for i in range(2):
 out("rate", s.mail("app@example.com"))
 s.quit()
 `
-	host, port := splitAddr(p.addrs["submission"])
-	o, err := exec.Command("python3", "-c", py, host, port, e.certFile, password).CombinedOutput()
+	host, port := splitAddr(d.addrs["submission"])
+	o, err := exec.Command("python3", "-c", py, host, port, d.certFile, password).CombinedOutput()
 	if err != nil {
 		t.Fatalf("python smtplib: %v\n%s", err, o)
 	}
@@ -650,9 +643,9 @@ s.quit()
 	}
 	// Only the two rate-test messages were accepted; the one refused at DATA
 	// did not use up ratey's 2/1h, or the second would have got 450.
-	up.WaitMessages(t, 2, 20*time.Second)
-	waitQueueEmpty(t, e)
-	if n := len(up.Messages()); n != 2 {
+	d.up.WaitMessages(t, 2, 20*time.Second)
+	waitQueueEmpty(t, d.env)
+	if n := len(d.up.Messages()); n != 2 {
 		t.Errorf("upstream got %d messages, want 2", n)
 	}
 }

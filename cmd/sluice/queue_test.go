@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicemail/sluice/internal/testsmtp"
 	"github.com/sluicemail/sluice/queue"
 )
 
@@ -45,13 +44,11 @@ func TestControlSocketRefusesOtherUsers(t *testing.T) {
 		t.Skip("needs root to run the CLI as another user")
 	}
 	const nobody = 65534
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
-	state := filepath.Join(e.dir, "state")
+	d := launch(t, polCfg("", ""))
+	state := filepath.Join(d.dir, "state")
 	sock := filepath.Join(state, "control.sock")
 	waitFor(t, 10*time.Second, "the control socket", func() bool { _, err := os.Stat(sock); return err == nil })
-	for _, d := range []string{filepath.Dir(sluiceBin), filepath.Dir(e.dir), e.dir, state} {
+	for _, d := range []string{filepath.Dir(sluiceBin), filepath.Dir(d.dir), d.dir, state} {
 		os.Chmod(d, 0o755)
 	}
 	os.Chmod(sock, 0o666)
@@ -63,7 +60,7 @@ func TestControlSocketRefusesOtherUsers(t *testing.T) {
 			t.Fatalf("queue flush as uid %d: exit %d (%v):\n%s", nobody, code, err, out)
 		}
 	}
-	if !p.waitLog(`msg="queue: control socket peer refused" uid=65534`, 5*time.Second) {
+	if !d.waitLog(`msg="queue: control socket peer refused" uid=65534`, 5*time.Second) {
 		t.Error("the daemon did not log the refused peer")
 	}
 }

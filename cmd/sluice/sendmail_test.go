@@ -29,16 +29,14 @@ const legacyListener = `  - name: legacy
 // STARTTLS before AUTH.
 func TestSendmailAuthOnStartTLSListener(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", ""))
+	d := launch(t, polCfg("", ""))
 	msg := "From: <app@example.com>\nTo: <r@example.org>\nSubject: sendmail review\n\nhello\n"
 	_, stderr, code := runCmdEnv(t, msg, []string{"SLUICE_PASSWORD=" + password},
-		"sendmail", "--server", p.addrs["submission"], "--user", "app", "-f", "app@example.com", "r@example.org")
+		"sendmail", "--server", d.addrs["submission"], "--user", "app", "-f", "app@example.com", "r@example.org")
 	if code != 0 {
 		t.Fatalf("sendmail --user on the STARTTLS submission listener: exit %d: %s", code, stderr)
 	}
-	up.WaitMessages(t, 1, 20*time.Second)
+	d.up.WaitMessages(t, 1, 20*time.Second)
 }
 
 // TestSendmailAttachedFlagValue: like real sendmail (and PHP's mail(),
@@ -46,15 +44,13 @@ func TestSendmailAuthOnStartTLSListener(t *testing.T) {
 // sender may be attached to -f.
 func TestSendmailAttachedFlagValue(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 2, "serve", "-c", polConfig(e, up.Port(), legacyListener, ""))
+	d := launch(t, polCfg(legacyListener, ""))
 	msg := "From: <app@example.com>\nTo: <r@example.org>\nSubject: attached\n\nhello\n"
-	_, stderr, code := runCmd(t, msg, "sendmail", "--server", p.addrs["legacy"], "-fapp@example.com", "-t", "-i")
+	_, stderr, code := runCmd(t, msg, "sendmail", "--server", d.addrs["legacy"], "-fapp@example.com", "-t", "-i")
 	if code != 0 {
 		t.Fatalf("sendmail -fapp@example.com -t -i: exit %d: %s", code, stderr)
 	}
-	up.WaitMessages(t, 1, 20*time.Second)
+	d.up.WaitMessages(t, 1, 20*time.Second)
 }
 
 // localListener trusts loopback with the default policy and no rate, for

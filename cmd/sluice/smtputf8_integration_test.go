@@ -46,11 +46,9 @@ func sendUTF8(t *testing.T, e *env, addr, rcpt string) {
 // unchanged (DESIGN §8.5).
 func TestSMTPUTF8Relayed(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{SMTPUTF8: true})
-	_, p := e.startBase(up)
-	sendUTF8(t, e, p.addrs["submission"], "jörg@bücher.example")
-	m := up.WaitMessages(t, 1, 20*time.Second)[0]
+	d := launch(t, baseCfg, sinkOpts(testsmtp.Options{SMTPUTF8: true}))
+	sendUTF8(t, d.env, d.addrs["submission"], "jörg@bücher.example")
+	m := d.up.WaitMessages(t, 1, 20*time.Second)[0]
 	if !m.UTF8 {
 		t.Error("the upstream's MAIL lacked SMTPUTF8")
 	}
@@ -78,13 +76,11 @@ func TestSMTPUTF8NotOffered(t *testing.T) {
 }
 
 func testSMTPUTF8NotOffered(t *testing.T, rcpt string) {
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	_, p := e.startBase(up)
-	sendUTF8(t, e, p.addrs["submission"], rcpt)
+	d := launch(t, baseCfg)
+	sendUTF8(t, d.env, d.addrs["submission"], rcpt)
 	var dsn opsReport
 	waitFor(t, 20*time.Second, "a DSN to app@example.com", func() bool {
-		for _, m := range up.Messages() {
+		for _, m := range d.up.Messages() {
 			if m.From == "" && len(m.To) == 1 && m.To[0] == "app@example.com" {
 				dsn = opsParseReport(t, m.Data)
 				return true
@@ -95,7 +91,7 @@ func testSMTPUTF8NotOffered(t *testing.T, rcpt string) {
 	if len(dsn.rcpts) != 1 || dsn.rcpts[0].Get("Status") != "5.6.7" || dsn.rcpts[0].Get("Action") != "failed" {
 		t.Errorf("DSN recipients %v, want one failed with Status 5.6.7", dsn.rcpts)
 	}
-	for _, m := range up.Messages() {
+	for _, m := range d.up.Messages() {
 		if m.From != "" {
 			t.Errorf("the UTF-8 message reached an upstream without SMTPUTF8: %s -> %q", m.From, m.To)
 		}
@@ -143,9 +139,7 @@ func TestSMTPUTF8Python(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil && os.Getenv("CI") == "" {
 		t.Skip("python3 not installed; CI has it")
 	}
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{SMTPUTF8: true})
-	_, p := e.startBase(up)
+	d := launch(t, baseCfg, sinkOpts(testsmtp.Options{SMTPUTF8: true}))
 	py := `
 import smtplib, ssl, sys
 host, port, ca, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -159,12 +153,12 @@ s.sendmail("app@example.com", ["δοκιμή@παράδειγμα.example"], msg
 s.quit()
 print("ok")
 `
-	h, port := splitAddr(p.addrs["submission"])
-	out, err := exec.Command("python3", "-c", py, h, port, e.certFile, password).CombinedOutput()
+	h, port := splitAddr(d.addrs["submission"])
+	out, err := exec.Command("python3", "-c", py, h, port, d.certFile, password).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ok") {
 		t.Fatalf("python smtplib: %v\n%s", err, out)
 	}
-	m := up.WaitMessages(t, 1, 20*time.Second)[0]
+	m := d.up.WaitMessages(t, 1, 20*time.Second)[0]
 	if !m.UTF8 || len(m.To) != 1 || m.To[0] != "δοκιμή@παράδειγμα.example" {
 		t.Errorf("arrived with UTF8 %v to %q, want SMTPUTF8 to [δοκιμή@παράδειγμα.example]", m.UTF8, m.To)
 	}

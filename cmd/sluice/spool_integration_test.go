@@ -40,13 +40,13 @@ func mountTmpfs(t *testing.T, dir, size string) string {
 // fillUntil451 sends messages of kb lines of 1000 bytes (at most max) until
 // one is answered 451 4.3.0; it returns the Message-IDs answered 250 and
 // whether the 451 came. Any other reply fails the test.
-func fillUntil451(t *testing.T, e *env, p *proc, kb, max int) (accepted map[string]bool, refused bool) {
+func fillUntil451(t *testing.T, d *testDaemon, kb, max int) (accepted map[string]bool, refused bool) {
 	t.Helper()
 	body := strings.Repeat(strings.Repeat("x", 998)+"\r\n", kb)
 	accepted = map[string]bool{}
 	for i := 0; i < max && !refused; i++ {
 		id := fmt.Sprintf("full%d", i)
-		_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, body))
+		_, err := d.sendMsg(id, body)
 		switch {
 		case err == nil:
 			accepted[id+"@example.com"] = true
@@ -113,23 +113,19 @@ func spoolFileBytes(t *testing.T, stateDir string) (bytes int64, free int) {
 // new mail is accepted — also after a restart.
 func TestOpsDeliveredMailFreesTheDisk(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	mnt := mountTmpfs(t, e.dir, "6m")
+	d := launch(t, opsCfg(opsOpts{stateDir: "{{DIR}}/small/state", queue: "  min_free_space: 1MB\n"}), onTmpfs("6m"), refused)
+	mnt := filepath.Join(d.dir, "small")
 	state := mnt + "/state"
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(), stateDir: state, queue: "  min_free_space: 1MB\n"})
-	p := start(t, 1, "serve", "-c", cfg)
 	before := statfsFree(t, mnt)
 
-	accepted, refused := fillUntil451(t, e, p, 100, 80) // ~100 KB each
+	accepted, refused := fillUntil451(t, d, 100, 80) // ~100 KB each
 	body := strings.Repeat(strings.Repeat("y", 998)+"\r\n", 100)
 	if !refused || len(accepted) < 20 {
 		t.Fatalf("6 MiB volume: %d accepted, refused=%v; want a 451 4.3.0 after at least 20", len(accepted), refused)
 	}
-	up.SetMode(testsmtp.Serve)
-	up.WaitMessages(t, len(accepted), 60*time.Second)
-	waitFor(t, 30*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
+	d.up.SetMode(testsmtp.Serve)
+	d.up.WaitMessages(t, len(accepted), 60*time.Second)
+	waitFor(t, 30*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, d.cfg)) == 0 })
 
 	check := func(when string) {
 		t.Helper()
@@ -143,19 +139,18 @@ func TestOpsDeliveredMailFreesTheDisk(t *testing.T) {
 		if after := statfsFree(t, mnt); after+journal+256<<10 < before {
 			t.Errorf("%s: %d bytes free (+%d in the journal), %d before the messages", when, after, journal, before)
 		}
-		if code, _ := httpGet(t, "http://"+p.httpAddr()+"/readyz"); code != http.StatusOK {
+		if code, _ := httpGet(t, "http://"+d.httpAddr()+"/readyz"); code != http.StatusOK {
 			t.Errorf("%s: /readyz %d with the queue empty, want 200", when, code)
 		}
-		_, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "again-"+when, body))
+		_, err := d.sendMsg("again-"+when, body)
 		if err != nil {
 			t.Errorf("%s: new mail refused: %v", when, err)
 		}
 	}
 	check("drained")
-	p.signal(syscall.SIGTERM)
-	p.wait(20 * time.Second)
-	p = start(t, 1, "serve", "-c", cfg)
-	waitFor(t, 30*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, cfg)) == 0 })
+	d.stop(20 * time.Second)
+	d.serve()
+	waitFor(t, 30*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, d.cfg)) == 0 })
 	check("restarted")
 	t.Logf("%d messages of 100 KB accepted before 451 4.3.0; all delivered, spool files hold 0 bytes", len(accepted))
 }
@@ -197,8 +192,7 @@ func TestOpsQueueImport(t *testing.T) {
 		}
 		return true
 	})
-	a.signal(syscall.SIGKILL) // A dies for good
-	a.wait(10 * time.Second)
+	a.kill() // A dies for good
 	deadSpool := filepath.Join(e.dir, "a")
 
 	b := start(t, 1, "serve", "-c", cfgB)
@@ -206,8 +200,7 @@ func TestOpsQueueImport(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "the daemon is running") || !strings.Contains(stderr, "stop it") {
 		t.Fatalf("import beside a running daemon: exit %d, %q; want 1 and 'the daemon is running … stop it'", code, stderr)
 	}
-	b.signal(syscall.SIGTERM)
-	b.wait(20 * time.Second)
+	b.stop(20 * time.Second)
 
 	// Killed half-way (wherever the kill lands), then run again.
 	cmd := exec.Command(sluiceBin, "queue", "import", deadSpool, "-c", cfgB)

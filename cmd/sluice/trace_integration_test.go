@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-
-	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
 // traceEvent is one line of `sluice trace --json`.
@@ -86,12 +83,8 @@ func traceJSON(t *testing.T, stateDir, query string) map[string][]traceEvent {
 // with the daemon running and after it stopped.
 func TestTraceTimelines(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "bad@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"})
-	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "slow@example.org", Code: 451, Enhanced: [3]int{4, 2, 0}, Message: "try later", Times: 1})
-	cfg, p := e.startBase(up)
-	state := filepath.Join(e.dir, "state")
+	d := launch(t, baseCfg, failRcpt("bad@example.org", 550, [3]int{5, 1, 1}, "no such user"), failRcptOnce("slow@example.org", 451, [3]int{4, 2, 0}, "try later"))
+	state := filepath.Join(d.dir, "state")
 
 	type msg struct {
 		rcpt, mid, qid string
@@ -104,14 +97,11 @@ func TestTraceTimelines(t *testing.T) {
 		{rcpt: "slow@example.org", mid: "tr-slow", code: 451, timeline: []string{"accepted", "attempt", "deferred", "attempt", "delivered"}},
 	}
 	for _, m := range msgs {
-		qid, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{m.rcpt}, message("app@example.com", m.rcpt, m.mid, "trace me"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		qid := d.mustSend(m.mid, "trace me", m.rcpt)
 		m.qid = qid
 	}
-	up.WaitMessages(t, 3, 20*time.Second) // two messages and the bounce
-	waitQueueEmpty(t, e)
+	d.up.WaitMessages(t, 3, 20*time.Second) // two messages and the bounce
+	waitQueueEmpty(t, d.env)
 
 	check := func(t *testing.T) {
 		for _, m := range msgs {
@@ -136,7 +126,7 @@ func TestTraceTimelines(t *testing.T) {
 			}
 			at := js[1]
 			if at.Event != "attempt" || at.Recipient != m.rcpt || at.Upstream != "up1" || at.Host != "127.0.0.1" ||
-				at.Port != up.Port() || at.TLS != "none" || at.DurationMS == nil || at.Code != m.code {
+				at.Port != d.up.Port() || at.TLS != "none" || at.DurationMS == nil || at.Code != m.code {
 				t.Errorf("attempt event %+v, want code %d", at, m.code)
 			}
 			for i := 1; i < len(js); i++ {
@@ -180,13 +170,12 @@ func TestTraceTimelines(t *testing.T) {
 		}
 	}
 	t.Run("daemon running", check)
-	p.signal(syscall.SIGTERM)
-	if code := p.wait(15 * time.Second); code != 0 {
+	if code := d.stop(15 * time.Second); code != 0 {
 		t.Fatalf("serve exited %d", code)
 	}
 	t.Run("no daemon", check)
 	// -c reads state_dir from the configuration.
-	if out, _, code := runCmd(t, "", "trace", "-c", cfg, msgs[0].qid); code != 0 || !strings.Contains(out, "delivered") {
+	if out, _, code := runCmd(t, "", "trace", "-c", d.cfg, msgs[0].qid); code != 0 || !strings.Contains(out, "delivered") {
 		t.Errorf("trace -c: exit %d\n%s", code, out)
 	}
 }
@@ -195,24 +184,17 @@ func TestTraceTimelines(t *testing.T) {
 // client has its 250, even when sluice is killed at once.
 func TestJournalKill9(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.SetMode(testsmtp.Refuse)
-	cfg, p := e.startBase(up)
-	qid, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "k9j", "kill"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.signal(syscall.SIGKILL)
-	p.wait(10 * time.Second)
-	state := filepath.Join(e.dir, "state")
+	d := launch(t, baseCfg, refused)
+	qid := d.mustSend("k9j", "kill")
+	d.kill()
+	state := filepath.Join(d.dir, "state")
 	for _, when := range []string{"after kill -9", "after restart"} {
 		_, events := traceText(t, state, "<k9j@example.com>")
 		if len(events[qid]) == 0 || events[qid][0] != "accepted" {
 			t.Fatalf("%s: events %v, want accepted first", when, events)
 		}
 		if when == "after kill -9" {
-			start(t, 2, "serve", "-c", cfg) // seals the segment the kill left open
+			d.serve() // seals the segment the kill left open
 		}
 	}
 }

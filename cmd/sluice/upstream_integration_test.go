@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -104,8 +103,7 @@ func TestUpstreamSilentPortGreetingTimeoutAndRestart(t *testing.T) {
 	if n := silent.AcceptCount(); n != 1 {
 		t.Fatalf("the silent port was dialled %d times, want once", n)
 	}
-	p.signal(syscall.SIGTERM)
-	if code := p.wait(10 * time.Second); code != 0 {
+	if code := p.stop(10 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 
@@ -173,18 +171,12 @@ func TestUpstreamRetryWhileBreakerOpen(t *testing.T) {
 
 	// A refused reload keeps the gauge; an accepted one keeps the breaker.
 	os.WriteFile(cfg, []byte("hostname: [broken"), 0o600)
-	p.signal(syscall.SIGHUP)
-	if !p.waitLog("reload refused", 10*time.Second) {
-		t.Fatal("no `reload refused` log line")
-	}
+	p.reload("reload refused")
 	if v := metric(t, metrics, `sluice_upstream_up{upstream="up1"}`); v != 0 {
 		t.Errorf("a refused reload set sluice_upstream_up to %v", v)
 	}
 	e.config(fmt.Sprintf(upYAML, ups))
-	p.signal(syscall.SIGHUP)
-	if !p.waitLog("msg=reloaded", 10*time.Second) {
-		t.Fatal("no `reloaded` log line")
-	}
+	p.reload("msg=reloaded")
 	if r := upstreamsTable(t, cfg, "up1"); r.breaker != "open" {
 		t.Errorf("after SIGHUP the breaker is %s, want still open", r.breaker)
 	}

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
 // TestWebhookEventsEndToEnd: with queue.webhook_events listing them, a
@@ -36,26 +34,23 @@ func TestWebhookEventsEndToEnd(t *testing.T) {
 		}
 	}))
 	defer recv.Close()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(),
+	d := launch(t, opsCfg(opsOpts{
 		queue: "  webhook: " + recv.URL + "\n  webhook_secret: s3cret\n  webhook_events: [delivered, suppressed, provider_bounce, complained]\n",
-		extra: "hooks:\n  token: " + hookToken + "\n"})
-	p := start(t, 1, "serve", "-c", cfg)
+		extra: "hooks:\n  token: " + hookToken + "\n"}))
 
 	// delivered: the message the provider will later report as bounced.
 	data := "From: <john@example.com>\r\nTo: <jane@example.com>\r\nSubject: hook test\r\nMessage-ID: <custom-message-ID>\r\n\r\nbody\r\n"
-	qid, err := send(p.addrs["submission"], e.tlsConfig(), "app", "john@example.com", []string{"jane@example.com"}, data)
+	qid, err := send(d.addrs["submission"], d.tlsConfig(), "app", "john@example.com", []string{"jane@example.com"}, data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitQueueEmpty(t, e)
+	waitQueueEmpty(t, d.env)
 	// provider_bounce: SES reports it.
-	if code := hookPost(t, p.httpAddr(), "ses", hookFixture(t, "ses-bounce.json"), "query", hookToken); code != 200 {
+	if code := hookPost(t, d.httpAddr(), "ses", hookFixture(t, "ses-bounce.json"), "query", hookToken); code != 200 {
 		t.Fatalf("ses hook: %d", code)
 	}
 	// suppressed: the address is now listed; the next RCPT is refused.
-	if got := suppReply(suppRcpt(t, p.addrs["submission"], p, e, "jane@example.com")); got[:9] != "550 5.1.1" {
+	if got := suppReply(suppRcpt(d, "jane@example.com")); got[:9] != "550 5.1.1" {
 		t.Fatalf("RCPT after the provider bounce: %s", got)
 	}
 	waitFor(t, 20*time.Second, "delivered, provider_bounce and suppressed events", func() bool {
