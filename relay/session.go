@@ -131,7 +131,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		s.reject("smtputf8", "mail", from)
 		return ReplyNeedsSMTPUTF8
 	}
-	from = quoteAddr(from)
+	from = QuoteAddr(from)
 	// Masquerade (DESIGN §8.5) rewrites the sender before it is checked.
 	origFrom := ""
 	if m, ok := pol.Masquerade(s.user, from); ok {
@@ -182,7 +182,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	// Policy checks, and the upstream gets, the address in one form:
 	// go-smtp hands over a quoted local part unquoted, which upstreams
 	// would read differently ("a@b"@c sent as a@b@c).
-	to = quoteAddr(to)
+	to = QuoteAddr(to)
 	if local := to[:strings.LastIndexByte(to, '@')]; strings.ContainsAny(local, "%!") && !pol.PercentHack {
 		// user%host@relay and host!user@relay ask the next hop to relay
 		// on: refused unless the policy allows it.
@@ -289,17 +289,17 @@ var cipherNames = sync.OnceValue(func() map[uint16]string {
 	return m
 })
 
-// quoteAddr writes addr (local@domain, the local part unquoted as go-smtp
-// hands it over) in the form an upstream reads as the same address: a
-// local part that is not a dot-atom is quoted, with \ and " escaped
-// (RFC 5321 §4.1.2).
-func quoteAddr(addr string) string {
+// QuoteAddr writes addr (local@domain, the local part unquoted as go-smtp
+// or net/mail hands it over) in the form an SMTP path reads as the same
+// address: a local part that is not a dot-atom is quoted, with \ and "
+// escaped (RFC 5321 §4.1.2).
+func QuoteAddr(addr string) string {
 	at := strings.LastIndexByte(addr, '@')
 	if at < 0 {
 		return addr
 	}
 	local := addr[:at]
-	if isDotAtom(local) {
+	if IsDotAtom(local) {
 		return addr
 	}
 	var b strings.Builder
@@ -315,8 +315,9 @@ func quoteAddr(addr string) string {
 	return b.String()
 }
 
-// isDotAtom: atext words joined by single dots (RFC 5322 §3.2.3).
-func isDotAtom(s string) bool {
+// IsDotAtom: atext words joined by single dots (RFC 5322 §3.2.3); bytes
+// of UTF-8 (RFC 6531) count as atext.
+func IsDotAtom(s string) bool {
 	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
 		return false
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
+
+	"github.com/sluicemail/sluice/relay"
 )
 
 // The injectors (send, sendmail) put addresses from the command line and
@@ -44,7 +46,7 @@ func checkAddress(s string) (string, error) {
 		}
 		return local + "@" + domain, nil
 	}
-	if !isDotAtom(domain) || strings.ContainsAny(domain, "@") {
+	if !relay.IsDotAtom(domain) || strings.ContainsAny(domain, "@") {
 		return "", fmt.Errorf("address %q: bad domain", s)
 	}
 	return local + "@" + domain, nil
@@ -84,43 +86,10 @@ func splitLocal(a string) (local, domain string, err error) {
 			return "", "", errors.New("empty domain")
 		}
 	}
-	if !isDotAtom(local) {
+	if !relay.IsDotAtom(local) {
 		return "", "", errors.New("the local part is not a dot-atom (quote it)")
 	}
 	return local, domain, nil
-}
-
-// isDotAtom: RFC 5322 atext runs joined by single dots; bytes of UTF-8
-// (RFC 6531) count as atext.
-func isDotAtom(s string) bool {
-	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c >= 0x80:
-		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~.", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// pathForm turns an address as net/mail returns it (local part unquoted)
-// into the form for an SMTP path: the local part quoted when it is not a
-// dot-atom.
-func pathForm(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return addr
-	}
-	local, domain := addr[:at], addr[at+1:]
-	if isDotAtom(local) {
-		return addr
-	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(local) + `"@` + domain
 }
 
 // stripComments replaces every RFC 5322 comment outside quoted strings
@@ -185,7 +154,7 @@ func headerRecipients(h mail.Header) ([]string, error) {
 				return nil, fmt.Errorf("%s: %w", n, err)
 			}
 			for _, a := range list {
-				addr, err := checkAddress(pathForm(a.Address))
+				addr, err := checkAddress(relay.QuoteAddr(a.Address))
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", n, err)
 				}

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,8 +18,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/argon2"
-
-	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
 // authTrusted is a STARTTLS listener for the trusted network, no AUTH needed.
@@ -159,15 +156,13 @@ func TestAuthInsideTransaction(t *testing.T) {
 // unless allow_insecure_auth is set, and then it is warned about at start.
 func TestAuthCleartext(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	p := start(t, 3, "serve", "-c", polConfig(e, up.Port(), legacyListener+`  - name: insecure
+	d := launch(t, polCfg(legacyListener+`  - name: insecure
     address: 127.0.0.1:0
     tls: none
     auth: required
     allow_insecure_auth: true
 `, ""))
-	s := rawDial(t, p.addrs["legacy"], nil)
+	s := rawDial(t, d.addrs["legacy"], nil)
 	for _, l := range s.ehlo() {
 		if strings.Contains(l, "AUTH") {
 			t.Errorf("tls: none, auth: none listener offers %q", l)
@@ -175,17 +170,17 @@ func TestAuthCleartext(t *testing.T) {
 	}
 	s.cmd("AUTH PLAIN "+plainAuth("app", password), "502 5.5.1")
 
-	s = rawDial(t, p.addrs["insecure"], nil)
+	s = rawDial(t, d.addrs["insecure"], nil)
 	if ehlo := strings.Join(s.ehlo(), "\n"); !strings.Contains(ehlo, "AUTH PLAIN LOGIN") {
 		t.Errorf("allow_insecure_auth: EHLO %q does not offer AUTH", ehlo)
 	}
 	s.cmd("AUTH PLAIN "+plainAuth("app", password), "235 2.0.0")
-	if !strings.Contains(p.stderr.String(), "listener takes passwords in cleartext") || !strings.Contains(p.stderr.String(), "listener=insecure") {
-		t.Errorf("no start warning for the allow_insecure_auth listener:\n%s", p.stderr.String())
+	if !strings.Contains(d.stderr.String(), "listener takes passwords in cleartext") || !strings.Contains(d.stderr.String(), "listener=insecure") {
+		t.Errorf("no start warning for the allow_insecure_auth listener:\n%s", d.stderr.String())
 	}
 
 	// Without allow_insecure_auth, auth: required on tls: none is a config error.
-	cfg := polConfig(e, up.Port(), `  - name: plain
+	cfg := polConfig(d.env, d.up.Port(), `  - name: plain
     address: 127.0.0.1:0
     tls: none
 `, "")
@@ -220,19 +215,15 @@ func TestAuthUnknownUserTiming(t *testing.T) {
 	key := argon2.IDKey([]byte(password), salt, 4, 19*1024, 1, 32)
 	b64 := base64.RawStdEncoding
 	slow := fmt.Sprintf("$argon2id$v=%d$m=%d,t=4,p=1$%s$%s", argon2.Version, 19*1024, b64.EncodeToString(salt), b64.EncodeToString(key))
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
-	y := strings.NewReplacer("{{UP}}", strconv.Itoa(up.Port()), "{{LISTENERS}}", "", "{{RL}}", "").Replace(polYAML)
-	cfg := e.config(strings.Replace(y, "users:\n", "users:\n  - name: slow\n    password_hash: \""+slow+"\"\n", 1))
-	p := start(t, 1, "serve", "-c", cfg)
+	d := launch(t, polCfg("", ""), edited("users:\n", "users:\n  - name: slow\n    password_hash: \""+slow+"\"\n"))
 	// Each attempt from its own address, so no failure delay applies.
 	attempt := func(i int, user string) time.Duration {
-		d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 8, byte(20+i))}}
-		conn, err := d.Dial("tcp", p.addrs["submission"])
+		dialer := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 8, byte(20+i))}}
+		conn, err := dialer.Dial("tcp", d.addrs["submission"])
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := smtp.NewClientStartTLS(conn, e.tlsConfig())
+		c, err := smtp.NewClientStartTLS(conn, d.tlsConfig())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -22,17 +21,16 @@ var breakerOpenRE = regexp.MustCompile(`time=(\S+) level=WARN msg="upstream brea
 // doubled it.
 func TestBreakerRestartOneDoublingPerProbe(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	down := testsmtp.Start(t, testsmtp.Options{Mode: testsmtp.Silent})
-	ups := fmt.Sprintf("  - name: up1\n    host: 127.0.0.1\n    ports: [%d]\n    tls: none\n    greeting_timeout: 100ms\n    breaker_backoff: 1s\n", down.Port())
-	cfg := e.config(strings.Replace(fmt.Sprintf(upYAML, ups), "retry: [10m]", "retry: [1s]", 1))
-	p := start(t, 1, "serve", "-c", cfg)
-	if _, errs := submit(p.addrs["submission"], e.tlsConfig(), 10, 6, "q", 0).wait(); len(errs) > 0 {
+	// The sink is the upstream that is down.
+	d := launch(t, sinkOpts(testsmtp.Options{Mode: testsmtp.Silent}), edited("retry: [10m]", "retry: [1s]"), upCfg(func(port int) string {
+		return fmt.Sprintf("  - name: up1\n    host: 127.0.0.1\n    ports: [%d]\n    tls: none\n    greeting_timeout: 100ms\n    breaker_backoff: 1s\n", port)
+	}))
+	if _, errs := submit(d.addrs["submission"], d.tlsConfig(), 10, 6, "q", 0).wait(); len(errs) > 0 {
 		t.Fatalf("queueing with the upstream down: %v", errs)
 	}
-	p.stop(15 * time.Second) // deliveries still dialling may outlast shutdown_timeout: any exit will do
+	d.stop(15 * time.Second) // deliveries still dialling may outlast shutdown_timeout: any exit will do
 
-	p = start(t, 1, "serve", "-c", cfg)
+	p := d.serve()
 	if !p.waitLog(`msg="upstream breaker open" upstream=up1 for=2s`, 30*time.Second) {
 		t.Fatalf("no opening for 2s after the restart (the first failed probe); openings: %v", breakerOpenRE.FindAllString(p.stderr.String(), -1))
 	}

@@ -18,11 +18,8 @@ import (
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
-const dataYAML = `hostname: relay.test
+const dataYAML = `{{HOST}}
 state_dir: {{DIR}}/state
-tls:
-  cert_file: {{CERT}}
-  key_file: {{KEY}}
 listeners:
   - name: plain
     address: 127.0.0.1:0

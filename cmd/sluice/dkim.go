@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -48,8 +47,7 @@ func newResolver(cfg *config.Config) (*dnsclient.Client, error) {
 }
 
 func runDKIMRotate(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("dkim rotate", flag.ContinueOnError)
-	path := fs.String("c", defaultConfig, "configuration file")
+	fs, path := newFlags("dkim rotate")
 	domain := fs.String("domain", "", "managed domain")
 	selector := fs.String("selector", "", "selector of the new key (r/e appended for two algorithms)")
 	force := fs.Bool("force", false, "replace keys still pending")
@@ -78,8 +76,7 @@ func runDKIMRotate(args []string, stdout, stderr io.Writer) error {
 }
 
 func runDKIMActivate(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("dkim activate", flag.ContinueOnError)
-	path := fs.String("c", defaultConfig, "configuration file")
+	fs, path := newFlags("dkim activate")
 	domain := fs.String("domain", "", "managed domain")
 	if _, err := parseFlags(fs, args); err != nil || *domain == "" {
 		return usageErr(stderr, "usage: sluice dkim activate --domain D [-c FILE]")
@@ -189,8 +186,7 @@ func algorithmOf(k crypto.Signer) string {
 }
 
 func runDKIMStatus(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("dkim status", flag.ContinueOnError)
-	path := fs.String("c", defaultConfig, "configuration file")
+	fs, path := newFlags("dkim status")
 	domain := fs.String("domain", "", "only this domain")
 	asJSON := fs.Bool("json", false, "one JSON object per key and line")
 	if _, err := parseFlags(fs, args); err != nil {

@@ -24,11 +24,7 @@ import (
 const managedYAML = `state_dir: {{DIR}}/state
 shutdown_timeout: 5s
 {{BASE}}
-users:
-{{APP}}
-policies:
-  default:
-    allowed_senders: ["*@example.com"]
+{{USERS}}
 dkim:
   - {domain: example.com, managed: true, algorithms: [rsa, ed25519]}
 dkim_check_interval: 1s
@@ -232,7 +228,7 @@ func TestDKIMRotation(t *testing.T) {
 	all := d.up.WaitMessages(t, len(msgs)+3+len(flow), 60*time.Second)
 	byID := map[string][]byte{}
 	for _, m := range all {
-		for id := range messageIDs([][]byte{m.Data}) {
+		for id := range messageIDs(m) {
 			byID[id] = m.Data
 		}
 	}

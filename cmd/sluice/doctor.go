@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -51,8 +50,7 @@ func (d *doctor) add(result, check, format string, args ...any) {
 }
 
 func runDoctor(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	path := fs.String("c", defaultConfig, "configuration file")
+	fs, path := newFlags("doctor")
 	domain := fs.String("domain", "", "check only this sending domain (and no upstream)")
 	asJSON := fs.Bool("json", false, "one JSON object per check and line")
 	if _, err := parseFlags(fs, args); err != nil {

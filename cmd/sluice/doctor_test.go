@@ -17,11 +17,8 @@ import (
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
-const doctorYAML = `hostname: relay.test
+const doctorYAML = `{{HOST}}
 state_dir: {{DIR}}/state
-tls:
-  cert_file: {{CERT}}
-  key_file: {{KEY}}
 listeners:
   - {name: submission, address: 127.0.0.1:0}
 policies:

@@ -99,16 +99,24 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// configParts are the pieces scenario configs share: {{BASE}} the host
-// name, the env's certificate and the STARTTLS submission listener (more
-// listeners may follow it), {{APP}} the user app with the test password.
+// configParts are the pieces scenario configs share: {{HOST}} the host
+// name and the env's certificate; {{BASE}} those and the STARTTLS
+// submission listener (more listeners may follow it); {{APP}} the user app
+// with the test password; {{USERS}} app as the only user and the default
+// policy sending for *@example.com.
 var configParts = strings.NewReplacer(
-	"{{BASE}}", "hostname: relay.test\ntls:\n  cert_file: {{CERT}}\n  key_file: {{KEY}}\n"+
-		"listeners:\n  - name: submission\n    address: 127.0.0.1:0\n    tls: starttls\n    auth: required",
-	"{{APP}}", "  - name: app\n    password_hash: \"{{HASH}}\"",
+	"{{HOST}}", hostPart,
+	"{{BASE}}", hostPart+"\nlisteners:\n  - name: submission\n    address: 127.0.0.1:0\n    tls: starttls\n    auth: required",
+	"{{APP}}", appPart,
+	"{{USERS}}", "users:\n"+appPart+"\npolicies:\n  default:\n    allowed_senders: [\"*@example.com\"]",
 )
 
-// config writes sluice.yaml: the given YAML with {{BASE}} and {{APP}}
+const (
+	hostPart = "hostname: relay.test\ntls:\n  cert_file: {{CERT}}\n  key_file: {{KEY}}"
+	appPart  = "  - name: app\n    password_hash: \"{{HASH}}\""
+)
+
+// config writes sluice.yaml: the given YAML with the configParts
 // expanded and {{DIR}}, {{CERT}}, {{KEY}}, {{HASH}} replaced.
 func (e *env) config(y string) string {
 	y = configParts.Replace(y)
@@ -246,13 +254,13 @@ func message(from, to, id, body string) string {
 	return fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: test %s\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <%s@example.com>\r\n\r\n%s\r\n", from, to, id, id, body)
 }
 
-// messageIDs counts the Message-IDs in a set of raw messages.
-func messageIDs(datas [][]byte) map[string]int {
+// messageIDs counts the Message-IDs in messages an upstream received.
+func messageIDs(msgs ...testsmtp.Message) map[string]int {
 	out := map[string]int{}
 	re := regexp.MustCompile(`(?m)^Message-ID: <([^>]+)>`)
-	for _, d := range datas {
-		if m := re.FindSubmatch(d); m != nil {
-			out[string(m[1])]++
+	for _, m := range msgs {
+		if id := re.FindSubmatch(m.Data); id != nil {
+			out[string(id[1])]++
 		}
 	}
 	return out
@@ -517,6 +525,7 @@ type testDaemon struct {
 type setup struct {
 	before    []func(e *env)                  // run on the env before the config is written
 	config    func(e *env, upPort int) string // writes the config file, returns its path
+	edits     [][2]string                     // old, new: replacements in a configWith config
 	keygen    bool
 	unstarted bool
 	sink      testsmtp.Options
@@ -588,28 +597,45 @@ func listenerCount(y string) int {
 
 // configWith is a config of the test's own: y is its text (with the
 // {{…}} parts config expands), made from the sink's port.
+// Edits (see edited) apply to it.
 func configWith(y func(upPort int) string) option {
-	return func(s *setup) { s.config = func(e *env, port int) string { return e.config(y(port)) } }
+	return func(s *setup) {
+		s.config = func(e *env, port int) string {
+			text := configParts.Replace(y(port))
+			for _, ed := range s.edits {
+				text = strings.Replace(text, ed[0], ed[1], 1)
+			}
+			return e.config(text)
+		}
+	}
 }
+
+// edited replaces the first old in a configWith config (baseCfg, dataCfg,
+// polCfg, managedCfg, upCfg) with new, once the configParts are expanded.
+func edited(old, new string) option {
+	return func(s *setup) { s.edits = append(s.edits, [2]string{old, new}) }
+}
+
+// withKeys makes the env's DKIM keys (rsa.pem, ed.pem) before the config.
+func withKeys(s *setup) { s.keygen = true }
 
 // baseCfg is baseYAML: two listeners, every message dual-signed with the
 // env's DKIM keys (made first), the sink the one upstream.
-func baseCfg(s *setup) {
-	s.keygen = true
-	configWith(func(port int) string { return strings.Replace(baseYAML, "{{UP}}", upstreamYAML(port), 1) })(s)
+func baseCfg(s *setup) { baseWith(func(port int) string { return upstreamYAML(port) })(s) }
+
+// baseWith is baseYAML with the upstreams block ups gives for the sink's
+// port.
+func baseWith(ups func(upPort int) string) option {
+	return func(s *setup) {
+		withKeys(s)
+		configWith(func(port int) string { return strings.Replace(baseYAML, "{{UP}}", ups(port), 1) })(s)
+	}
 }
 
 // opsCfg is opsYAML filled from o; its upPort is the sink's.
 func opsCfg(o opsOpts) option {
 	return func(s *setup) {
 		s.config = func(e *env, port int) string { o.upPort = port; return e.opsConfig(o) }
-	}
-}
-
-// polCfg is polYAML with extra listeners and a ratelimit block.
-func polCfg(listeners, rl string) option {
-	return func(s *setup) {
-		s.config = func(e *env, port int) string { return polConfig(e, port, listeners, rl) }
 	}
 }
 

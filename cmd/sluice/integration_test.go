@@ -23,11 +23,7 @@ shutdown_timeout: 5s
     address: 127.0.0.1:0
     tls: implicit
     auth: required
-users:
-{{APP}}
-policies:
-  default:
-    allowed_senders: ["*@example.com"]
+{{USERS}}
 dkim:
   - domain: example.com
     selector: rsa1
@@ -150,7 +146,7 @@ print("ok")
 	ids := map[string]bool{}
 	for _, m := range msgs {
 		verifyDKIM(t, d.txt, m.Data)
-		for id := range messageIDs([][]byte{m.Data}) {
+		for id := range messageIDs(m) {
 			ids[id] = true
 		}
 	}
@@ -177,11 +173,7 @@ func TestDurabilityKill9(t *testing.T) {
 	d.up.SetMode(testsmtp.Serve)
 	d.serve()
 	msgs := d.up.WaitMessages(t, conns*per, 60*time.Second)
-	var datas [][]byte
-	for _, m := range msgs {
-		datas = append(datas, m.Data)
-	}
-	got := messageIDs(datas)
+	got := messageIDs(msgs...)
 	for id := range accepted {
 		if got[id] == 0 {
 			t.Errorf("lost: %s", id)
@@ -198,33 +190,21 @@ func TestDurabilityKill9(t *testing.T) {
 // works delivers; an upstream that refuses everything hands over to the next.
 func TestUpstreamFailover(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	e.keygen()
-	second := testsmtp.Start(t, testsmtp.Options{})
-	backup := testsmtp.Start(t, testsmtp.Options{})
-	closed := testsmtp.ClosedPort(t)
-	ups := fmt.Sprintf(`upstreams:
+	ports := launch(t, baseWith(func(port int) string {
+		return fmt.Sprintf(`upstreams:
   - name: ports
     host: 127.0.0.1
     ports: [%d, %d]
     tls: none
     priority: 10
-`, closed, second.Port())
-	cfg := e.config(strings.Replace(baseYAML, "{{UP}}", ups, 1))
-	p := start(t, 2, "serve", "-c", cfg)
-	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "ports", "x")); err != nil {
-		t.Fatal(err)
-	}
-	second.WaitMessages(t, 1, 20*time.Second)
+`, testsmtp.ClosedPort(t), port)
+	}))
+	ports.mustSend("ports", "x")
+	ports.up.WaitMessages(t, 1, 20*time.Second)
 
-	e2 := newEnv(t)
-	e2.keygen()
-	cfg2 := e2.config(strings.Replace(baseYAML, "{{UP}}", upstreamYAML(testsmtp.ClosedPort(t), backup.Port()), 1))
-	p2 := start(t, 2, "serve", "-c", cfg2)
-	if _, err := send(p2.addrs["submission"], e2.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "failover", "x")); err != nil {
-		t.Fatal(err)
-	}
-	backup.WaitMessages(t, 1, 20*time.Second)
+	failover := launch(t, baseWith(func(port int) string { return upstreamYAML(testsmtp.ClosedPort(t), port) }))
+	failover.mustSend("failover", "x")
+	failover.up.WaitMessages(t, 1, 20*time.Second)
 }
 
 // TestDevMode: `sluice serve --dev` needs no file; `sluice send` to it
@@ -310,11 +290,7 @@ func TestDurabilityKill9WhileDelivering(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	var got map[string]int
 	for time.Now().Before(deadline) {
-		var datas [][]byte
-		for _, m := range d.up.Messages() {
-			datas = append(datas, m.Data)
-		}
-		got = messageIDs(datas)
+		got = messageIDs(d.up.Messages()...)
 		missing := 0
 		for id := range accepted {
 			if got[id] == 0 {

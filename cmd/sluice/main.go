@@ -150,6 +150,12 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// newFlags is a command's flag set with -c, the configuration file.
+func newFlags(name string) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	return fs, fs.String("c", defaultConfig, "configuration file")
+}
+
 func usageErr(stderr io.Writer, format string, a ...any) error {
 	fmt.Fprintf(stderr, format+"\n", a...)
 	return errUsage

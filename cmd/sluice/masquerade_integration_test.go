@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-
-	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
 // TestMasquerade: a legacy host (admitted by network) sending as
@@ -19,32 +17,25 @@ import (
 // the journal only (DESIGN §8.5).
 func TestMasquerade(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	txt := e.keygen()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	y := strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port()), 1)
-	y = strings.Replace(y, "users:\n", `  - name: legacy
+	d := launch(t, baseCfg, unstarted, edited("users:\n", `  - name: legacy
     address: 127.0.0.1:0
     tls: none
     auth: none
     trusted_networks: [127.0.0.0/8]
     policy: scanners
 users:
-`, 1)
-	y = strings.Replace(y, "dkim:\n", `  scanners:
+`), edited("dkim:\n", `  scanners:
     allowed_senders: ["*@example.com"]
     masquerade:
       - {match: "*@corp.local", to: "{local}@example.com"}
 dkim:
-`, 1)
-	cfg := e.config(y)
+`))
 
-	out, stderr, code := runCmd(t, "", "policy", "explain", "-c", cfg, "--user", "app", "--from", "app@example.com", "--to", "r@example.org")
+	out, stderr, code := runCmd(t, "", "policy", "explain", "-c", d.cfg, "--user", "app", "--from", "app@example.com", "--to", "r@example.org")
 	if code != 0 {
 		t.Fatalf("policy explain: exit %d\n%s%s", code, out, stderr)
 	}
-	p := start(t, 3, "serve", "-c", cfg)
-	c, err := smtp.Dial(p.addrs["legacy"])
+	c, err := smtp.Dial(d.serve().addrs["legacy"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +52,7 @@ dkim:
 	}
 	c.Quit()
 
-	m := up.WaitMessages(t, 1, 20*time.Second)[0]
+	m := d.up.WaitMessages(t, 1, 20*time.Second)[0]
 	if m.From != "scanner@example.com" {
 		t.Errorf("envelope sender %q, want scanner@example.com", m.From)
 	}
@@ -80,10 +71,10 @@ dkim:
 	if bytes.Count(m.Data, []byte("scanner@corp.local")) != 0 || bytes.Count(m.Data, []byte("scanner@CORP.local")) != 0 {
 		t.Errorf("the original address is still in the message:\n%s", m.Data)
 	}
-	verifyDKIM(t, txt, m.Data)
+	verifyDKIM(t, d.txt, m.Data)
 
-	waitQueueEmpty(t, e)
-	out, stderr, code = runCmd(t, "", "trace", qid, "--state-dir", filepath.Join(e.dir, "state"))
+	waitQueueEmpty(t, d.env)
+	out, stderr, code = runCmd(t, "", "trace", qid, "--state-dir", filepath.Join(d.dir, "state"))
 	if code != 0 || !strings.Contains(out, " from scanner@example.com\n") || !strings.Contains(out, "original_sender=scanner@corp.local") ||
 		!strings.Contains(out, `original_from="\"Scanner 3rd floor\" <scanner@corp.local>"`) {
 		t.Errorf("trace: exit %d\n%s%s", code, out, stderr)

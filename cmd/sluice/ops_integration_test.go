@@ -432,7 +432,7 @@ func TestOpsQueueCommands(t *testing.T) {
 	for i, m := range msgs {
 		if m.From == "" {
 			bounce = &msgs[i]
-		} else if messageIDs([][]byte{m.Data})["q-sentinel@example.com"] != 1 {
+		} else if messageIDs(m)["q-sentinel@example.com"] != 1 {
 			t.Fatalf("a message other than the sentinel and the bounce went upstream:\n%s", m.Data)
 		}
 	}
@@ -451,7 +451,7 @@ func TestOpsQueueCommands(t *testing.T) {
 	// right after it may find the message already delivered.
 	opsQueueCmd(t, d.cfg, "release", ids["held"])
 	msgs = d.up.WaitMessages(t, 3, 15*time.Second)
-	if got := messageIDs([][]byte{msgs[2].Data}); got["q-held@example.com"] != 1 {
+	if got := messageIDs(msgs[2]); got["q-held@example.com"] != 1 {
 		t.Errorf("second delivery is not the released message: %v", got)
 	}
 	waitFor(t, 10*time.Second, "an empty queue", func() bool { return len(opsQueueList(t, d.cfg)) == 0 })
@@ -490,24 +490,16 @@ func TestOpsWebhook(t *testing.T) {
 	}))
 	t.Cleanup(hook.Close)
 
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	for _, r := range []string{"bad1@example.org", "bad2@example.org"} {
-		up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: r, Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "unknown user " + r})
-	}
-	cfg := e.opsConfig(opsOpts{upPort: up.Port(), queue: fmt.Sprintf("  webhook: %s/hook\n  webhook_secret: %q\n", hook.URL, secret)})
-	p := start(t, 1, "serve", "-c", cfg)
+	d := launch(t, opsCfg(opsOpts{queue: fmt.Sprintf("  webhook: %s/hook\n  webhook_secret: %q\n", hook.URL, secret)}),
+		failRcpt("bad1@example.org", 550, [3]int{5, 1, 1}, "unknown user bad1@example.org"),
+		failRcpt("bad2@example.org", 550, [3]int{5, 1, 1}, "unknown user bad2@example.org"))
 	began := time.Now()
-	id, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com",
-		[]string{"ok@example.org", "bad1@example.org", "bad2@example.org"}, message("app@example.com", "ok@example.org", "hook1", "two bounce"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := d.mustSend("hook1", "two bounce", "ok@example.org", "bad1@example.org", "bad2@example.org")
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(events) }
 	waitFor(t, 20*time.Second, "two accepted webhook events", func() bool { return count() >= 2 })
 	// An event is posted until accepted, then its spool file goes: with
 	// the webhook spool empty, no duplicate can follow.
-	hooks := filepath.Join(e.dir, "state", "spool", "webhook")
+	hooks := filepath.Join(d.dir, "state", "spool", "webhook")
 	waitFor(t, 10*time.Second, "an empty webhook spool", func() bool {
 		des, err := os.ReadDir(hooks)
 		return err == nil && len(des) == 0
@@ -542,7 +534,7 @@ func TestOpsWebhook(t *testing.T) {
 	if !seen["bad1@example.org"] || !seen["bad2@example.org"] {
 		t.Errorf("events for %v, want bad1 and bad2", seen)
 	}
-	if strings.Contains(p.stderr.String(), secret) {
+	if strings.Contains(d.stderr.String(), secret) {
 		t.Error("the log contains the webhook secret")
 	}
 }
@@ -663,32 +655,23 @@ func TestOpsReadyzBreakerOpen(t *testing.T) {
 // SIGHUP is refused, logged, and the relay keeps serving the old config.
 func TestOpsReload(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	o := opsOpts{upPort: up.Port()}
-	cfg := e.opsConfig(o)
-	p := start(t, 1, "serve", "-c", cfg)
-	addr := p.addrs["submission"]
+	d := launch(t, opsCfg(opsOpts{}))
+	o := opsOpts{upPort: d.up.Port()}
+	addr := d.addrs["submission"]
 
-	if _, err := send(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, "x"); replyCode(err) != "535 5.7.8" {
+	if _, err := send(addr, d.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, "x"); replyCode(err) != "535 5.7.8" {
 		t.Fatalf("app2 before it exists: %v, want 535 5.7.8", err)
 	}
-	old, err := login(addr, e.tlsConfig(), nil, "app", password)
+	old, err := d.openRcpt("r@example.org")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer old.Close()
-	if err := old.Mail("app@example.com", nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Rcpt("r@example.org", nil); err != nil {
-		t.Fatal(err)
-	}
 
 	o.users = "  - name: app2\n    password_hash: \"{{HASH}}\"\n"
-	e.opsConfig(o)
-	p.reload("msg=reloaded")
-	if _, err := send(addr, e.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "new-user", "x")); err != nil {
+	d.opsConfig(o)
+	d.reload("msg=reloaded")
+	if _, err := send(addr, d.tlsConfig(), "app2", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "new-user", "x")); err != nil {
 		t.Fatalf("new user right after reload: %v", err)
 	}
 	if _, err := sendData(old, message("app@example.com", "r@example.org", "old-session", "x")); err != nil {
@@ -697,19 +680,19 @@ func TestOpsReload(t *testing.T) {
 	old.Quit()
 
 	o.extra = "no_such_key: true\n"
-	e.opsConfig(o)
-	p.reload("reload refused")
-	if !strings.Contains(p.stderr.String(), "no_such_key") {
+	d.opsConfig(o)
+	d.reload("reload refused")
+	if !strings.Contains(d.stderr.String(), "no_such_key") {
 		t.Error("the refusal does not name the bad key")
 	}
 	for _, u := range []string{"app", "app2"} {
-		if _, err := send(addr, e.tlsConfig(), u, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "after-broken-"+u, "x")); err != nil {
+		if _, err := send(addr, d.tlsConfig(), u, "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "after-broken-"+u, "x")); err != nil {
 			t.Errorf("%s after a refused reload: %v", u, err)
 		}
 	}
 	got := map[string]int{}
-	for _, m := range up.WaitMessages(t, 4, 20*time.Second) {
-		for id, n := range messageIDs([][]byte{m.Data}) {
+	for _, m := range d.up.WaitMessages(t, 4, 20*time.Second) {
+		for id, n := range messageIDs(m) {
 			got[id] += n
 		}
 	}
@@ -731,22 +714,14 @@ func TestOpsShutdown(t *testing.T) {
 	want := map[string]bool{}
 	for i := 0; i < 2; i++ {
 		id := fmt.Sprintf("term%d", i)
-		if _, err := send(addr, d.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "x")); err != nil {
-			t.Fatal(err)
-		}
+		d.mustSend(id, "x")
 		want[id+"@example.com"] = true
 	}
-	open, err := login(addr, d.tlsConfig(), nil, "app", password)
+	open, err := d.openRcpt("r@example.org")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer open.Close()
-	if err := open.Mail("app@example.com", nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := open.Rcpt("r@example.org", nil); err != nil {
-		t.Fatal(err)
-	}
 
 	sent := time.Now()
 	d.signal(syscall.SIGTERM)
@@ -781,11 +756,7 @@ func TestOpsShutdown(t *testing.T) {
 	}
 	d.up.SetMode(testsmtp.Serve)
 	d.serve()
-	var datas [][]byte
-	for _, m := range d.up.WaitMessages(t, len(want), 20*time.Second) {
-		datas = append(datas, m.Data)
-	}
-	got := messageIDs(datas)
+	got := messageIDs(d.up.WaitMessages(t, len(want), 20*time.Second)...)
 	for id := range want {
 		if got[id] == 0 {
 			t.Errorf("%s was not delivered after the restart", id)
@@ -834,11 +805,7 @@ func TestOpsDiskFull(t *testing.T) {
 		t.Errorf("queue list shows %d messages, %d were answered 250", len(l), len(accepted))
 	}
 	d.up.SetMode(testsmtp.Serve)
-	var datas [][]byte
-	for _, m := range d.up.WaitMessages(t, len(accepted), 30*time.Second) {
-		datas = append(datas, m.Data)
-	}
-	got := messageIDs(datas)
+	got := messageIDs(d.up.WaitMessages(t, len(accepted), 30*time.Second)...)
 	for id := range accepted {
 		if got[id] == 0 {
 			t.Errorf("lost after the disk filled: %s", id)
@@ -920,19 +887,14 @@ func TestOpsContribConfig(t *testing.T) {
 // SIGHUP, like the users, keys and certificate are.
 func TestOpsReloadUpstreams(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	oldUp := testsmtp.Start(t, testsmtp.Options{})
+	// Started first, so that its cleanup (which wants every session
+	// closed) comes after the daemon's.
 	newUp := testsmtp.Start(t, testsmtp.Options{})
-	o := opsOpts{upPort: oldUp.Port()}
-	cfg := e.opsConfig(o)
-	p := start(t, 1, "serve", "-c", cfg)
-	o.upPort = newUp.Port()
-	e.opsConfig(o)
-	p.reload("msg=reloaded")
-	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
-		message("app@example.com", "r@example.org", "moved", "x")); err != nil {
-		t.Fatal(err)
-	}
+	d := launch(t, opsCfg(opsOpts{}))
+	oldUp := d.up
+	d.opsConfig(opsOpts{upPort: newUp.Port()})
+	d.reload("msg=reloaded")
+	d.mustSend("moved", "x")
 	waitFor(t, 10*time.Second, "the message at one of the upstreams", func() bool {
 		return len(newUp.Messages())+len(oldUp.Messages()) > 0
 	})

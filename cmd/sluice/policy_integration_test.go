@@ -81,8 +81,17 @@ upstreams:
 
 // polConfig writes the scenario config for env e.
 func polConfig(e *env, upPort int, listeners, rl string) string {
-	y := strings.NewReplacer("{{UP}}", strconv.Itoa(upPort), "{{LISTENERS}}", listeners, "{{RL}}", rl).Replace(polYAML)
-	return e.config(y)
+	return e.config(polYAMLTo(upPort, listeners, rl))
+}
+
+// polCfg is the scenario config in front of the sink, with extra
+// listeners and a ratelimit block.
+func polCfg(listeners, rl string) option {
+	return configWith(func(port int) string { return polYAMLTo(port, listeners, rl) })
+}
+
+func polYAMLTo(upPort int, listeners, rl string) string {
+	return strings.NewReplacer("{{UP}}", strconv.Itoa(upPort), "{{LISTENERS}}", listeners, "{{RL}}", rl).Replace(polYAML)
 }
 
 func polRedisBlock(url string, failOpen bool) string {
@@ -96,21 +105,15 @@ func polRedisBlock(url string, failOpen bool) string {
 func TestPolicyRedisSharedRate(t *testing.T) {
 	t.Parallel()
 	rds := testredis.Start(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	var procs []*proc
-	var envs []*env
-	for i := 0; i < 2; i++ {
-		e := newEnv(t)
-		envs = append(envs, e)
-		procs = append(procs, start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.URL, true))))
-	}
+	first := launch(t, polCfg("", polRedisBlock(rds.URL, true)))
+	ds := []*testDaemon{first, launch(t, polCfg("", polRedisBlock(rds.URL, true)), sinkOf(first))}
 	sendVia := func(i int, id string) error {
-		_, err := send(procs[i].addrs["submission"], envs[i].tlsConfig(), "limited", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "policy test"))
+		_, err := send(ds[i].addrs["submission"], ds[i].tlsConfig(), "limited", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "policy test"))
 		return err
 	}
 	// A message reserved at MAIL and abandoned (RSET) is given back, in
 	// Redis too: six abandoned ones leave the whole 4/1m for real mail.
-	c, err := login(procs[0].addrs["submission"], envs[0].tlsConfig(), nil, "limited", password)
+	c, err := login(first.addrs["submission"], first.tlsConfig(), nil, "limited", password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,12 +131,12 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 			t.Fatalf("message %d on instance %d: %v", n+1, n%2, err)
 		}
 	}
-	for i := range procs {
+	for i := range ds {
 		if got := replyCode(sendVia(i, fmt.Sprintf("over-%d", i))); got != "450 4.7.1" {
 			t.Errorf("5th message on instance %d: %s, want 450 4.7.1 (the limit is shared)", i, got)
 		}
 	}
-	up.WaitMessages(t, 4, 20*time.Second)
+	first.up.WaitMessages(t, 4, 20*time.Second)
 
 	rds.Stop()
 	// fail_open (default): each instance falls back to its own bucket, which
@@ -150,18 +153,17 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 	if err := sendVia(1, "local-b"); err != nil {
 		t.Errorf("instance 1 with Redis down (fail_open): %v", err)
 	}
-	for i, p := range procs {
-		if v := metric(t, p.httpAddr(), "sluice_ratelimit_redis_errors_total"); v <= 0 {
+	for i, d := range ds {
+		if v := d.metric("sluice_ratelimit_redis_errors_total"); v <= 0 {
 			t.Errorf("instance %d: sluice_ratelimit_redis_errors_total = %v, want > 0", i, v)
 		}
 	}
-	if !procs[0].waitLog("ratelimit_redis_error", 5*time.Second) {
+	if !first.waitLog("ratelimit_redis_error", 5*time.Second) {
 		t.Error("no ratelimit_redis_error in the log")
 	}
 
-	e := newEnv(t)
-	strict := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.URL, false)))
-	c, err = login(strict.addrs["submission"], e.tlsConfig(), nil, "limited", password)
+	strict := launch(t, polCfg("", polRedisBlock(rds.URL, false)), sinkOf(first))
+	c, err = login(strict.addrs["submission"], strict.tlsConfig(), nil, "limited", password)
 	if err != nil {
 		t.Fatalf("AUTH with Redis down must still work (local auth counters): %v", err)
 	}
@@ -169,7 +171,7 @@ func TestPolicyRedisSharedRate(t *testing.T) {
 	if got := replyCode(c.Mail("app@example.com", nil)); got != "451 4.7.1" {
 		t.Errorf("MAIL with Redis down and fail_open: false: %s, want 451 4.7.1", got)
 	}
-	up.WaitMessages(t, 9, 20*time.Second)
+	first.up.WaitMessages(t, 9, 20*time.Second)
 }
 
 // greeting reads what the server says first on a new connection, and
@@ -254,13 +256,11 @@ func TestPolicyAuthFailures(t *testing.T) {
 func TestPolicyAuthFailuresRedis(t *testing.T) {
 	t.Parallel()
 	rds := testredis.Start(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
+	first := launch(t, polCfg("", polRedisBlock(rds.URL, true)))
 	var addrs []string
 	var cfgs []*tls.Config
-	for i := 0; i < 2; i++ {
-		e := newEnv(t)
-		p := start(t, 1, "serve", "-c", polConfig(e, up.Port(), "", polRedisBlock(rds.URL, true)))
-		addrs, cfgs = append(addrs, p.addrs["submission"]), append(cfgs, e.tlsConfig())
+	for _, d := range []*testDaemon{first, launch(t, polCfg("", polRedisBlock(rds.URL, true)), sinkOf(first))} {
+		addrs, cfgs = append(addrs, d.addrs["submission"]), append(cfgs, d.tlsConfig())
 	}
 	for i := 0; i < 5; i++ {
 		if got, took := polAuthAttempt(addrs[i%2], cfgs[i%2], "wrong"); got != "535 5.7.8" || took >= time.Second {
@@ -377,7 +377,7 @@ func TestPolicySizeAndRecipients(t *testing.T) {
 	if len(msgs) != 2 {
 		t.Fatalf("upstream got %d messages, want 2 (only the accepted ones)", len(msgs))
 	}
-	got := messageIDs([][]byte{msgs[0].Data, msgs[1].Data})
+	got := messageIDs(msgs[0], msgs[1])
 	if got["five-rcpts@example.com"] != 1 || got["after@example.com"] != 1 {
 		t.Errorf("upstream got %v, want five-rcpts and after", got)
 	}
@@ -439,8 +439,6 @@ func proxyV2(src [4]byte, port uint16) string {
 // from anyone but the proxy, is refused without a greeting.
 func TestPolicyProxyProtocol(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	e := newEnv(t)
 	lb := `  - name: behind-lb
     address: 127.0.0.1:0
     tls: none
@@ -450,8 +448,8 @@ func TestPolicyProxyProtocol(t *testing.T) {
     proxy_protocol: true
     trusted_proxies: [127.0.0.1/32]
 `
-	p := start(t, 2, "serve", "-c", polConfig(e, up.Port(), lb, ""))
-	addr := p.addrs["behind-lb"]
+	d := launch(t, polCfg(lb, ""))
+	addr := d.addrs["behind-lb"]
 
 	// The address from the header is the client's for trusted_networks,
 	// Received: and the per-IP rate of clients accepted by network (legacy:
@@ -466,10 +464,10 @@ func TestPolicyProxyProtocol(t *testing.T) {
 		s.send("via-proxy-v2", "250 2.0.0 OK queued as ")
 		s.cmd("QUIT", "221")
 
-		msgs := up.WaitMessages(t, 2, 20*time.Second)
+		msgs := d.up.WaitMessages(t, 2, 20*time.Second)
 		rcv := map[string]string{}
 		for _, m := range msgs {
-			for id := range messageIDs([][]byte{m.Data}) {
+			for id := range messageIDs(m) {
 				rcv[id] = regexp.MustCompile(`(?m)^Received: from [^\r\n]*`).FindString(string(m.Data))
 			}
 		}

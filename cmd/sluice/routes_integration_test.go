@@ -18,17 +18,15 @@ import (
 // `sluice trace` shows both queue IDs, each accepted with its route.
 func TestRecipientRoutesSplit(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	txt := e.keygen()
-	other := testsmtp.Start(t, testsmtp.Options{})
 	gmail := testsmtp.Start(t, testsmtp.Options{})
-	y := strings.Replace(baseYAML, "{{UP}}", upstreamYAML(other.Port(), gmail.Port()), 1)
-	y = strings.Replace(y, "    allowed_senders: [\"*@example.com\"]\n", "    allowed_senders: [\"*@example.com\"]\n    upstreams: [up1]\n", 1)
-	y += "routes:\n  - recipient_domains: [GMAIL.test, googlemail.test]\n    upstreams: [up2]\n"
-	cfg := e.config(y)
+	// The sink is up1, the default policy's route; gmail.test goes to up2.
+	d := launch(t, unstarted, baseWith(func(port int) string { return upstreamYAML(port, gmail.Port()) }),
+		edited("    allowed_senders: [\"*@example.com\"]\n", "    allowed_senders: [\"*@example.com\"]\n    upstreams: [up1]\n"),
+		edited("queue:\n", "routes:\n  - recipient_domains: [GMAIL.test, googlemail.test]\n    upstreams: [up2]\nqueue:\n"))
+	other := d.up
 
 	// policy explain shows each recipient's route.
-	out, stderr, code := runCmd(t, "", "policy", "explain", "-c", cfg, "--user", "app", "--from", "app@example.com", "--to", "r1@gmail.test,r2@other.test")
+	out, stderr, code := runCmd(t, "", "policy", "explain", "-c", d.cfg, "--user", "app", "--from", "app@example.com", "--to", "r1@gmail.test,r2@other.test")
 	for _, want := range []string{
 		"route:       <r1@gmail.test> up2 (routes[0] matched)\n",
 		"route:       <r2@other.test> up1 (policies.default.upstreams)\n",
@@ -39,22 +37,18 @@ func TestRecipientRoutesSplit(t *testing.T) {
 		}
 	}
 
-	p := start(t, 2, "serve", "-c", cfg)
-	state := filepath.Join(e.dir, "state")
-	rcpts := []string{"r1@gmail.test", "r2@other.test"}
-	qid, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", rcpts, message("app@example.com", "r1@gmail.test", "split", "one message, two routes"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d.serve()
+	state := filepath.Join(d.dir, "state")
+	qid := d.mustSend("split", "one message, two routes", "r1@gmail.test", "r2@other.test")
 	// Without a Message-ID: the one generated from the 250's queue ID is in both copies.
 	noID := "From: <app@example.com>\r\nTo: <r1@gmail.test>, <r2@other.test>\r\nSubject: no id\r\n\r\nbody\r\n"
-	qid2, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r2@other.test", "r1@gmail.test", "r3@other.test"}, noID)
+	qid2, err := send(d.addrs["submission"], d.tlsConfig(), "app", "app@example.com", []string{"r2@other.test", "r1@gmail.test", "r3@other.test"}, noID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	gm := gmail.WaitMessages(t, 2, 20*time.Second)
 	om := other.WaitMessages(t, 2, 20*time.Second)
-	waitQueueEmpty(t, e)
+	waitQueueEmpty(t, d.env)
 	if len(gm) != 2 || len(om) != 2 {
 		t.Fatalf("gmail got %d messages, other %d; want 2 each", len(gm), len(om))
 	}
@@ -68,8 +62,8 @@ func TestRecipientRoutesSplit(t *testing.T) {
 		if !bytes.Equal(gm[i].Data, om[i].Data) {
 			t.Errorf("message %d: the copies differ:\n%s\n---\n%s", i, gm[i].Data, om[i].Data)
 		}
-		verifyDKIM(t, txt, gm[i].Data)
-		verifyDKIM(t, txt, om[i].Data)
+		verifyDKIM(t, d.txt, gm[i].Data)
+		verifyDKIM(t, d.txt, om[i].Data)
 	}
 	if !bytes.Contains(gm[0].Data, []byte(" id "+qid+";")) && !bytes.Contains(gm[0].Data, []byte(" id "+qid+"\r\n")) {
 		t.Errorf("the Received: field does not carry the 250's queue ID %s:\n%s", qid, gm[0].Data)

@@ -62,26 +62,26 @@ const localListener = `  - name: local
     trusted_networks: [127.0.0.1/32]
 `
 
-// startLocal runs a daemon with the local listener and returns its address.
-func startLocal(t *testing.T, up *testsmtp.Server) string {
+// startLocal launches a daemon with the local listener and returns it and
+// that listener's address.
+func startLocal(t *testing.T) (*testDaemon, string) {
 	t.Helper()
-	e := newEnv(t)
-	p := start(t, 2, "serve", "-c", polConfig(e, up.Port(), localListener, ""))
-	return p.addrs["local"]
+	d := launch(t, polCfg(localListener, ""))
+	return d, d.addrs["local"]
 }
 
 // onlyMessage waits for one message upstream, then for the sentinel sent
 // after it, and fails unless those two are all that arrived.
-func onlyMessage(t *testing.T, up *testsmtp.Server, addr string) testsmtp.Message {
+func onlyMessage(t *testing.T, d *testDaemon) testsmtp.Message {
 	t.Helper()
 	sentinel := "From: <app@example.com>\nTo: <sentinel@dest.test>\nMessage-ID: <sentinel@example.com>\nSubject: sentinel\n\nlast\n"
-	if _, stderr, code := runCmd(t, sentinel, "sendmail", "--server", addr, "-f", "app@example.com", "sentinel@dest.test"); code != 0 {
+	if _, stderr, code := runCmd(t, sentinel, "sendmail", "--server", d.addrs["local"], "-f", "app@example.com", "sentinel@dest.test"); code != 0 {
 		t.Fatalf("sentinel: exit %d: %s", code, stderr)
 	}
-	msgs := up.WaitMessages(t, 2, 20*time.Second)
+	msgs := d.up.WaitMessages(t, 2, 20*time.Second)
 	var rest []testsmtp.Message
 	for _, m := range msgs {
-		if messageIDs([][]byte{m.Data})["sentinel@example.com"] == 0 {
+		if messageIDs(m)["sentinel@example.com"] == 0 {
 			rest = append(rest, m)
 		}
 	}
@@ -91,62 +91,63 @@ func onlyMessage(t *testing.T, up *testsmtp.Server, addr string) testsmtp.Messag
 	return rest[0]
 }
 
-// sendmailT injects msg with `sendmail -t` and returns what went upstream.
-func sendmailT(t *testing.T, up *testsmtp.Server, addr, msg string) testsmtp.Message {
-	t.Helper()
-	if _, stderr, code := runCmd(t, msg, "sendmail", "--server", addr, "-t", "-f", "app@example.com"); code != 0 {
-		t.Fatalf("sendmail -t: exit %d: %s", code, stderr)
-	}
-	return onlyMessage(t, up, addr)
-}
-
 // TestSendmailHeaderRecipients: -t reads every To:, Cc: and Bcc: field (any
 // case, a comment before the address), delivers to all of them, and no
-// Bcc: reaches the upstream.
+// Bcc: reaches the upstream; with Resent- fields, -t sends to the resent
+// recipients only (sendmail's and Postfix's rule), and every Resent-Bcc: is
+// removed.
 func TestSendmailHeaderRecipients(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	addr := startLocal(t, up)
-	msg := "From: <app@example.com>\n" +
-		"To: u2@dest.test\n" +
-		"Bcc: b2@dest.test\n" +
-		"Bcc: b3@dest.test\n" +
-		"To: u3@dest.test\n" +
-		"To: \"Four\" <u4@dest.test>, u4b@dest.test\n" +
-		"cc: u5@dest.test\n" +
-		"BCC: (comment) b4@dest.test,\n  \"quoted..b5\"@dest.test\n" +
-		"Bcc:\n" +
-		"Subject: many fields\n\nhello\n"
-	m := sendmailT(t, up, addr, msg)
-	want := []string{"u2@dest.test", "u3@dest.test", "u4@dest.test", "u4b@dest.test", "u5@dest.test", "b2@dest.test", "b3@dest.test", "b4@dest.test", "quoted..b5@dest.test"}
-	if got := strings.ReplaceAll(fmt.Sprint(m.To), `"`, ""); got != fmt.Sprint(want) {
-		t.Errorf("RCPT TO %v, want %v", m.To, want)
-	}
-	// Whole addresses only: a generated Message-ID holds the queue ID,
-	// whose last characters may read "B2@" to a case-insensitive match.
-	if regexp.MustCompile(`(?im)^bcc\s*:|quoted\.\.b5|\bb[2-4]@dest\.test`).Match(m.Data) {
-		t.Errorf("a blind copy shows in the message:\n%s", m.Data)
-	}
-}
-
-// TestSendmailResentRecipients: with Resent- fields, -t sends to the
-// resent recipients only (sendmail's and Postfix's rule), and every
-// Resent-Bcc: is removed.
-func TestSendmailResentRecipients(t *testing.T) {
-	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	addr := startLocal(t, up)
-	msg := "Resent-From: <app@example.com>\n" +
-		"Resent-To: r1@dest.test\n" +
-		"Resent-Bcc: rb1@dest.test\n" +
-		"Resent-bcc: rb2@dest.test\n" +
-		"From: <orig@example.com>\nTo: orig@dest.test\nBcc: ob@dest.test\nSubject: forwarded\n\nhello\n"
-	m := sendmailT(t, up, addr, msg)
-	if want := "[r1@dest.test rb1@dest.test rb2@dest.test]"; fmt.Sprint(m.To) != want {
-		t.Errorf("RCPT TO %v, want %s", m.To, want)
-	}
-	if regexp.MustCompile(`(?im)^(resent-)?bcc\s*:|\b(rb[12]|ob)@dest\.test`).Match(m.Data) {
-		t.Errorf("a blind copy shows in the message:\n%s", m.Data)
+	for _, c := range []struct {
+		name, msg string
+		rcpts     string // RCPT TO, in order
+		unquoted  bool   // compare without quotes (how a quoted local part is forwarded is the relay's business)
+		blind     string // what must not show in the message
+	}{{
+		name: "to cc bcc",
+		msg: "From: <app@example.com>\n" +
+			"To: u2@dest.test\n" +
+			"Bcc: b2@dest.test\n" +
+			"Bcc: b3@dest.test\n" +
+			"To: u3@dest.test\n" +
+			"To: \"Four\" <u4@dest.test>, u4b@dest.test\n" +
+			"cc: u5@dest.test\n" +
+			"BCC: (comment) b4@dest.test,\n  \"quoted..b5\"@dest.test\n" +
+			"Bcc:\n" +
+			"Subject: many fields\n\nhello\n",
+		rcpts:    "[u2@dest.test u3@dest.test u4@dest.test u4b@dest.test u5@dest.test b2@dest.test b3@dest.test b4@dest.test quoted..b5@dest.test]",
+		unquoted: true,
+		// Whole addresses only: a generated Message-ID holds the queue ID,
+		// whose last characters may read "B2@" to a case-insensitive match.
+		blind: `(?im)^bcc\s*:|quoted\.\.b5|\bb[2-4]@dest\.test`,
+	}, {
+		name: "resent",
+		msg: "Resent-From: <app@example.com>\n" +
+			"Resent-To: r1@dest.test\n" +
+			"Resent-Bcc: rb1@dest.test\n" +
+			"Resent-bcc: rb2@dest.test\n" +
+			"From: <orig@example.com>\nTo: orig@dest.test\nBcc: ob@dest.test\nSubject: forwarded\n\nhello\n",
+		rcpts: "[r1@dest.test rb1@dest.test rb2@dest.test]",
+		blind: `(?im)^(resent-)?bcc\s*:|\b(rb[12]|ob)@dest\.test`,
+	}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			d, addr := startLocal(t)
+			if _, stderr, code := runCmd(t, c.msg, "sendmail", "--server", addr, "-t", "-f", "app@example.com"); code != 0 {
+				t.Fatalf("sendmail -t: exit %d: %s", code, stderr)
+			}
+			m := onlyMessage(t, d)
+			got := fmt.Sprint(m.To)
+			if c.unquoted {
+				got = strings.ReplaceAll(got, `"`, "")
+			}
+			if got != c.rcpts {
+				t.Errorf("RCPT TO %v, want %s", m.To, c.rcpts)
+			}
+			if regexp.MustCompile(c.blind).Match(m.Data) {
+				t.Errorf("a blind copy shows in the message:\n%s", m.Data)
+			}
+		})
 	}
 }
 
@@ -155,8 +156,7 @@ func TestSendmailResentRecipients(t *testing.T) {
 // sent), by sendmail and by send.
 func TestInjectorsRefuseParameterInjection(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	addr := startLocal(t, up)
+	d, addr := startLocal(t)
 	msg := "From: <app@example.com>\nSubject: injected\n\nhello\n"
 	for _, args := range [][]string{
 		{"sendmail", "--server", addr, "-f", "p@example.com> BODY=7BIT", "r@dest.test"},
@@ -179,7 +179,7 @@ func TestInjectorsRefuseParameterInjection(t *testing.T) {
 		t.Fatalf("quoted recipient: exit %d: %s", code, stderr)
 	}
 	// (How the relay forwards a quoted local part is the relay's business.)
-	if m := onlyMessage(t, up, addr); m.From != "app@example.com" || len(m.To) != 1 || strings.ReplaceAll(m.To[0], `"`, "") != "a..b@dest.test" {
+	if m := onlyMessage(t, d); m.From != "app@example.com" || len(m.To) != 1 || strings.ReplaceAll(m.To[0], `"`, "") != "a..b@dest.test" {
 		t.Errorf("got MAIL %q RCPT %v", m.From, m.To)
 	}
 }
@@ -189,8 +189,7 @@ func TestInjectorsRefuseParameterInjection(t *testing.T) {
 // goes through, without the mbox line, from the -r sender.
 func TestSendmailCompatFlags(t *testing.T) {
 	t.Parallel()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	addr := startLocal(t, up)
+	d, addr := startLocal(t)
 	msg := "From app@example.com Sat Dec  5 10:00:00 2026\nFrom: <app@example.com>\nTo: <r@dest.test>\nSubject: mbox\n\nhello\n"
 	for _, args := range [][]string{
 		{"-r", "app@example.com", "-odq", "-oem", "-v", "-B", "8BITMIME", "-oi", "-i", "r@dest.test"},
@@ -201,7 +200,7 @@ func TestSendmailCompatFlags(t *testing.T) {
 			t.Fatalf("sendmail %q: exit %d: %s", args, code, stderr)
 		}
 	}
-	for _, m := range up.WaitMessages(t, 2, 20*time.Second) {
+	for _, m := range d.up.WaitMessages(t, 2, 20*time.Second) {
 		if m.From != "app@example.com" || bytes.HasPrefix(m.Data, []byte("From ")) || !bytes.Contains(m.Data, []byte("From: <app@example.com>")) {
 			t.Errorf("MAIL FROM %q, data:\n%s\nwant the -r sender and no mbox From line", m.From, m.Data)
 		}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,8 +26,7 @@ import (
 )
 
 func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	path := fs.String("c", defaultConfig, "configuration file")
+	fs, path := newFlags("serve")
 	dev := fs.Bool("dev", false, "development mode: no file needed")
 	devDir := fs.String("dev-dir", "./sluice-dev", "state directory of --dev")
 	if _, err := parseFlags(fs, args); err != nil {

@@ -103,19 +103,14 @@ func testSMTPUTF8NotOffered(t *testing.T, rcpt string) {
 // later; with it, the same RCPT is accepted.
 func TestSMTPUTF8Parameter(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	y := strings.Replace(baseYAML, "{{UP}}", upstreamYAML(1), 1)
-	y = strings.Replace(y, "users:\n", `  - name: legacy
+	d := launch(t, baseCfg, edited("users:\n", `  - name: legacy
     address: 127.0.0.1:0
     tls: none
     auth: none
     trusted_networks: [127.0.0.0/8]
 users:
-`, 1)
-	y = strings.Replace(y, `allowed_senders: ["*@example.com"]`, `allowed_senders: ["*@example.com", "*@bücher.example"]`, 1)
-	e.keygen()
-	p := start(t, 3, "serve", "-c", e.config(y))
-	c := dialRaw(t, p.addrs["legacy"], nil, "")
+`), edited(`allowed_senders: ["*@example.com"]`, `allowed_senders: ["*@example.com", "*@bücher.example"]`))
+	c := dialRaw(t, d.addrs["legacy"], nil, "")
 	c.reply()
 	c.cmd("EHLO client.test", "250")
 	c.cmd("MAIL FROM:<jörg@bücher.example>", "553 5.6.7 ")

@@ -162,26 +162,23 @@ func TestOpsDeliveredMailFreesTheDisk(t *testing.T) {
 // with its attempt count; A's spool is left empty.
 func TestOpsQueueImport(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
 	// A temporary refusal that is neither throttling nor a connection
 	// failure: every attempt counts and the breaker stays closed (while it
 	// is open, due messages wait without spending an attempt).
-	up.Fail(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "try again later")
+	a := launch(t, opsCfg(opsOpts{stateDir: "{{DIR}}/a"}), failAt(testsmtp.StageMail, 451, [3]int{4, 3, 0}, "try again later"))
+	// B, beside A in the same directory, adopts A's spool.
+	e, up := a.env, a.up
 	cfgA := filepath.Join(e.dir, "a.yaml")
-	if err := os.Rename(e.opsConfig(opsOpts{upPort: up.Port(), stateDir: "{{DIR}}/a"}), cfgA); err != nil {
+	if err := os.Rename(a.cfg, cfgA); err != nil {
 		t.Fatal(err)
 	}
 	cfgB := e.opsConfig(opsOpts{upPort: up.Port(), stateDir: "{{DIR}}/b"})
 
-	a := start(t, 1, "serve", "-c", cfgA)
 	const n = 30
 	want := map[string]bool{}
 	for i := range n {
 		id := fmt.Sprintf("imp%d", i)
-		if _, err := send(a.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", id, "adopt me\r\n")); err != nil {
-			t.Fatal(err)
-		}
+		a.mustSend(id, "adopt me\r\n")
 		want[id+"@example.com"] = true
 	}
 	waitFor(t, 20*time.Second, "every message tried at least twice", func() bool {
@@ -233,11 +230,7 @@ func TestOpsQueueImport(t *testing.T) {
 	up.ClearFailures()
 	start(t, 1, "serve", "-c", cfgB)
 	waitFor(t, 30*time.Second, "B's queue empty", func() bool { return len(opsQueueList(t, cfgB)) == 0 })
-	var datas [][]byte
-	for _, m := range up.Messages() {
-		datas = append(datas, m.Data)
-	}
-	got := messageIDs(datas)
+	got := messageIDs(up.Messages()...)
 	for id := range want {
 		if got[id] != 1 {
 			t.Errorf("%s delivered %d times, want once", id, got[id])
@@ -267,60 +260,53 @@ func (f noSyncFS) OpenFile(name string, flag int, perm fs.FileMode) (spool.File,
 // recovery and every queued message are delivered exactly once.
 func TestOpsListensWhileRecovering(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg := e.opsConfig(opsOpts{upPort: up.Port()})
 	const n = 5000
-	sp, err := spool.Open(filepath.Join(e.dir, "state", "spool"), spool.Options{FS: noSyncFS{spool.OS}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range n {
-		d, err := sp.Begin()
+	d := launch(t, opsCfg(opsOpts{}), before(func(e *env) {
+		sp, err := spool.Open(filepath.Join(e.dir, "state", "spool"), spool.Options{FS: noSyncFS{spool.OS}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		io.WriteString(d, message("app@example.com", "r@example.org", fmt.Sprintf("q%d", i), "queued\r\n"))
-		fr, err := d.Commit(&spool.Envelope{From: "app@example.com", To: []string{"r@example.org"}}, nil)
-		if err != nil {
-			t.Fatal(err)
+		for i := range n {
+			dr, err := sp.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(dr, message("app@example.com", "r@example.org", fmt.Sprintf("q%d", i), "queued\r\n"))
+			fr, err := dr.Commit(&spool.Envelope{From: "app@example.com", To: []string{"r@example.org"}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fr.Close()
 		}
-		fr.Close()
-	}
-	sp.Close()
-
-	p := start(t, 1, "serve", "-c", cfg)
-	if strings.Contains(p.stderr.String(), "spool recovered") {
+		sp.Close()
+	}))
+	if strings.Contains(d.stderr.String(), "spool recovered") {
 		t.Fatalf("the listeners answered only after recovering %d messages", n)
 	}
-	code, body := httpGet(t, "http://"+p.httpAddr()+"/healthz")
+	code, body := httpGet(t, "http://"+d.httpAddr()+"/healthz")
 	if code != http.StatusOK {
 		t.Errorf("/healthz %d during recovery", code)
 	}
 	sawRecovering := false
-	if code, body := httpGet(t, "http://"+p.httpAddr()+"/readyz"); code == http.StatusServiceUnavailable && strings.Contains(body, "recovering") {
+	if code, body := httpGet(t, "http://"+d.httpAddr()+"/readyz"); code == http.StatusServiceUnavailable && strings.Contains(body, "recovering") {
 		sawRecovering = true
 	}
-	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"}, message("app@example.com", "r@example.org", "during", "x\r\n")); err != nil {
+	if _, err := d.sendMsg("during", "x\r\n"); err != nil {
 		t.Fatalf("mail during recovery: %v", err)
 	}
-	if !p.waitLog("spool recovered", 60*time.Second) {
+	if !d.waitLog("spool recovered", 60*time.Second) {
 		t.Fatal("recovery did not end within 60 s")
 	}
-	if !sawRecovering && !strings.Contains(p.stderr.String(), "spool recovered") {
+	if !sawRecovering && !strings.Contains(d.stderr.String(), "spool recovered") {
 		t.Errorf("/readyz never said recovering: %s", body)
 	}
-	for _, l := range strings.Split(p.stderr.String(), "\n") {
+	for _, l := range strings.Split(d.stderr.String(), "\n") {
 		if strings.Contains(l, "spool recovered") {
 			t.Log(l)
 		}
 	}
-	msgs := up.WaitMessages(t, n+1, 120*time.Second)
-	var datas [][]byte
-	for _, m := range msgs {
-		datas = append(datas, m.Data)
-	}
-	got := messageIDs(datas)
+	msgs := d.up.WaitMessages(t, n+1, 120*time.Second)
+	got := messageIDs(msgs...)
 	if len(got) != n+1 {
 		t.Errorf("%d distinct messages delivered, want %d", len(got), n+1)
 	}
@@ -330,7 +316,7 @@ func TestOpsListensWhileRecovering(t *testing.T) {
 		}
 	}
 	waitFor(t, 30*time.Second, "/readyz 200 after recovery", func() bool {
-		code, _ := httpGet(t, "http://"+p.httpAddr()+"/readyz")
+		code, _ := httpGet(t, "http://"+d.httpAddr()+"/readyz")
 		return code == http.StatusOK
 	})
 }

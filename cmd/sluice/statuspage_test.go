@@ -56,20 +56,16 @@ func browse(t *testing.T, bin, u string, flags ...string) string {
 func TestStatusPage(t *testing.T) {
 	t.Parallel()
 	bin := chromium(t)
-	e := newEnv(t)
-	e.keygen()
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "later@example.org", Code: 451, Enhanced: [3]int{4, 2, 2}, Message: "mailbox full, try later"})
-	up.FailRule(testsmtp.Rule{Stage: testsmtp.StageRcpt, Rcpt: "gone@example.org", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "<script>alert('reply')</script> no such user"})
-	yaml := strings.Replace(baseYAML, "{{UP}}", upstreamYAML(up.Port(), testsmtp.ClosedPort(t)), 1) +
-		"http:\n  address: 127.0.0.1:0\n  status: true\n  status_users:\n    admin: \"{{HASH}}\"\n"
-	yaml = strings.Replace(yaml, `allowed_senders: ["*@example.com"]`, `allowed_senders: ["*@example.com", "*@evil.example"]`, 1)
-	yaml = strings.Replace(yaml, "retry: [300ms]", "retry: [10m]", 1) // later@ waits, its events do not flood the page
-	p := start(t, 2, "serve", "-c", e.config(yaml))
-	addr := p.httpAddr()
+	d := launch(t, baseWith(func(port int) string { return upstreamYAML(port, testsmtp.ClosedPort(t)) }),
+		edited("queue:\n", "http:\n  address: 127.0.0.1:0\n  status: true\n  status_users:\n    admin: \"{{HASH}}\"\nqueue:\n"),
+		edited(`allowed_senders: ["*@example.com"]`, `allowed_senders: ["*@example.com", "*@evil.example"]`),
+		edited("retry: [300ms]", "retry: [10m]"), // later@ waits, its events do not flood the page
+		failRcpt("later@example.org", 451, [3]int{4, 2, 2}, "mailbox full, try later"),
+		failRcpt("gone@example.org", 550, [3]int{5, 1, 1}, "<script>alert('reply')</script> no such user"))
+	addr := d.httpAddr()
 
 	for i, to := range []string{"a@example.org", "b@example.org", "gone@example.org", "later@example.org", "c@example.org"} {
-		if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{to}, message("app@example.com", to, "sp"+string(rune('a'+i)), "status")); err != nil {
+		if _, err := send(d.addrs["submission"], d.tlsConfig(), "app", "app@example.com", []string{to}, message("app@example.com", to, "sp"+string(rune('a'+i)), "status")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -77,15 +73,15 @@ func TestStatusPage(t *testing.T) {
 	// carries the other characters HTML cares about.
 	const evilFrom = `"x&y'z\"q"@evil.example`
 	evil := "From: <app@example.com>\r\nTo: <x@example.org>\r\nSubject: <script>alert('subject')</script>\r\nMessage-ID: <evil@evil.example>\r\n\r\nhi\r\n"
-	evilID, err := send(p.addrs["submission"], e.tlsConfig(), "app", evilFrom, []string{"x@example.org"}, evil)
+	evilID, err := send(d.addrs["submission"], d.tlsConfig(), "app", evilFrom, []string{"x@example.org"}, evil)
 	if err != nil {
 		t.Fatalf("sender with <script>: %v", err)
 	}
 	// a, b, c, the bounce of gone@ and the evil sender's message (its
 	// quoted sender now goes upstream quoted, so it is delivered).
-	up.WaitMessages(t, 5, 20*time.Second)
+	d.up.WaitMessages(t, 5, 20*time.Second)
 	waitFor(t, 20*time.Second, "one message left queued", func() bool {
-		out, _, _ := runCmd(t, "", "queue", "list", "--json", "--state-dir", filepath.Join(e.dir, "state"))
+		out, _, _ := runCmd(t, "", "queue", "list", "--json", "--state-dir", filepath.Join(d.dir, "state"))
 		return strings.Count(strings.TrimSpace(out), "\n") == 0 && strings.Contains(out, "later@example.org")
 	})
 

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -79,8 +78,7 @@ func (s *suppressStores) Close() {
 // runSuppression shows and edits the suppression list: through the running
 // daemon's socket, or on the list itself (Redis, or the file no daemon holds).
 func runSuppression(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("suppression", flag.ContinueOnError)
-	path := fs.String("c", defaultConfig, "configuration file")
+	fs, path := newFlags("suppression")
 	asJSON := fs.Bool("json", false, "list, check: JSON, one object per line")
 	reason := fs.String("reason", "", "add: why (shown by list and check)")
 	dev := fs.Bool("dev", false, "the --dev mode's list")

@@ -17,8 +17,7 @@ import (
 )
 
 func runCheckConfig(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
-	path := fs.String("c", defaultConfig, "configuration file")
+	fs, path := newFlags("check-config")
 	if _, err := parseFlags(fs, args); err != nil {
 		return usageErr(stderr, "usage: sluice check-config [-c FILE]")
 	}
@@ -126,8 +125,7 @@ func runDKIM(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, signing.DNSRecord(*domain, *selector, key.Public()))
 		return nil
 	case "dns":
-		fs := flag.NewFlagSet("dkim dns", flag.ContinueOnError)
-		path := fs.String("c", defaultConfig, "configuration file")
+		fs, path := newFlags("dkim dns")
 		dev := fs.Bool("dev", false, "the --dev mode's key")
 		devDir := fs.String("dev-dir", "./sluice-dev", "state directory of --dev")
 		if _, err := parseFlags(fs, args[1:]); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
@@ -20,8 +19,7 @@ const traceUsage = "usage: sluice trace QUERY [--since 24h] [--json] [-c FILE | 
 // journal (DESIGN §8.1). It reads the journal's files, so it works whether
 // or not serve runs. Exit 0 when something matched, 1 when nothing did.
 func runTrace(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
-	path := fs.String("c", defaultConfig, "configuration file")
+	fs, path := newFlags("trace")
 	since := fs.String("since", "", "only messages with an event in this last period (e.g. 24h, 7d); default: all the journal keeps")
 	asJSON := fs.Bool("json", false, "one JSON object per event per line")
 	dev := fs.Bool("dev", false, "the --dev mode's journal")

@@ -22,11 +22,7 @@ import (
 const upYAML = `state_dir: {{DIR}}/state
 shutdown_timeout: 2s
 {{BASE}}
-users:
-{{APP}}
-policies:
-  default:
-    allowed_senders: ["*@example.com"]
+{{USERS}}
 queue:
   retry: [10m]
 http:
@@ -66,12 +62,9 @@ func upstreamsTable(t *testing.T, cfg, name string) upstreamRow {
 	return upstreamRow{}
 }
 
-func sendOne(t *testing.T, p *proc, e *env, id string) {
-	t.Helper()
-	if _, err := send(p.addrs["submission"], e.tlsConfig(), "app", "app@example.com", []string{"r@example.org"},
-		message("app@example.com", "r@example.org", id, "x")); err != nil {
-		t.Fatal(err)
-	}
+// upCfg is upYAML with the upstreams ups gives for the sink's port.
+func upCfg(ups func(upPort int) string) option {
+	return configWith(func(port int) string { return fmt.Sprintf(upYAML, ups(port)) })
 }
 
 // TestUpstreamSilentPortGreetingTimeoutAndRestart (issue 8 item 14): a port
@@ -81,34 +74,34 @@ func sendOne(t *testing.T, p *proc, e *env, id string) {
 // once in all; and IN-FLIGHT goes back to 0 when the queue is empty.
 func TestUpstreamSilentPortGreetingTimeoutAndRestart(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
 	silent := testsmtp.Start(t, testsmtp.Options{Mode: testsmtp.Silent})
-	up := testsmtp.Start(t, testsmtp.Options{})
-	cfg := e.config(fmt.Sprintf(upYAML, fmt.Sprintf(`  - name: up1
+	d := launch(t, upCfg(func(port int) string {
+		return fmt.Sprintf(`  - name: up1
     host: 127.0.0.1
     ports: [%d, %d]
     tls: none
     timeout: 60s
     greeting_timeout: 1s
-`, silent.Port(), up.Port())))
-	p := start(t, 1, "serve", "-c", cfg)
+`, silent.Port(), port)
+	}))
+	up := d.up
 	for i := range 5 {
-		sendOne(t, p, e, fmt.Sprint("m", i))
+		d.mustSend(fmt.Sprint("m", i), "x")
 	}
 	waitFor(t, 15*time.Second, "five messages through the second port (the first never greets)", func() bool { return len(up.Messages()) == 5 })
 	waitFor(t, 5*time.Second, "IN-FLIGHT 0 and the port remembered in `sluice upstreams`", func() bool {
-		r := upstreamsTable(t, cfg, "up1")
+		r := upstreamsTable(t, d.cfg, "up1")
 		return r.inFlight == 0 && r.port == strconv.Itoa(up.Port())
 	})
 	if n := silent.AcceptCount(); n != 1 {
 		t.Fatalf("the silent port was dialled %d times, want once", n)
 	}
-	if code := p.stop(10 * time.Second); code != 0 {
+	if code := d.stop(10 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 
-	p = start(t, 1, "serve", "-c", cfg)
-	sendOne(t, p, e, "after-restart")
+	d.serve()
+	d.mustSend("after-restart", "x")
 	waitFor(t, 15*time.Second, "the message after the restart", func() bool { return len(up.Messages()) == 6 })
 	if n := silent.AcceptCount(); n != 1 {
 		t.Errorf("after a restart the silent port was dialled again (%d in all): the remembered port was not read back", n)
@@ -121,21 +114,18 @@ func TestUpstreamSilentPortGreetingTimeoutAndRestart(t *testing.T) {
 // breaker; a refused reload leaves sluice_upstream_up alone.
 func TestUpstreamRetryWhileBreakerOpen(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	up := testsmtp.Start(t, testsmtp.Options{})
-	up.Fail(testsmtp.StageMail, 454, [3]int{4, 7, 0}, "Throttling failure: Maximum sending rate exceeded.")
-	ups := fmt.Sprintf(`  - name: up1
+	ups := func(port int) string {
+		return fmt.Sprintf(`  - name: up1
     host: 127.0.0.1
     ports: [%d]
     tls: none
     breaker_backoff: 1h
-`, up.Port())
-	cfg := e.config(fmt.Sprintf(upYAML, ups))
-	p := start(t, 1, "serve", "-c", cfg)
-	metrics := p.httpAddr()
-	sendOne(t, p, e, "m1")
+`, port)
+	}
+	d := launch(t, upCfg(ups), failAt(testsmtp.StageMail, 454, [3]int{4, 7, 0}, "Throttling failure: Maximum sending rate exceeded."))
+	d.mustSend("m1", "x")
 	attempts := func() (int, time.Time) {
-		out, _, _ := runCmd(t, "", "queue", "list", "--json", "-c", cfg)
+		out, _, _ := runCmd(t, "", "queue", "list", "--json", "-c", d.cfg)
 		var m struct {
 			Attempts    int       `json:"attempts"`
 			NextAttempt time.Time `json:"next_attempt"`
@@ -146,13 +136,13 @@ func TestUpstreamRetryWhileBreakerOpen(t *testing.T) {
 		return m.Attempts, m.NextAttempt
 	}
 	waitFor(t, 10*time.Second, "the first attempt, throttled", func() bool { n, _ := attempts(); return n == 1 })
-	waitFor(t, 10*time.Second, "the breaker open in `sluice upstreams`", func() bool { return upstreamsTable(t, cfg, "up1").breaker == "open" })
-	if v := metric(t, metrics, `sluice_upstream_up{upstream="up1"}`); v != 0 {
+	waitFor(t, 10*time.Second, "the breaker open in `sluice upstreams`", func() bool { return upstreamsTable(t, d.cfg, "up1").breaker == "open" })
+	if v := d.metric(`sluice_upstream_up{upstream="up1"}`); v != 0 {
 		t.Fatalf("sluice_upstream_up = %v with the breaker open", v)
 	}
 
 	for _, args := range [][]string{{"queue", "retry", "--all"}, {"queue", "flush"}, {"queue", "retry", "--all"}} {
-		if _, stderr, code := runCmd(t, "", append(args, "-c", cfg)...); code != 0 {
+		if _, stderr, code := runCmd(t, "", append(args, "-c", d.cfg)...); code != 0 {
 			t.Fatalf("%v: exit %d: %s", args, code, stderr)
 		}
 		// The worker takes the message, sees the breaker open, and puts it
@@ -165,22 +155,22 @@ func TestUpstreamRetryWhileBreakerOpen(t *testing.T) {
 	if n, next := attempts(); n != 1 {
 		t.Errorf("after retry --all and flush with the breaker open: %d attempts (next in %v), want 1", n, time.Until(next).Round(time.Minute))
 	}
-	if got := up.AcceptCount(); got != 1 {
+	if got := d.up.AcceptCount(); got != 1 {
 		t.Errorf("the open upstream was dialled %d times, want once", got)
 	}
 
 	// A refused reload keeps the gauge; an accepted one keeps the breaker.
-	os.WriteFile(cfg, []byte("hostname: [broken"), 0o600)
-	p.reload("reload refused")
-	if v := metric(t, metrics, `sluice_upstream_up{upstream="up1"}`); v != 0 {
+	os.WriteFile(d.cfg, []byte("hostname: [broken"), 0o600)
+	d.reload("reload refused")
+	if v := d.metric(`sluice_upstream_up{upstream="up1"}`); v != 0 {
 		t.Errorf("a refused reload set sluice_upstream_up to %v", v)
 	}
-	e.config(fmt.Sprintf(upYAML, ups))
-	p.reload("msg=reloaded")
-	if r := upstreamsTable(t, cfg, "up1"); r.breaker != "open" {
+	d.config(fmt.Sprintf(upYAML, ups(d.up.Port())))
+	d.reload("msg=reloaded")
+	if r := upstreamsTable(t, d.cfg, "up1"); r.breaker != "open" {
 		t.Errorf("after SIGHUP the breaker is %s, want still open", r.breaker)
 	}
-	if v := metric(t, metrics, `sluice_upstream_up{upstream="up1"}`); v != 0 {
+	if v := d.metric(`sluice_upstream_up{upstream="up1"}`); v != 0 {
 		t.Errorf("after SIGHUP sluice_upstream_up = %v, want 0 (still open)", v)
 	}
 }
@@ -190,7 +180,6 @@ func TestUpstreamRetryWhileBreakerOpen(t *testing.T) {
 // trusted through tls_ca_file) delivers the message, its bytes as signed.
 func TestUpstreamAPIWhenSMTPBlocked(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
 	var mu sync.Mutex
 	var got [][]byte
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -210,9 +199,11 @@ func TestUpstreamAPIWhenSMTPBlocked(t *testing.T) {
 		io.WriteString(w, `{"message":"Queued. Thank you."}`)
 	}))
 	t.Cleanup(srv.Close)
-	ca := filepath.Join(e.dir, "api-ca.pem")
-	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
-	cfg := e.config(fmt.Sprintf(upYAML, fmt.Sprintf(`  - name: smtp
+	writeCA := before(func(e *env) {
+		os.WriteFile(filepath.Join(e.dir, "api-ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	})
+	d := launch(t, writeCA, upCfg(func(int) string {
+		return fmt.Sprintf(`  - name: smtp
     host: 127.0.0.1
     ports: [%d, %d]
     tls: none
@@ -220,13 +211,13 @@ func TestUpstreamAPIWhenSMTPBlocked(t *testing.T) {
   - name: mailgun
     api: mailgun
     endpoint: %s
-    tls_ca_file: %s
+    tls_ca_file: {{DIR}}/api-ca.pem
     domain: example.com
     api_key: key-test
     priority: 20
-`, testsmtp.ClosedPort(t), testsmtp.ClosedPort(t), srv.URL, ca)))
-	p := start(t, 1, "serve", "-c", cfg)
-	sendOne(t, p, e, "over-https")
+`, testsmtp.ClosedPort(t), testsmtp.ClosedPort(t), srv.URL)
+	}))
+	d.mustSend("over-https", "x")
 	waitFor(t, 15*time.Second, "the message through the API upstream", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
