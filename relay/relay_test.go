@@ -216,26 +216,7 @@ func msg(from, to, subject, body string) string {
 
 // send runs one transaction and returns the reply to the final dot.
 func send(c *smtp.Client, from string, to []string, data string) (string, error) {
-	if err := c.Mail(from, nil); err != nil {
-		return "", err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
-			return "", err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return "", err
-	}
-	if _, err := io.WriteString(w, data); err != nil {
-		return "", err
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return "", err
-	}
-	return resp.StatusText, nil
+	return testsmtp.Transact(c, from, to, data)
 }
 
 // codeOf renders an error as "CODE X.Y.Z" for assertions.

@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -304,18 +302,7 @@ func TestDKIMRotateKill9(t *testing.T) {
 	}
 	d.serve()
 	rotate := func(killAfter time.Duration) string {
-		cmd := exec.Command(sluiceBin, "dkim", "rotate", "--force", "--domain", "example.com", "-c", d.cfg)
-		var out bytes.Buffer
-		cmd.Stdout = &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if killAfter > 0 {
-			timer := time.AfterFunc(killAfter, func() { cmd.Process.Signal(syscall.SIGKILL) })
-			defer timer.Stop()
-		}
-		cmd.Wait()
-		return out.String()
+		return runKilled(t, killAfter, "dkim", "rotate", "--force", "--domain", "example.com", "-c", d.cfg)
 	}
 	// How long a whole rotate takes here, to kill inside it.
 	begin := time.Now()

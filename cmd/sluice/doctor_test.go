@@ -2,12 +2,9 @@ package main
 
 import (
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -195,7 +192,7 @@ func TestDoctorAPIUpstreams(t *testing.T) {
 	e := newEnv(t)
 	dnsSrv := testdns.Start(t)
 	var sent atomic.Int32
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := e.apiServer(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			sent.Add(1)
 		}
@@ -204,12 +201,7 @@ func TestDoctorAPIUpstreams(t *testing.T) {
 			return
 		}
 		io.WriteString(w, `{"domain":{"name":"example.com","state":"active"}}`)
-	}))
-	t.Cleanup(srv.Close)
-	ca := filepath.Join(e.dir, "api-ca.pem")
-	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	})
 	const yaml = `hostname: relay.test
 state_dir: {{DIR}}/state
 tls: {cert_file: {{CERT}}, key_file: {{KEY}}}
@@ -217,13 +209,13 @@ listeners:
   - {name: submission, address: 127.0.0.1:0}
 dns: {resolver: {{DNS}}}
 upstreams:
-  - {name: mg, api: mailgun, endpoint: "{{URL}}", domain: example.com, api_key: {{KEY_VALUE}}, tls_ca_file: {{CA}}}
+  - {name: mg, api: mailgun, endpoint: "{{URL}}", domain: example.com, api_key: {{KEY_VALUE}}, tls_ca_file: {{DIR}}/api-ca.pem}
 `
 	for _, tc := range []struct{ key, want string }{
 		{"key-right", "OK domain example.com is active; nothing sent"},
 		{"key-wrong", "FAIL " + srv.URL + `/v3/domains/example.com: credentials error: HTTP 401: {"message":"Invalid private key"}: check the credentials (and the region) of mg`},
 	} {
-		cfg := e.config(strings.NewReplacer("{{DNS}}", dnsSrv.Addr, "{{URL}}", srv.URL, "{{KEY_VALUE}}", tc.key, "{{CA}}", ca).Replace(yaml))
+		cfg := e.config(strings.NewReplacer("{{DNS}}", dnsSrv.Addr, "{{URL}}", srv.URL, "{{KEY_VALUE}}", tc.key).Replace(yaml))
 		out, stderr, code := runCmd(t, "", "doctor", "-c", cfg)
 		lines := doctorLines(t, out)
 		if got := lines["upstream mg mailgun"]; got != tc.want {

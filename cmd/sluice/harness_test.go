@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,6 +130,18 @@ func (e *env) config(y string) string {
 	return p
 }
 
+// apiServer starts an HTTPS server (a provider's API) answering with h;
+// its certificate is {{DIR}}/api-ca.pem, for a config's tls_ca_file.
+func (e *env) apiServer(h http.HandlerFunc) *httptest.Server {
+	srv := httptest.NewTLSServer(h)
+	e.t.Cleanup(srv.Close)
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(filepath.Join(e.dir, "api-ca.pem"), ca, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return srv
+}
+
 func (e *env) tlsConfig() *tls.Config { return &tls.Config{RootCAs: e.roots, ServerName: "relay.test"} }
 
 // proc is a running `sluice serve`.
@@ -180,6 +194,9 @@ func start(t *testing.T, listeners int, args ...string) *proc {
 
 func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
 
+// term sends SIGTERM: the daemon shuts down (stop waits for it too).
+func (p *proc) term() { p.signal(syscall.SIGTERM) }
+
 // kill ends the process with SIGKILL, no shutdown at all, and waits for it.
 func (p *proc) kill() {
 	p.signal(syscall.SIGKILL)
@@ -188,7 +205,7 @@ func (p *proc) kill() {
 
 // stop sends SIGTERM and returns the exit code (see wait).
 func (p *proc) stop(timeout time.Duration) int {
-	p.signal(syscall.SIGTERM)
+	p.term()
 	return p.wait(timeout)
 }
 
@@ -225,6 +242,24 @@ func (p *proc) waitLog(s string, timeout time.Duration) bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return false
+}
+
+// runKilled runs `sluice ARGS...`, kills it with SIGKILL after d (0: lets
+// it finish) and returns what it wrote to stdout by then.
+func runKilled(t *testing.T, d time.Duration, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(sluiceBin, args...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if d > 0 {
+		timer := time.AfterFunc(d, func() { cmd.Process.Kill() })
+		defer timer.Stop()
+	}
+	cmd.Wait()
+	return out.String()
 }
 
 // runCmd runs a sluice command to completion.
@@ -276,9 +311,8 @@ func splitAddr(a string) (string, string) {
 // reply; rawClient for the bytes a client library hides; waitFor for polls
 // with a deadline; httpAddr, metrics, metric and httpGet for the HTTP side.
 
-// login opens a STARTTLS session to addr from local (nil: any address) and
-// authenticates user with pw over PLAIN.
-func login(addr string, cfg *tls.Config, local net.IP, user, pw string) (*smtp.Client, error) {
+// dialTLS opens a STARTTLS session to addr from local (nil: any address).
+func dialTLS(addr string, cfg *tls.Config, local net.IP) (*smtp.Client, error) {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if local != nil {
 		d.LocalAddr = &net.TCPAddr{IP: local}
@@ -292,11 +326,40 @@ func login(addr string, cfg *tls.Config, local net.IP, user, pw string) (*smtp.C
 		conn.Close()
 		return nil, err
 	}
-	if err := c.Auth(sasl.NewPlainClient("", user, pw)); err != nil {
+	return c, nil
+}
+
+// authPlain authenticates user with pw over PLAIN in an open session.
+func authPlain(c *smtp.Client, user, pw string) error {
+	return c.Auth(sasl.NewPlainClient("", user, pw))
+}
+
+// login opens a STARTTLS session to addr from local (nil: any address) and
+// authenticates user with pw over PLAIN.
+func login(addr string, cfg *tls.Config, local net.IP, user, pw string) (*smtp.Client, error) {
+	c, err := dialTLS(addr, cfg, local)
+	if err != nil {
+		return nil, err
+	}
+	if err := authPlain(c, user, pw); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// authAttempt authenticates user with pw on a new session from local (nil:
+// any address) and returns the reply (see replyCode; "connect: …" when the
+// session did not get as far as AUTH) and how long the AUTH took.
+func authAttempt(addr string, cfg *tls.Config, local net.IP, user, pw string) (string, time.Duration) {
+	c, err := dialTLS(addr, cfg, local)
+	if err != nil {
+		return "connect: " + replyCode(err), 0
+	}
+	defer c.Close()
+	t0 := time.Now()
+	err = authPlain(c, user, pw)
+	return replyCode(err), time.Since(t0)
 }
 
 // send logs in as user on a new connection, sends data to every recipient
@@ -320,15 +383,11 @@ var queuedRE = regexp.MustCompile(`queued as (\S+)`)
 // transact runs MAIL, one RCPT per recipient and DATA in an open session and
 // returns the queue ID of the 250 reply.
 func transact(c *smtp.Client, from string, to []string, data string) (string, error) {
-	if err := c.Mail(from, nil); err != nil {
+	text, err := testsmtp.Transact(c, from, to, data)
+	if err != nil {
 		return "", err
 	}
-	for _, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
-			return "", err
-		}
-	}
-	return sendData(c, data)
+	return queueID(text)
 }
 
 // sendData sends DATA and the message and returns the queue ID of the 250.
@@ -342,9 +401,14 @@ func sendData(c *smtp.Client, data string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	m := queuedRE.FindStringSubmatch(r.StatusText)
+	return queueID(r.StatusText)
+}
+
+// queueID is the queue ID a 250 reply's text names.
+func queueID(text string) (string, error) {
+	m := queuedRE.FindStringSubmatch(text)
 	if m == nil {
-		return "", fmt.Errorf("250 text %q names no queue ID", r.StatusText)
+		return "", fmt.Errorf("250 text %q names no queue ID", text)
 	}
 	return m[1], nil
 }
@@ -642,6 +706,26 @@ func opsCfg(o opsOpts) option {
 // before runs f on the env before the config is written (state to set up
 // for the daemon to find).
 func before(f func(e *env)) option { return func(s *setup) { s.before = append(s.before, f) } }
+
+// mountTmpfs mounts a tmpfs of size at a new directory under dir (skips
+// without root). The unmount is registered before any daemon starts, so it
+// runs after the daemons were killed.
+func mountTmpfs(t *testing.T, dir, size string) string {
+	t.Helper()
+	mnt := filepath.Join(dir, "small")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
 
 // onTmpfs mounts a tmpfs of size at {{DIR}}/small (see mountTmpfs), for a
 // state_dir on a small volume.

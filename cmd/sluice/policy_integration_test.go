@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/sluicemail/sluice/internal/testredis"
@@ -181,24 +180,6 @@ func greeting(t *testing.T, addr string) string {
 	return got
 }
 
-// polAuthAttempt makes one AUTH with a wrong password on a new connection and
-// returns the reply and how long the AUTH took.
-func polAuthAttempt(addr string, cfg *tls.Config, pw string) (string, time.Duration) {
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return err.Error(), 0
-	}
-	c, err := smtp.NewClientStartTLS(conn, cfg)
-	if err != nil {
-		conn.Close()
-		return "connect: " + replyCode(err), 0
-	}
-	defer c.Close()
-	t0 := time.Now()
-	err = c.Auth(sasl.NewPlainClient("", "app", pw))
-	return replyCode(err), time.Since(t0)
-}
-
 // TestPolicyAuthFailures: ten wrong passwords from one IP are answered
 // 535 5.7.8, the 6th on delayed and growing; then that IP gets 421 4.7.0 at
 // connect and to AUTH in a session already open, even with the right
@@ -214,13 +195,13 @@ func TestPolicyAuthFailures(t *testing.T) {
 		if i == 9 {
 			// A session opened before the block: it must be refused at AUTH.
 			var err error
-			open, err = smtp.DialStartTLS(d.addrs["submission"], d.tlsConfig())
+			open, err = dialTLS(d.addrs["submission"], d.tlsConfig(), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer open.Close()
 		}
-		got, took := polAuthAttempt(d.addrs["submission"], d.tlsConfig(), "wrong password")
+		got, took := authAttempt(d.addrs["submission"], d.tlsConfig(), nil, "app", "wrong password")
 		if got != "535 5.7.8" {
 			t.Fatalf("failure %d: %s, want 535 5.7.8", i+1, got)
 		}
@@ -234,7 +215,7 @@ func TestPolicyAuthFailures(t *testing.T) {
 	if g := greeting(t, d.addrs["submission"]); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Errorf("connect after 10 failures: %q, want 421 4.7.0", g)
 	}
-	if got := replyCode(open.Auth(sasl.NewPlainClient("", "app", password))); got != "421 4.7.0" {
+	if got := replyCode(authPlain(open, "app", password)); got != "421 4.7.0" {
 		t.Errorf("AUTH with the right password in an open session after the block: %s, want 421 4.7.0", got)
 	}
 
@@ -263,12 +244,12 @@ func TestPolicyAuthFailuresRedis(t *testing.T) {
 		addrs, cfgs = append(addrs, d.addrs["submission"]), append(cfgs, d.tlsConfig())
 	}
 	for i := 0; i < 5; i++ {
-		if got, took := polAuthAttempt(addrs[i%2], cfgs[i%2], "wrong"); got != "535 5.7.8" || took >= time.Second {
+		if got, took := authAttempt(addrs[i%2], cfgs[i%2], nil, "app", "wrong"); got != "535 5.7.8" || took >= time.Second {
 			t.Fatalf("failure %d: %s after %v, want 535 5.7.8 at once", i+1, got, took)
 		}
 	}
 	// Instance 1 has seen two failures itself; the delay shows it counts all five.
-	if got, took := polAuthAttempt(addrs[1], cfgs[1], "wrong"); got != "535 5.7.8" || took < 950*time.Millisecond {
+	if got, took := authAttempt(addrs[1], cfgs[1], nil, "app", "wrong"); got != "535 5.7.8" || took < 950*time.Millisecond {
 		t.Fatalf("6th failure (instance 1): %s after %v, want 535 5.7.8 delayed by at least 1 s", got, took)
 	}
 	// Failures 7-10 at once, two per instance (each delayed 2 s), to save time.
@@ -277,7 +258,7 @@ func TestPolicyAuthFailuresRedis(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if got, took := polAuthAttempt(addrs[i%2], cfgs[i%2], "wrong"); got != "535 5.7.8" || took < 1950*time.Millisecond {
+			if got, took := authAttempt(addrs[i%2], cfgs[i%2], nil, "app", "wrong"); got != "535 5.7.8" || took < 1950*time.Millisecond {
 				t.Errorf("failure %d: %s after %v, want 535 5.7.8 delayed by 2 s", 7+i, got, took)
 			}
 		}()

@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,26 +15,6 @@ import (
 	"github.com/sluicemail/sluice/internal/testsmtp"
 	"github.com/sluicemail/sluice/spool"
 )
-
-// mountTmpfs mounts a tmpfs of size at a new directory under dir (skips
-// without root). The unmount is registered before any daemon starts, so it
-// runs after the daemons were killed.
-func mountTmpfs(t *testing.T, dir, size string) string {
-	t.Helper()
-	mnt := filepath.Join(dir, "small")
-	if err := os.Mkdir(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v %s", mnt, err, out)
-		}
-	})
-	return mnt
-}
 
 // fillUntil451 sends messages of kb lines of 1000 bytes (at most max) until
 // one is answered 451 4.3.0; it returns the Message-IDs answered 250 and
@@ -200,12 +179,7 @@ func TestOpsQueueImport(t *testing.T) {
 	b.stop(20 * time.Second)
 
 	// Killed half-way (wherever the kill lands), then run again.
-	cmd := exec.Command(sluiceBin, "queue", "import", deadSpool, "-c", cfgB)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.AfterFunc(15*time.Millisecond, func() { cmd.Process.Kill() })
-	cmd.Wait()
+	runKilled(t, 15*time.Millisecond, "queue", "import", deadSpool, "-c", cfgB)
 	out, stderr, code := runCmd(t, "", "queue", "import", deadSpool, "-c", cfgB)
 	if code != 0 || !strings.Contains(out, "message(s) imported from") {
 		t.Fatalf("import: exit %d, %q %q", code, out, stderr)

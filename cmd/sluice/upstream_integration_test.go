@@ -2,13 +2,11 @@ package main
 
 import (
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,27 +180,26 @@ func TestUpstreamAPIWhenSMTPBlocked(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
 	var got [][]byte
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if u, p, ok := r.BasicAuth(); !ok || u != "api" || p != "key-test" || r.URL.Path != "/v3/example.com/messages.mime" {
-			http.Error(w, "Forbidden", http.StatusUnauthorized)
-			return
-		}
-		f, _, err := r.FormFile("message")
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		b, _ := io.ReadAll(f)
-		mu.Lock()
-		got = append(got, b)
-		mu.Unlock()
-		io.WriteString(w, `{"message":"Queued. Thank you."}`)
-	}))
-	t.Cleanup(srv.Close)
-	writeCA := before(func(e *env) {
-		os.WriteFile(filepath.Join(e.dir, "api-ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	var srv *httptest.Server
+	api := before(func(e *env) {
+		srv = e.apiServer(func(w http.ResponseWriter, r *http.Request) {
+			if u, p, ok := r.BasicAuth(); !ok || u != "api" || p != "key-test" || r.URL.Path != "/v3/example.com/messages.mime" {
+				http.Error(w, "Forbidden", http.StatusUnauthorized)
+				return
+			}
+			f, _, err := r.FormFile("message")
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			b, _ := io.ReadAll(f)
+			mu.Lock()
+			got = append(got, b)
+			mu.Unlock()
+			io.WriteString(w, `{"message":"Queued. Thank you."}`)
+		})
 	})
-	d := launch(t, writeCA, upCfg(func(int) string {
+	d := launch(t, api, upCfg(func(int) string {
 		return fmt.Sprintf(`  - name: smtp
     host: 127.0.0.1
     ports: [%d, %d]
