@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/syncbuf"
 	"github.com/sluicemail/sluice/upstream"
 )
 
@@ -66,26 +66,8 @@ func (f *fakeUpstream) deliveries() []delivery {
 	return append([]delivery(nil), f.got...)
 }
 
-// logBuf collects log output for assertions.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func testOptions(t testing.TB, dir string, up upstream.Deliverer) (Options, *logBuf) {
-	lb := &logBuf{}
+func testOptions(t testing.TB, dir string, up upstream.Deliverer) (Options, *syncbuf.Buffer) {
+	lb := &syncbuf.Buffer{}
 	return Options{
 		Dir:       dir,
 		Hostname:  "relay.test",

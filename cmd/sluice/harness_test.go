@@ -28,6 +28,7 @@ import (
 
 	"github.com/sluicemail/sluice/internal/certs"
 	"github.com/sluicemail/sluice/internal/passwd"
+	"github.com/sluicemail/sluice/internal/syncbuf"
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
@@ -52,24 +53,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// syncBuffer collects a child's output while tests read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // env is one scenario's directory: config, certificate, state.
@@ -148,8 +131,8 @@ func (e *env) tlsConfig() *tls.Config { return &tls.Config{RootCAs: e.roots, Ser
 type proc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *syncbuf.Buffer
+	stderr *syncbuf.Buffer
 	addrs  map[string]string
 	done   chan struct{}
 	err    error
@@ -160,7 +143,7 @@ var listeningRE = regexp.MustCompile(`msg=listening listener=(\S+) address=(\S+)
 // start runs `sluice ARGS...` and waits until every listener logged its address.
 func start(t *testing.T, listeners int, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, stdout: &syncBuffer{}, stderr: &syncBuffer{}, addrs: map[string]string{}, done: make(chan struct{})}
+	p := &proc{t: t, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, addrs: map[string]string{}, done: make(chan struct{})}
 	p.cmd = exec.Command(sluiceBin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
