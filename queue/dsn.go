@@ -191,18 +191,18 @@ func (q *Queue) sendDSN(e *entry, rcpts []dsnRcpt) {
 		return
 	}
 	if env.From == "" {
-		q.log.Warn("queue: no report for a null-sender message; dropped", "queue_id", e.id, "bounce", env.Bounce, "rcpt", keep[0].Addr)
+		q.log.Warn("queue: no report for a null-sender message; dropped", "queue_id", e.id.String(), "bounce", env.Bounce, "rcpt", keep[0].Addr)
 		return
 	}
-	rc, size, err := q.spool.Body(e.id)
+	rc, size, err := q.spool.Body(e.id.String())
 	if err != nil {
-		q.log.Error("queue: read original for report", "queue_id", e.id, "err", err)
+		q.log.Error("queue: read original for report", "queue_id", e.id.String(), "err", err)
 		return
 	}
 	orig, full, err := readOriginal(rc, size, strings.EqualFold(env.Ret, "FULL"))
 	rc.Close()
 	if err != nil {
-		q.log.Error("queue: read original for report", "queue_id", e.id, "err", err)
+		q.log.Error("queue: read original for report", "queue_id", e.id.String(), "err", err)
 		return
 	}
 	from := q.opts.Config.BounceFrom
@@ -210,16 +210,16 @@ func (q *Queue) sendDSN(e *entry, rcpts []dsnRcpt) {
 	rand.Read(rb[:])
 	now := q.now()
 	d := &dsn{
-		Hostname: q.opts.Hostname, From: from, To: env.From, QueueID: e.id, EnvID: env.EnvID,
+		Hostname: q.opts.Hostname, From: from, To: env.From, QueueID: e.id.String(), EnvID: env.EnvID,
 		Arrival: env.Received, Date: now,
-		MessageID: fmt.Sprintf("%s.%s@%s", e.id, hex.EncodeToString(rb[:4]), q.opts.Hostname),
-		Boundary:  e.id + "/" + hex.EncodeToString(rb[4:]) + "/" + q.opts.Hostname,
+		MessageID: fmt.Sprintf("%s.%s@%s", e.id.String(), hex.EncodeToString(rb[:4]), q.opts.Hostname),
+		Boundary:  e.id.String() + "/" + hex.EncodeToString(rb[4:]) + "/" + q.opts.Hostname,
 		Rcpts:     keep, Original: orig, Full: full,
 	}
 	msg := d.build()
-	id, err := q.enqueueBounce(e.id, env, from, msg, d.MessageID)
+	id, err := q.enqueueBounce(e.id.String(), env, from, msg, d.MessageID)
 	if err != nil {
-		q.log.Error("queue: enqueue report", "queue_id", e.id, "err", err)
+		q.log.Error("queue: enqueue report", "queue_id", e.id.String(), "err", err)
 		return
 	}
 	for _, r := range keep {

@@ -30,7 +30,7 @@ func (q *Queue) journal(ev journal.Event) {
 }
 
 func (q *Queue) event(e *entry, kind string, at time.Time) journal.Event {
-	return journal.Event{Time: at, Event: kind, QueueID: e.id, MessageID: e.env.MessageID, Sender: e.env.From}
+	return journal.Event{Time: at, Event: kind, QueueID: e.id.String(), MessageID: e.env.MessageID, Sender: e.env.From}
 }
 
 // journalAttempts records each try of one Deliver call, per recipient,

@@ -284,7 +284,7 @@ func (q *Queue) allIDs(offline bool) []string {
 	}
 	q.mu.Lock()
 	for id := range q.entries {
-		ids = append(ids, id)
+		ids = append(ids, id.String())
 	}
 	q.mu.Unlock()
 	sort.Strings(ids)
@@ -298,7 +298,7 @@ func (q *Queue) retry(id string, offline bool) error {
 	err := q.spool.Record(id, false, Record{T: "retry", At: now})
 	if !offline {
 		q.mu.Lock()
-		if e := q.entries[id]; e != nil {
+		if e := q.entries[qidOf(id)]; e != nil {
 			q.scheduleLocked(e, now)
 		}
 		q.mu.Unlock()
@@ -321,10 +321,10 @@ func (q *Queue) setHold(id string, hold bool, offline bool) error {
 		return nil
 	}
 	q.mu.Lock()
-	if e := q.entries[id]; e != nil {
+	if e := q.entries[qidOf(id)]; e != nil {
 		e.held = hold
 		if hold && e.index >= 0 {
-			heap.Remove(&q.due, e.index)
+			heap.Remove(&q.due, int(e.index))
 		}
 		if !hold {
 			q.scheduleLocked(e, now)
@@ -340,16 +340,16 @@ func (q *Queue) remove(id string, silent, offline bool) error {
 	var e *entry
 	if !offline {
 		q.mu.Lock()
-		e = q.entries[id]
+		e = q.entries[qidOf(id)]
 		if e != nil && e.inflight {
 			e.removed, e.silent = true, silent // the worker finishes the job
 			q.mu.Unlock()
 			return nil
 		}
 		if e != nil {
-			delete(q.entries, id)
+			delete(q.entries, e.id)
 			if e.index >= 0 {
-				heap.Remove(&q.due, e.index)
+				heap.Remove(&q.due, int(e.index))
 			}
 		}
 		q.mu.Unlock()
@@ -360,9 +360,11 @@ func (q *Queue) remove(id string, silent, offline bool) error {
 			return fmt.Errorf("queue: read %s: %w", id, err)
 		}
 		st := m.State()
-		e = &entry{id: id, env: m.Env, rcpt: make([]bool, len(m.Env.To))}
+		e = &entry{id: qidOf(id), env: m.Env}
 		for i, to := range m.Env.To {
-			e.rcpt[i] = st.RcptState(to) != StatePending
+			if st.RcptState(to) != StatePending {
+				e.rcpt.set(i)
+			}
 		}
 	} else if err := q.loadEnv(e); err != nil { // it waited without its envelope
 		return fmt.Errorf("queue: read %s: %w", id, err)
@@ -380,7 +382,7 @@ func (q *Queue) remove(id string, silent, offline bool) error {
 func (q *Queue) bounceDeleted(e *entry) {
 	var rcpts []dsnRcpt
 	for i, to := range e.env.To {
-		if e.rcpt[i] {
+		if e.rcpt.done(i) {
 			continue
 		}
 		r := dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: "5.0.0", Diag: "message deleted from the queue by the administrator"}

@@ -19,7 +19,7 @@ func TestDeleteFreshMessageClosesItsDescriptor(t *testing.T) {
 	// Run is not started: the message stays before its first attempt.
 	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)
 	q.mu.Lock()
-	fresh := q.entries[id].fresh
+	fresh := q.entries[qidOf(id)].fresh
 	q.mu.Unlock()
 	if fresh == nil {
 		t.Fatal("fresh message holds no descriptor; test premise gone")
@@ -47,7 +47,7 @@ func TestCloseClosesFreshDescriptors(t *testing.T) {
 	}
 	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)
 	q.mu.Lock()
-	e := q.entries[id]
+	e := q.entries[qidOf(id)]
 	q.mu.Unlock()
 	if e.fresh == nil {
 		t.Fatal("fresh message holds no descriptor; test premise gone")

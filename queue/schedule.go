@@ -24,24 +24,28 @@ func NextAttempt(retry []time.Duration, attempt int, rnd float64) time.Duration 
 	return time.Duration(float64(d) * (1 - jitter + 2*jitter*rnd))
 }
 
-// entry is a message in the scheduler.
+// entry is a message in the scheduler. It is kept small — a million
+// queued messages must fit in a few hundred MB (docs/queue.md): the ID is
+// an array, not a string; times are Unix nanoseconds, not time.Time; the
+// recipients' outcomes are bits; the envelope is dropped while it waits.
+// Together with its map slot and heap pointer it costs ~130 bytes.
 type entry struct {
-	id string
+	id qid
 	// env is held while the message is fresh or in flight; a message that
 	// waits in the queue drops it (finish) and each attempt reads it again
-	// (loadEnv), so a million queued messages cost ~200 bytes each, not ~500.
+	// (loadEnv).
 	env      *Envelope
 	received int64 // env.Received in Unix nanoseconds, for Oldest
-	attempts int
-	next     time.Time
+	next     int64 // when it is due, Unix nanoseconds
+	attempts int32
+	index    int32 // in the heap; -1 when not in it
+	rcpt     rcptSet
 	held     bool
 	warned   bool
 	inflight bool
-	removed  bool   // deleted while in flight: the worker drops it afterwards
-	silent   bool   // with removed: no bounce
-	retryNow bool   // retry/release during an attempt: due again right after it
-	rcpt     []bool // per env.To: true once final
-	index    int    // in the heap; -1 when not in it
+	removed  bool // deleted while in flight: the worker drops it afterwards
+	silent   bool // with removed: no bounce
+	retryNow bool // retry/release during an attempt: due again right after it
 
 	// A message committed by this process keeps its descriptor, DKIM
 	// prefix and length until its first attempt (spool.Fresh), which is
@@ -49,18 +53,69 @@ type entry struct {
 	fresh *spool.Fresh
 }
 
+// qid is a queue ID (spool.NewID: 16 characters) held as an array: no
+// string header and no separate allocation per queued message.
+type qid [16]byte
+
+// toQID converts a valid queue ID; ok is false for anything else.
+func toQID(id string) (x qid, ok bool) {
+	if len(id) != len(x) {
+		return x, false
+	}
+	copy(x[:], id)
+	return x, true
+}
+
+func (x qid) String() string { return string(x[:]) }
+
+// qidOf is toQID for an ID already checked (spool.ValidID) or looked up
+// only: an invalid one maps to no entry.
+func qidOf(id string) qid {
+	x, _ := toQID(id)
+	return x
+}
+
+// rcptSet marks which recipients (by index in env.To) have a final
+// outcome: a bit each for the first 64, a slice for the rare message
+// with more.
+type rcptSet struct {
+	lo uint64
+	hi *[]bool
+}
+
+func (s *rcptSet) done(i int) bool {
+	if i < 64 {
+		return s.lo&(1<<uint(i)) != 0
+	}
+	return s.hi != nil && i-64 < len(*s.hi) && (*s.hi)[i-64]
+}
+
+func (s *rcptSet) set(i int) {
+	if i < 64 {
+		s.lo |= 1 << uint(i)
+		return
+	}
+	if s.hi == nil {
+		s.hi = new([]bool)
+	}
+	for len(*s.hi) <= i-64 {
+		*s.hi = append(*s.hi, false)
+	}
+	(*s.hi)[i-64] = true
+}
+
 type entryHeap []*entry
 
 func (h entryHeap) Len() int           { return len(h) }
-func (h entryHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h entryHeap) Less(i, j int) bool { return h[i].next < h[j].next }
 func (h entryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].index = i
-	h[j].index = j
+	h[i].index = int32(i)
+	h[j].index = int32(j)
 }
 func (h *entryHeap) Push(x any) {
 	e := x.(*entry)
-	e.index = len(*h)
+	e.index = int32(len(*h))
 	*h = append(*h, e)
 }
 func (h *entryHeap) Pop() any {
@@ -75,11 +130,11 @@ func (h *entryHeap) Pop() any {
 // addEntry registers a committed message e (its id, env, attempts, next —
 // zero means now —, held and fast-path fields set by the caller).
 func (q *Queue) addEntry(e *entry) *entry {
-	e.rcpt, e.index = make([]bool, len(e.env.To)), -1
+	e.index = -1
 	e.received = e.env.Received.UnixNano()
 	id, next, held := e.id, e.next, e.held
-	if next.IsZero() {
-		e.next = q.now()
+	if next == 0 {
+		e.next = q.now().UnixNano()
 	}
 	q.mu.Lock()
 	q.entries[id] = e
@@ -101,11 +156,10 @@ func (q *Queue) loadEnv(e *entry) error {
 	if have {
 		return nil
 	}
-	m, err := q.spool.Read(e.id)
+	m, err := q.spool.Read(e.id.String())
 	if err != nil {
 		return err
 	}
-	m.Env.ID = e.id // one copy of the ID
 	q.mu.Lock()
 	if e.env == nil {
 		e.env = m.Env
@@ -124,7 +178,7 @@ func (q *Queue) poke() {
 
 // schedule puts e back in the heap at t (under q.mu).
 func (q *Queue) scheduleLocked(e *entry, t time.Time) {
-	e.next = t
+	e.next = t.UnixNano()
 	if e.inflight {
 		e.retryNow = !t.After(q.now())
 		return
@@ -133,7 +187,7 @@ func (q *Queue) scheduleLocked(e *entry, t time.Time) {
 		return
 	}
 	if e.index >= 0 {
-		heap.Fix(&q.due, e.index)
+		heap.Fix(&q.due, int(e.index))
 	} else {
 		heap.Push(&q.due, e)
 	}
@@ -153,18 +207,26 @@ func (q *Queue) recover(sn *spool.Snapshot) error {
 		}
 		st := m.State()
 		// No envelope in memory while it waits: the attempt reads it.
-		e := &entry{id: m.ID, received: m.Env.Received.UnixNano(), attempts: st.Attempts, next: st.Next, held: st.Held, warned: st.Warned, rcpt: make([]bool, len(m.Env.To)), index: -1}
-		for i, to := range m.Env.To {
-			e.rcpt[i] = st.RcptState(to) != StatePending
+		id, ok := toQID(m.ID)
+		if !ok {
+			return true // the spool hands over valid IDs only
 		}
-		if e.next.IsZero() || !e.next.After(now) {
+		e := &entry{id: id, received: m.Env.Received.UnixNano(), attempts: int32(st.Attempts), held: st.Held, warned: st.Warned, index: -1}
+		for i, to := range m.Env.To {
+			if st.RcptState(to) != StatePending {
+				e.rcpt.set(i)
+			}
+		}
+		next := st.Next
+		if next.IsZero() || !next.After(now) {
 			due++
 			window := min(time.Duration(due)*5*time.Millisecond, time.Minute)
-			e.next = now.Add(time.Duration(q.rnd() * float64(window)))
+			next = now.Add(time.Duration(q.rnd() * float64(window)))
 		}
+		e.next = next.UnixNano()
 		q.mu.Lock()
-		if q.entries[m.ID] == nil { // else a control action got there first
-			q.entries[m.ID] = e
+		if q.entries[id] == nil { // else a control action got there first
+			q.entries[id] = e
 			if !e.held {
 				heap.Push(&q.due, e)
 			}

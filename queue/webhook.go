@@ -77,7 +77,7 @@ func newWebhooks(q *Queue) *webhooks {
 
 // add spools one recipient's event.
 func (w *webhooks) add(kind string, e *entry, r dsnRcpt) {
-	w.post1(Event{Event: kind, QueueID: e.id, MessageID: e.env.MessageID, Sender: e.env.From, Recipient: r.Addr, Status: r.Status, Diagnostic: r.Diag})
+	w.post1(Event{Event: kind, QueueID: e.id.String(), MessageID: e.env.MessageID, Sender: e.env.From, Recipient: r.Addr, Status: r.Status, Diagnostic: r.Diag})
 }
 
 // wants reports whether kind is among queue.webhook_events.

@@ -95,12 +95,12 @@ func (q *Queue) take() (*entry, time.Duration) {
 	}
 	now := q.now()
 	e := q.due[0]
-	if d := e.next.Sub(now); d > 0 {
+	if d := time.Duration(e.next - now.UnixNano()); d > 0 {
 		return nil, d
 	}
 	heap.Pop(&q.due)
 	e.inflight = true
-	if len(q.due) > 0 && !q.due[0].next.After(now) {
+	if len(q.due) > 0 && q.due[0].next <= now.UnixNano() {
 		q.poke() // pass the baton: another worker takes the next due message
 	}
 	return e, 0
@@ -109,13 +109,27 @@ func (q *Queue) take() (*entry, time.Duration) {
 // attempt makes one delivery attempt of e, recorded before it is made.
 func (q *Queue) attempt(ctx context.Context, e *entry) {
 	now := q.now()
+	// While no upstream at all can take a delivery, none on this message's
+	// route can: it waits for the first breaker without its envelope being
+	// read (a million queued through an outage are not read again).
+	if av, ok := q.opts.Deliverer.(upstream.Availability); ok {
+		expiry := time.Unix(0, e.received).Add(q.opts.Config.MaxAge)
+		if free, at := av.Available(nil, false); !free && now.Before(expiry) {
+			if at.After(expiry) {
+				at = expiry
+			}
+			if q.waitBreaker(e, at, now) {
+				return
+			}
+		}
+	}
 	if err := q.loadEnv(e); err != nil {
 		q.mu.Lock()
 		e.inflight = false
 		if errors.Is(err, os.ErrNotExist) { // deleted meanwhile
 			delete(q.entries, e.id)
 		} else {
-			q.log.Error("queue: read spooled message; delivery postponed", "queue_id", e.id, "err", err)
+			q.log.Error("queue: read spooled message; delivery postponed", "queue_id", e.id.String(), "err", err)
 			q.scheduleLocked(e, now.Add(time.Minute))
 		}
 		q.mu.Unlock()
@@ -132,7 +146,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			}
 			if at.Sub(now) > time.Minute {
 				// Shown by `queue list`; not fsync'd: a crash only makes it due sooner.
-				q.spool.Record(e.id, false, Record{T: "retry", At: at})
+				q.spool.Record(e.id.String(), false, Record{T: "retry", At: at})
 			}
 			e.fresh.Close() // no descriptor held while it waits; the attempt is recorded then
 			e.fresh = nil
@@ -142,10 +156,10 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	}
 	q.mu.Lock()
 	e.attempts++
-	n := e.attempts
+	n := int(e.attempts)
 	var pending []string
 	for i, to := range e.env.To {
-		if !e.rcpt[i] {
+		if !e.rcpt.done(i) {
 			pending = append(pending, to)
 		}
 	}
@@ -157,7 +171,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	}
 	// Recorded before it is made, except a fresh message's first attempt:
 	// spool.Attempt holds the rule and its exception.
-	a, err := q.spool.Attempt(e.id, e.fresh, Record{At: now, N: n, Next: next})
+	a, err := q.spool.Attempt(e.id.String(), e.fresh, Record{At: now, N: n, Next: next})
 	e.fresh = nil
 	if errors.Is(err, os.ErrNotExist) {
 		// Deleted by a control action while recovery was scheduling it.
@@ -168,12 +182,12 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	}
 	if err != nil {
 		// Not recorded, so not attempted: try again later.
-		q.log.Error("queue: cannot record attempt; delivery postponed", "queue_id", e.id, "err", err)
+		q.log.Error("queue: cannot record attempt; delivery postponed", "queue_id", e.id.String(), "err", err)
 		q.finish(e, nil, next, nil)
 		return
 	}
 	msg := &upstream.Message{
-		ID: e.id, From: e.env.From, To: pending, Size: a.Size(), Route: e.env.Route, RequireTLS: e.env.RequireTLS,
+		ID: e.id.String(), From: e.env.From, To: pending, Size: a.Size(), Route: e.env.Route, RequireTLS: e.env.RequireTLS,
 		SMTPUTF8: e.env.SMTPUTF8,
 		Open:     openPooled(a.Open),
 	}
@@ -195,7 +209,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			err = errors.New("upstream: no result for this recipient")
 		}
 		if err == nil {
-			q.log.Info("delivered", "queue_id", e.id, "rcpt", to, "upstream", res.Upstream, "attempt", n)
+			q.log.Info("delivered", "queue_id", e.id.String(), "rcpt", to, "upstream", res.Upstream, "attempt", n)
 			mDelivered.Inc(res.Upstream)
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateDelivered, Upstream: res.Upstream})
 			final[to] = true
@@ -210,7 +224,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 		}
 		switch {
 		case !f.Temporary:
-			q.log.Info("bounced", "queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag)
+			q.log.Info("bounced", "queue_id", e.id.String(), "rcpt", to, "upstream", up, "err", f.Diag)
 			mBounced.Inc()
 			st := statusFor(f)
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateBounced, Upstream: up, Status: st, Diag: f.Diag})
@@ -222,14 +236,14 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			}
 		case expired:
 			diag := fmt.Sprintf("delivery time expired after %s; last error: %s", q.opts.Config.MaxAge, f.Diag)
-			q.log.Info("expired", "queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag, "attempts", n)
+			q.log.Info("expired", "queue_id", e.id.String(), "rcpt", to, "upstream", up, "err", f.Diag, "attempts", n)
 			mExpired.Inc()
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateExpired, Upstream: up, Status: "4.4.7", Diag: diag})
 			failed = append(failed, dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: "4.4.7", Diag: diag})
 			final[to] = true
 			q.journalOutcome(e, "expired", to, up, err, "", now)
 		default:
-			args := []any{"queue_id", e.id, "rcpt", to, "upstream", up, "err", f.Diag, "attempt", n, "next_attempt", next}
+			args := []any{"queue_id", e.id.String(), "rcpt", to, "upstream", up, "err", f.Diag, "attempt", n, "next_attempt", next}
 			if f.PossibleDuplicate {
 				args = append(args, "possible_duplicate", true)
 			}
@@ -273,11 +287,41 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	// the first attempt of a fresh message).
 	if deferred > 0 || len(recs) > len(final) {
 		if err := a.Record(recs...); err != nil {
-			q.log.Error("queue: cannot record delivery outcome", "queue_id", e.id, "err", err)
+			q.log.Error("queue: cannot record delivery outcome", "queue_id", e.id.String(), "err", err)
 		}
 	}
 
 	q.finish(e, final, next, a)
+}
+
+// waitBreaker puts e, taken by a worker, back in the heap at at, the first
+// time a breaker lets a delivery through, without an attempt; false when
+// it was deleted meanwhile (the attempt path finishes that).
+func (q *Queue) waitBreaker(e *entry, at, now time.Time) bool {
+	q.mu.Lock()
+	removed := e.removed
+	q.mu.Unlock()
+	if removed {
+		return false
+	}
+	if at.Sub(now) > time.Minute {
+		// Shown by `queue list`; not fsync'd: a crash only makes it due sooner.
+		q.spool.Record(e.id.String(), false, Record{T: "retry", At: at})
+	}
+	e.fresh.Close() // no descriptor held while it waits; the attempt is recorded then
+	e.fresh = nil
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if e.removed {
+		// Deleted while the record was written: the attempt path removes it.
+		return false
+	}
+	e.inflight = false
+	e.retryNow = false // a retry asked for while every breaker is open waits too
+	e.env = nil
+	q.scheduleLocked(e, at)
+	q.poke()
+	return true
 }
 
 // finish ends attempt a (nil: none was made): it marks final recipients, and
@@ -288,9 +332,9 @@ func (q *Queue) finish(e *entry, final map[string]bool, next time.Time, a *spool
 	pending := 0
 	for i, to := range e.env.To {
 		if final[to] {
-			e.rcpt[i] = true
+			e.rcpt.set(i)
 		}
-		if !e.rcpt[i] {
+		if !e.rcpt.done(i) {
 			pending++
 		}
 	}
@@ -304,10 +348,10 @@ func (q *Queue) finish(e *entry, final map[string]bool, next time.Time, a *spool
 		}
 		if a != nil {
 			if err := a.Finish(); err != nil {
-				q.log.Error("queue: remove finished message", "queue_id", e.id, "err", err)
+				q.log.Error("queue: remove finished message", "queue_id", e.id.String(), "err", err)
 			}
 		} else {
-			q.removeFiles(e.id, nil)
+			q.removeFiles(e.id.String(), nil)
 		}
 		q.mu.Lock()
 		delete(q.entries, e.id)

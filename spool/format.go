@@ -126,6 +126,61 @@ var ErrCorrupt = errors.New("corrupt spool file")
 // readTrailer reads the envelope and prefix of a committed message file and
 // returns the length of the message bytes before them.
 func readTrailer(f File) (*trailer, int64, error) {
+	buf, msgLen, err := readTail(f)
+	if err != nil {
+		return nil, 0, err
+	}
+	var tr trailer
+	if err := json.Unmarshal(buf, &tr); err != nil || tr.Env == nil {
+		return nil, 0, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
+	}
+	return &tr, msgLen, nil
+}
+
+// readEnvelope is readTrailer without the DKIM prefix, for recovery: the
+// prefix (base64, last in the trailer) is cut off before decoding rather
+// than scanned twice and decoded.
+func readEnvelope(f File) (*Envelope, int64, error) {
+	buf, msgLen, err := readTail(f)
+	if err != nil {
+		return nil, 0, err
+	}
+	var tr struct {
+		Env *Envelope `json:"env"`
+	}
+	if err := json.Unmarshal(withoutPrefix(buf), &tr); err != nil || tr.Env == nil {
+		return nil, 0, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
+	}
+	return tr.Env, msgLen, nil
+}
+
+// withoutPrefix returns the trailer tr without its final "prefix" member
+// when it ends with one ({…,"prefix":"BASE64"}), else tr. A match can only
+// be the top level's last member: after one inside a string or inside the
+// envelope, more than base64 would follow.
+func withoutPrefix(tr []byte) []byte {
+	const key = `,"prefix":"`
+	i := bytes.LastIndex(tr, []byte(key))
+	if i < 0 || !bytes.HasSuffix(tr, []byte(`"}`)) {
+		return tr
+	}
+	for _, c := range tr[i+len(key) : len(tr)-2] {
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '=') {
+			return tr
+		}
+	}
+	out := tr[:i+1]
+	out[i] = '}'
+	return out
+}
+
+// tailRead is how much of a message file's end readTail reads at once:
+// the footer and, in one system call, a trailer of usual size.
+const tailRead = 4096
+
+// readTail returns the checked JSON trailer of a committed message file
+// and the length of the message bytes before it.
+func readTail(f File) ([]byte, int64, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, 0, err
@@ -134,10 +189,11 @@ func readTrailer(f File) (*trailer, int64, error) {
 	if size < footerSize {
 		return nil, 0, fmt.Errorf("%w: %d bytes, shorter than the footer", ErrCorrupt, size)
 	}
-	var foot [footerSize]byte
-	if _, err := f.ReadAt(foot[:], size-footerSize); err != nil {
+	end := make([]byte, min(size, tailRead))
+	if _, err := f.ReadAt(end, size-int64(len(end))); err != nil {
 		return nil, 0, err
 	}
+	foot := end[len(end)-footerSize:]
 	if string(foot[:8]) != footerMagic {
 		return nil, 0, fmt.Errorf("%w: bad footer magic", ErrCorrupt)
 	}
@@ -146,18 +202,19 @@ func readTrailer(f File) (*trailer, int64, error) {
 	if msgLen < 0 || msgLen+trLen+footerSize != size {
 		return nil, 0, fmt.Errorf("%w: lengths %d+%d+%d do not add up to %d", ErrCorrupt, msgLen, trLen, footerSize, size)
 	}
-	buf := make([]byte, trLen)
-	if _, err := f.ReadAt(buf, msgLen); err != nil {
-		return nil, 0, err
+	var buf []byte
+	if trLen+footerSize <= int64(len(end)) {
+		buf = end[len(end)-footerSize-int(trLen) : len(end)-footerSize]
+	} else {
+		buf = make([]byte, trLen)
+		if _, err := f.ReadAt(buf, msgLen); err != nil {
+			return nil, 0, err
+		}
 	}
 	if crc32.Checksum(buf, castagnoli) != binary.BigEndian.Uint32(foot[20:]) {
 		return nil, 0, fmt.Errorf("%w: trailer checksum mismatch", ErrCorrupt)
 	}
-	var tr trailer
-	if err := json.Unmarshal(buf, &tr); err != nil || tr.Env == nil {
-		return nil, 0, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
-	}
-	return &tr, msgLen, nil
+	return buf, msgLen, nil
 }
 
 // body returns prefix + the first msgLen bytes of f as one reader.

@@ -52,6 +52,10 @@ type Spool struct {
 	now     func() time.Time
 	flush   *dirSyncer // nil for a View
 	free    freePool
+	// logsMade: Record created a state log in this process. Recovery then
+	// looks for a log beside every message, not only those its snapshot
+	// listed (a control action on a message not yet recovered writes one).
+	logsMade atomic.Bool
 }
 
 // Open prepares the spool directories under dir and starts the group
@@ -257,6 +261,9 @@ func (s *Spool) Record(id string, sync bool, recs ...Record) error {
 	// syncing the directory again costs nothing else.
 	st, err := f.Stat()
 	created := err == nil && st.Size() == 0
+	if created {
+		s.logsMade.Store(true) // recovery may meet a log its snapshot lacks
+	}
 	if err == nil {
 		_, err = f.Write(b)
 	}

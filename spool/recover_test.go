@@ -1,0 +1,143 @@
+package spool
+
+import (
+	"encoding/json"
+	"os"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestRecoverKeepsStateLogs: recovery reads a message's state log when its
+// snapshot lists one, and when a log was written after the snapshot (a
+// control action on a message not yet recovered); only orphan logs go.
+func TestRecoverKeepsStateLogs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Recover(func(*Message) {}); err != nil {
+		t.Fatal(err)
+	}
+	held, f1 := commitOne(t, s, "held\r\n")
+	later, f2 := commitOne(t, s, "later\r\n")
+	plain, f3 := commitOne(t, s, "plain\r\n")
+	f1.Close()
+	f2.Close()
+	f3.Close()
+	if err := s.Record(held, true, Record{T: "hold", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	orphan := NewID(time.Now().Add(time.Hour)) + stateSuffix
+	if err := os.WriteFile(s.path(orphan), []byte("{}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s2, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	sn, err := s2.Scan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// After the snapshot: a hold on a message it lists without a log.
+	if err := s2.Record(later, true, Record{T: "hold", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	heldSeen := map[string]bool{}
+	if err := sn.Recover(func(m *Message) bool {
+		got = append(got, m.ID)
+		heldSeen[m.ID] = m.State().Held
+		if m.Prefix != nil {
+			t.Errorf("%s: recovery read the DKIM prefix", m.ID)
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{held, later, plain}; !slices.Equal(got, want) {
+		t.Errorf("recovered %v, want %v (oldest first)", got, want)
+	}
+	if !heldSeen[held] || !heldSeen[later] || heldSeen[plain] {
+		t.Errorf("held = %v, want %s and %s held only", heldSeen, held, later)
+	}
+	if _, err := os.Stat(s2.path(held + stateSuffix)); err != nil {
+		t.Errorf("state log of a queued message removed: %v", err)
+	}
+	if _, err := os.Stat(s2.path(orphan)); !os.IsNotExist(err) {
+		t.Errorf("orphan log %s kept (%v)", orphan, err)
+	}
+}
+
+// TestRecoverManyInBlocks: more messages than one read-ahead block, every
+// one recovered exactly once and in ID order.
+func TestRecoverManyInBlocks(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Recover(func(*Message) {}); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for range recoverBlock + recoverBlock/2 {
+		id, f := commitOne(t, s, "x\r\n")
+		f.Close()
+		want = append(want, id)
+	}
+	s.Close()
+	slices.Sort(want)
+	s2, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	var got []string
+	if err := s2.Recover(func(m *Message) { got = append(got, m.ID) }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("recovered %d messages, want %d in ID order", len(got), len(want))
+	}
+}
+
+// FuzzWithoutPrefix: cutting the prefix off a trailer never changes the
+// envelope decoded from it, whatever the envelope's strings hold.
+func FuzzWithoutPrefix(f *testing.F) {
+	f.Add("a@example.com", "b@example.org", []byte("DKIM-Signature: v=1\r\n"))
+	f.Add(`x","prefix":"AAAA"}`, `"},"prefix":"QQ=="}`, []byte{})
+	f.Add("", `,"prefix":"`, []byte(nil))
+	f.Fuzz(func(t *testing.T, from, to string, prefix []byte) {
+		env := &Envelope{ID: "0123456789ABCDEF", From: from, To: []string{to}, Received: time.Unix(1, 2).UTC()}
+		tail, err := encodeTail(env, prefix, 0)
+		if err != nil {
+			t.Skip()
+		}
+		tr := tail[:len(tail)-footerSize]
+		var want, got struct {
+			Env *Envelope `json:"env"`
+		}
+		if err := json.Unmarshal(tr, &want); err != nil {
+			t.Fatal(err)
+		}
+		cut := withoutPrefix(append([]byte(nil), tr...))
+		if err := json.Unmarshal(cut, &got); err != nil {
+			t.Fatalf("%q cut to %q: %v", tr, cut, err)
+		}
+		if !reflect.DeepEqual(got.Env, want.Env) {
+			t.Fatalf("envelope %+v after the cut, want %+v", got.Env, want.Env)
+		}
+		if len(prefix) > 0 && len(cut) == len(tr) {
+			t.Fatalf("prefix not cut from %q", tr)
+		}
+	})
+}
