@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/policy"
@@ -44,21 +44,19 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	dir := filepath.Join(cfg.StateDir, "spool")
 	switch pos[0] {
 	case "list":
-		if *asJSON { // streamed as read, in directory order: the first line at once
+		// Both outputs stream as the spool is read, in directory order: the
+		// first line comes at once and memory does not grow with the queue.
+		walk := func(fn func(queue.Info) error) error { return queue.Walk(dir, fn) }
+		if *asJSON {
 			bw := bufio.NewWriter(stdout)
 			enc := json.NewEncoder(bw)
-			err := queue.Walk(dir, func(i queue.Info) error { return enc.Encode(i) })
+			err := walk(func(i queue.Info) error { return enc.Encode(i) })
 			if ferr := bw.Flush(); err == nil {
 				err = ferr
 			}
 			return err
 		}
-		infos, err := queue.List(dir)
-		if err != nil {
-			return err
-		}
-		fmt.Fprint(stdout, formatList(infos, time.Now()))
-		return nil
+		return writeList(stdout, walk, time.Now())
 	case "show":
 		if len(pos) != 2 {
 			return usageErr(stderr, queueUsage)
@@ -111,42 +109,118 @@ func runQueue(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 // attempts relative to now.
 func formatList(infos []queue.Info, now time.Time) string {
 	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tATTEMPTS\tNEXT\tSTATE\tSENDER\tRECIPIENTS\tLAST ERROR")
-	for _, in := range infos {
-		next := "now"
-		if in.NextAttempt != nil && in.NextAttempt.After(now) {
-			next = "in " + in.NextAttempt.Sub(now).Round(time.Second).String()
-		}
-		state := "queued"
-		if in.Held {
-			state, next = "held", "-"
-		}
-		var rc []string
-		pending := 0
-		for _, r := range in.Recipients {
-			if r.State == queue.StatePending {
-				pending++
-				rc = append(rc, r.Address)
+	writeList(&b, func(fn func(queue.Info) error) error {
+		for _, in := range infos {
+			if err := fn(in); err != nil {
+				return err
 			}
 		}
-		if more := len(in.Recipients) - pending; more > 0 {
-			rc = append(rc, fmt.Sprintf("(+%d done)", more))
-		}
-		sender := in.Sender
-		if sender == "" {
-			sender = "<>"
-		}
-		lastErr := in.LastError
-		if len(lastErr) > 60 {
-			lastErr = lastErr[:57] + "..."
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", in.ID, (time.Duration(in.AgeSeconds) * time.Second).String(),
-			in.Size, in.Attempts, next, state, sender, strings.Join(rc, ","), lastErr)
-	}
-	tw.Flush()
-	fmt.Fprintf(&b, "%d message(s)\n", len(infos))
+		return nil
+	}, now)
 	return b.String()
+}
+
+// listHead is how many rows writeList measures together before printing
+// anything: the columns of a short queue align as a tabwriter's would.
+const listHead = 100
+
+// writeList prints the `sluice queue list` table as walk yields messages:
+// the header and the first listHead rows once they are read (or the walk
+// ended), aligned to their widest cells, then every row at once, padded to
+// the widest cell seen so far (a wider one pushes only its own line). So
+// the first lines come at once and memory stays flat, with a million
+// messages queued as with ten; a final line counts them.
+func writeList(w io.Writer, walk func(func(queue.Info) error) error, now time.Time) error {
+	bw := bufio.NewWriter(w)
+	var widths []int
+	var head [][]string
+	n := 0
+	emit := func(row []string) {
+		for i, c := range row {
+			if i == len(row)-1 {
+				bw.WriteString(c)
+				break
+			}
+			bw.WriteString(c)
+			for pad := widths[i] + 2 - utf8.RuneCountInString(c); pad > 0; pad-- {
+				bw.WriteByte(' ')
+			}
+		}
+		bw.WriteByte('\n')
+	}
+	measure := func(row []string) {
+		if widths == nil {
+			widths = make([]int, len(row))
+		}
+		for i, c := range row {
+			widths[i] = max(widths[i], utf8.RuneCountInString(c))
+		}
+	}
+	flushHead := func() error {
+		for _, r := range head {
+			emit(r)
+		}
+		head = nil
+		return bw.Flush()
+	}
+	header := []string{"ID", "AGE", "SIZE", "ATTEMPTS", "NEXT", "STATE", "SENDER", "RECIPIENTS", "LAST ERROR"}
+	measure(header)
+	head = append(head, header)
+	err := walk(func(in queue.Info) error {
+		n++
+		row := listRow(in, now)
+		measure(row)
+		if head != nil {
+			head = append(head, row)
+			if len(head) > listHead {
+				return flushHead()
+			}
+			return nil
+		}
+		emit(row)
+		return nil
+	})
+	if head != nil {
+		flushHead()
+	}
+	fmt.Fprintf(bw, "%d message(s)\n", n)
+	if ferr := bw.Flush(); err == nil {
+		err = ferr
+	}
+	return err
+}
+
+// listRow is one message's cells in the `sluice queue list` table.
+func listRow(in queue.Info, now time.Time) []string {
+	next := "now"
+	if in.NextAttempt != nil && in.NextAttempt.After(now) {
+		next = "in " + in.NextAttempt.Sub(now).Round(time.Second).String()
+	}
+	state := "queued"
+	if in.Held {
+		state, next = "held", "-"
+	}
+	var rc []string
+	pending := 0
+	for _, r := range in.Recipients {
+		if r.State == queue.StatePending {
+			pending++
+			rc = append(rc, r.Address)
+		}
+	}
+	if more := len(in.Recipients) - pending; more > 0 {
+		rc = append(rc, fmt.Sprintf("(+%d done)", more))
+	}
+	sender := in.Sender
+	if sender == "" {
+		sender = "<>"
+	}
+	lastErr := in.LastError
+	if len(lastErr) > 60 {
+		lastErr = lastErr[:57] + "..."
+	}
+	return []string{in.ID, (time.Duration(in.AgeSeconds) * time.Second).String(), strconv.FormatInt(in.Size, 10),
+		strconv.Itoa(in.Attempts), next, state, sender, strings.Join(rc, ","), lastErr}
 }
 
 // stateConfig is the configuration of the commands that only look at

@@ -4,6 +4,7 @@ package main
 // a peer it must refuse.
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,51 @@ func TestFormatList(t *testing.T) {
 		"2 message(s)\n"
 	if got := formatList(infos, now); got != want {
 		t.Errorf("formatList:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestWriteListStreams: the text table's first lines reach the output
+// while the walk is still reading the spool (a million queued messages must
+// not be read before `queue list | head` sees a line), rows after the first
+// block are padded to the widest cell seen so far, and the count is right.
+func TestWriteListStreams(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	const total = 5000
+	var out strings.Builder
+	seenAt := -1 // rows read when the output first held the header and a row
+	walk := func(fn func(queue.Info) error) error {
+		for i := range total {
+			if seenAt < 0 && strings.Count(out.String(), "\n") >= 2 {
+				seenAt = i
+			}
+			sender := "app@example.com"
+			if i == listHead+10 {
+				sender = "a-much-longer-sender-address@example.com"
+			}
+			in := queue.Info{ID: fmt.Sprintf("K1%014d", i), Sender: sender, AgeSeconds: 5, Size: 10,
+				Recipients: []queue.RcptInfo{{Address: "c@example.org", State: queue.StatePending}}}
+			if err := fn(in); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := writeList(&out, walk, now); err != nil {
+		t.Fatal(err)
+	}
+	if seenAt < 0 || seenAt > listHead+1 {
+		t.Fatalf("first line printed after %d of %d messages were read, want after at most %d", seenAt, total, listHead+1)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != total+2 || lines[len(lines)-1] != fmt.Sprintf("%d message(s)", total) {
+		t.Fatalf("%d lines, last %q; want %d and the count", len(lines), lines[len(lines)-1], total+2)
+	}
+	// The header and the first block share one width; the long sender
+	// widens its own line and every later one.
+	col := func(l string) int { return strings.Index(l, "c@example.org") }
+	if h, first, long, after := strings.Index(lines[0], "RECIPIENTS"), col(lines[1]), col(lines[listHead+11]), col(lines[listHead+12]); h != first || long <= first || after != long {
+		t.Errorf("RECIPIENTS column at %d (header), %d (first row), %d (long sender), %d (after it)", h, first, long, after)
 	}
 }
 
