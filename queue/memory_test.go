@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -57,7 +59,8 @@ func (g *gatedUpstream) counts() (anyCalls, rtCalls int) {
 // TestRecoveredWaitForBreakersUnread: while no upstream can take a
 // delivery, a recovered message that falls due goes back to wait for the
 // first breaker without its envelope being read (its route is not even
-// asked about); once a breaker lets deliveries through it is delivered.
+// asked about) and without a record; once a breaker lets deliveries
+// through it is delivered.
 func TestRecoveredWaitForBreakersUnread(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -90,6 +93,11 @@ func TestRecoveredWaitForBreakersUnread(t *testing.T) {
 	}
 	if n := len(g.deliveries()); n != 0 {
 		t.Fatalf("%d deliveries with every breaker open", n)
+	}
+	// Made due by its schedule, it waits without a record: a million
+	// waiting out an outage would each create a state log.
+	if _, err := os.Stat(filepath.Join(dir, "msg", id+".st")); !os.IsNotExist(err) {
+		t.Errorf("waiting for the breaker wrote a state log (%v)", err)
 	}
 
 	g.mu.Lock()

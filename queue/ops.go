@@ -299,6 +299,7 @@ func (q *Queue) retry(id string, offline bool) error {
 	if !offline {
 		q.mu.Lock()
 		if e := q.entries[qidOf(id)]; e != nil {
+			e.retried = true
 			q.scheduleLocked(e, now)
 		}
 		q.mu.Unlock()
@@ -327,6 +328,7 @@ func (q *Queue) setHold(id string, hold bool, offline bool) error {
 			heap.Remove(&q.due, int(e.index))
 		}
 		if !hold {
+			e.retried = true
 			q.scheduleLocked(e, now)
 		}
 	}

@@ -46,6 +46,7 @@ type entry struct {
 	removed  bool // deleted while in flight: the worker drops it afterwards
 	silent   bool // with removed: no bounce
 	retryNow bool // retry/release during an attempt: due again right after it
+	retried  bool // made due by retry/release (recorded); else by its schedule
 
 	// A message committed by this process keeps its descriptor, DKIM
 	// prefix and length until its first attempt (spool.Fresh), which is

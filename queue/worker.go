@@ -144,10 +144,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			if at.After(expiry) {
 				at = expiry
 			}
-			if at.Sub(now) > time.Minute {
-				// Shown by `queue list`; not fsync'd: a crash only makes it due sooner.
-				q.spool.Record(e.id.String(), false, Record{T: "retry", At: at})
-			}
+			q.recordWait(e, at, now)
 			e.fresh.Close() // no descriptor held while it waits; the attempt is recorded then
 			e.fresh = nil
 			q.finish(e, nil, at, nil)
@@ -156,6 +153,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	}
 	q.mu.Lock()
 	e.attempts++
+	e.retried = false
 	n := int(e.attempts)
 	var pending []string
 	for i, to := range e.env.To {
@@ -294,6 +292,22 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	q.finish(e, final, next, a)
 }
 
+// recordWait notes in e's state log that it waits for a breaker until at,
+// when a retry or release had recorded it due now (so `queue list` shows
+// the later time) and the wait is long. A message made due by its own
+// schedule writes nothing: its last attempt record already says when that
+// was, and a million of them waiting out an outage would each create a log.
+// Not fsync'd: a crash only makes it due sooner.
+func (q *Queue) recordWait(e *entry, at, now time.Time) {
+	q.mu.Lock()
+	retried := e.retried
+	e.retried = false
+	q.mu.Unlock()
+	if retried && at.Sub(now) > time.Minute {
+		q.spool.Record(e.id.String(), false, Record{T: "retry", At: at})
+	}
+}
+
 // waitBreaker puts e, taken by a worker, back in the heap at at, the first
 // time a breaker lets a delivery through, without an attempt; false when
 // it was deleted meanwhile (the attempt path finishes that).
@@ -304,10 +318,7 @@ func (q *Queue) waitBreaker(e *entry, at, now time.Time) bool {
 	if removed {
 		return false
 	}
-	if at.Sub(now) > time.Minute {
-		// Shown by `queue list`; not fsync'd: a crash only makes it due sooner.
-		q.spool.Record(e.id.String(), false, Record{T: "retry", At: at})
-	}
+	q.recordWait(e, at, now)
 	e.fresh.Close() // no descriptor held while it waits; the attempt is recorded then
 	e.fresh = nil
 	q.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -40,9 +41,9 @@ func queueMode(o *options, bin, dir, cfgPath string, st setup, cl *client, runID
 		return fmt.Errorf("no message accepted: %v", res.errs)
 	}
 	mem, _ := readMem(sl.pid())
-	fmt.Fprintf(stdout, "  accepted %d of %d in %.1fs (%.0f msg/s), p50 %.1f ms, p99 %.1f ms; RSS %s, peak %s\n",
+	fmt.Fprintf(stdout, "  accepted %d of %d in %.1fs (%.0f msg/s), p50 %.1f ms, p99 %.1f ms; RSS %s, peak %s; %s\n",
 		res.nAcc, o.queue, accDur.Seconds(), float64(res.nAcc)/accDur.Seconds(),
-		ms(percentile(sortedCopy(res.lat), 50)), ms(percentile(sortedCopy(res.lat), 99)), mb(mem.RSS), mb(mem.HWM))
+		ms(percentile(sortedCopy(res.lat), 50)), ms(percentile(sortedCopy(res.lat), 99)), mb(mem.RSS), mb(mem.HWM), loadavg())
 	for _, e := range sortedErrs(res.errs) {
 		fmt.Fprintln(stdout, "  error: "+e)
 	}
@@ -70,8 +71,8 @@ func queueMode(o *options, bin, dir, cfgPath string, st setup, cl *client, runID
 		}
 	}
 	mem, _ = readMem(sl.pid())
-	fmt.Fprintf(stdout, "  restart: listening after %s, /healthz after %s, recovered after %s; RSS %s (%.0f bytes per message), peak %s\n",
-		secs(listen), secs(health), secs(recovered), mb(mem.RSS), float64(mem.RSS)/float64(res.nAcc), mb(mem.HWM))
+	fmt.Fprintf(stdout, "  restart: listening after %s, /healthz after %s, recovered after %s; RSS %s (%.0f bytes per message), peak %s; %s\n",
+		secs(listen), secs(health), secs(recovered), mb(mem.RSS), float64(mem.RSS)/float64(res.nAcc), mb(mem.HWM), loadavg())
 
 	first, headDur, headRSS, err := queueList(bin, cfgPath, 10)
 	if err != nil {
@@ -81,8 +82,8 @@ func queueMode(o *options, bin, dir, cfgPath string, st setup, cl *client, runID
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "  queue list | head: first line %s, 10 lines %s, peak RSS %s; whole list %s, peak RSS %s\n",
-		secs(first), secs(headDur), mb(headRSS), secs(allDur), mb(allRSS))
+	fmt.Fprintf(stdout, "  queue list | head: first line %s, 10 lines %s, peak RSS %s; whole list %s, peak RSS %s; %s\n",
+		secs(first), secs(headDur), mb(headRSS), secs(allDur), mb(allRSS), loadavg())
 
 	// The drain: sluice stops, the sink comes up where the upstream was,
 	// sluice starts again (breakers live in memory, so one opened while the
@@ -117,12 +118,22 @@ func queueMode(o *options, bin, dir, cfgPath string, st setup, cl *client, runID
 	if n > 1 && last.After(firstAt) {
 		rate = float64(n) / last.Sub(firstAt).Seconds()
 	}
-	fmt.Fprintf(stdout, "  drain: restarted with the sink up, listening after %s; %d of %d arrived; first %s after the start, %.0f msg/s from first to last; peak RSS %s; lost %d, duplicates %d\n",
-		secs(relisten), n, res.nAcc, secs(firstAt.Sub(up)), rate, mb(mem.HWM), lost, dups)
+	fmt.Fprintf(stdout, "  drain: restarted with the sink up, listening after %s; %d of %d arrived; first %s after the start, %.0f msg/s from first to last; peak RSS %s; lost %d, duplicates %d; %s\n",
+		secs(relisten), n, res.nAcc, secs(firstAt.Sub(up)), rate, mb(mem.HWM), lost, dups, loadavg())
 	if !all || lost > 0 || dups > 0 {
 		return &exitError{code: 1}
 	}
 	return nil
+}
+
+// loadavg is the machine's load average now (1, 5, 15 minutes): the
+// queue mode's phases are minutes long on a shared machine.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return "load " + strings.Join(f[:3], " ")
+	}
+	return "load unknown"
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
