@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicemail/sluice/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files (testdata/bad/*.err, testdata/good/*.summary)")
@@ -33,23 +35,6 @@ var testEnv = map[string]string{
 	"WEBHOOK_SECRET":   "hook-secret",
 }
 
-func golden(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./config -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs (go test ./config -update rewrites it)\n--- got:\n%s--- want:\n%s", path, got, want)
-	}
-}
-
 // TestBad loads every testdata/bad/NN-name.yaml and compares the complete
 // error text with NN-name.err.
 func TestBad(t *testing.T) {
@@ -69,7 +54,7 @@ func TestBad(t *testing.T) {
 			if !errors.As(err, &es) {
 				t.Fatalf("error is %T, want config.Errors", err)
 			}
-			golden(t, strings.TrimSuffix(f, ".yaml")+".err", err.Error()+"\n")
+			golden.Check(t, strings.TrimSuffix(f, ".yaml")+".err", []byte(err.Error()+"\n"), *update)
 		})
 	}
 }
@@ -185,7 +170,7 @@ func TestFull(t *testing.T) {
 	check("ratelimit.fail_open", *c.RateLimit.FailOpen, true)
 	check("log", c.Log, Log{Format: "text", Level: "info"})
 
-	golden(t, "testdata/good/full.summary", Summary(c))
+	golden.Check(t, "testdata/good/full.summary", []byte(Summary(c)), *update)
 }
 
 // TestMinimal checks every default a short file leaves to the loader.

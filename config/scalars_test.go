@@ -6,13 +6,34 @@ import (
 	"time"
 )
 
+// parseCase is one input of a parser: the value it gives, or a part of its
+// error ("" means success).
+type parseCase[T comparable] struct {
+	in   string
+	want T
+	err  string
+}
+
+// checkParse runs parse, called name in messages, over cases.
+func checkParse[T comparable](t *testing.T, name string, parse func(string) (T, error), cases []parseCase[T]) {
+	t.Helper()
+	for _, tt := range cases {
+		got, err := parse(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%s(%q) = %v, %v; want error containing %q", name, tt.in, got, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%s(%q) = %v, %v; want %v", name, tt.in, got, err, tt.want)
+		}
+	}
+}
+
 func TestParseSize(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		in   string
-		want Size
-		err  string // substring of the error; "" means success
-	}{
+	checkParse(t, "ParseSize", ParseSize, []parseCase[Size]{
 		{"0", 0, ""},
 		{"1024", 1024, ""},
 		{"25MB", 25_000_000, ""},
@@ -38,19 +59,7 @@ func TestParseSize(t *testing.T) {
 		{"1..5MB", 0, "want a number"},
 		{"9999999999GB", 0, "too large"},
 		{"9223372036854775808", 0, "too large"},
-	}
-	for _, tt := range tests {
-		got, err := ParseSize(tt.in)
-		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("ParseSize(%q) = %d, %v; want error containing %q", tt.in, got, err, tt.err)
-			}
-			continue
-		}
-		if err != nil || got != tt.want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
-		}
-	}
+	})
 }
 
 func TestSizeString(t *testing.T) {
@@ -75,11 +84,7 @@ func TestSizeString(t *testing.T) {
 
 func TestParseDuration(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		in   string
-		want time.Duration
-		err  string
-	}{
+	cases := []parseCase[time.Duration]{
 		{"0", 0, ""},
 		{"30s", 30 * time.Second, ""},
 		{"5m", 5 * time.Minute, ""},
@@ -99,19 +104,8 @@ func TestParseDuration(t *testing.T) {
 		{"106751d23h47m16s854775807ns", 0, ""}, // filled in below: the maximum
 		{"106751d23h47m16s854775808ns", 0, "too large"},
 	}
-	tests[16].want = time.Duration(1<<63 - 1)
-	for _, tt := range tests {
-		got, err := ParseDuration(tt.in)
-		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("ParseDuration(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.err)
-			}
-			continue
-		}
-		if err != nil || got != tt.want {
-			t.Errorf("ParseDuration(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
-		}
-	}
+	cases[16].want = time.Duration(1<<63 - 1)
+	checkParse(t, "ParseDuration", ParseDuration, cases)
 }
 
 func TestFormatDuration(t *testing.T) {
@@ -133,102 +127,88 @@ func TestFormatDuration(t *testing.T) {
 
 func TestParseRate(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		in   string
-		want Rate
-		str  string // String() of the result
-		err  string
-	}{
-		{"100/1m", Rate{100, time.Minute, 100}, "100/1m", ""},
-		{"5000/24h", Rate{5000, 24 * time.Hour, 5000}, "5000/1d", ""},
-		{"100/1m burst 20", Rate{100, time.Minute, 20}, "100/1m burst 20", ""},
-		{"14/1s", Rate{14, time.Second, 14}, "14/1s", ""},
-		{"3/1m", Rate{3, time.Minute, 3}, "3/1m", ""}, // DESIGN §7: three at once
-		{"10/s", Rate{10, time.Second, 10}, "10/1s", ""},
-		{"3/m", Rate{3, time.Minute, 3}, "3/1m", ""},
-		{"1000/d", Rate{1000, 24 * time.Hour, 1000}, "1000/1d", ""},
-		{" 100 / 1m  BURST 5 ", Rate{100, time.Minute, 5}, "100/1m burst 5", ""},
-		{"unlimited", Rate{}, "unlimited", ""},
-		{"100", Rate{}, "", "want N/DURATION"},
-		{"0/1m", Rate{}, "", "at least 1"},
-		{"x/1m", Rate{}, "", "at least 1"},
-		{"10/0s", Rate{}, "", "period must be positive"},
-		{"10/1x", Rate{}, "", `unknown unit "x"`},
-		{"10/1m burst 0", Rate{}, "", "burst must be"},
-		{"10/1m burst", Rate{}, "", "unknown unit"},
-		{"", Rate{}, "", "want N/DURATION"},
-	}
-	for _, tt := range tests {
-		got, err := ParseRate(tt.in)
-		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("ParseRate(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.err)
-			}
-			continue
-		}
-		if err != nil || got != tt.want {
-			t.Errorf("ParseRate(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
-		}
-		if s := got.String(); s != tt.str {
-			t.Errorf("ParseRate(%q).String() = %q, want %q", tt.in, s, tt.str)
+	checkParse(t, "ParseRate", ParseRate, []parseCase[Rate]{
+		{"100/1m", Rate{100, time.Minute, 100}, ""},
+		{"5000/24h", Rate{5000, 24 * time.Hour, 5000}, ""},
+		{"100/1m burst 20", Rate{100, time.Minute, 20}, ""},
+		{"14/1s", Rate{14, time.Second, 14}, ""},
+		{"3/1m", Rate{3, time.Minute, 3}, ""}, // DESIGN §7: three at once
+		{"10/s", Rate{10, time.Second, 10}, ""},
+		{"3/m", Rate{3, time.Minute, 3}, ""},
+		{"1000/d", Rate{1000, 24 * time.Hour, 1000}, ""},
+		{" 100 / 1m  BURST 5 ", Rate{100, time.Minute, 5}, ""},
+		{"unlimited", Rate{}, ""},
+		{"100", Rate{}, "want N/DURATION"},
+		{"0/1m", Rate{}, "at least 1"},
+		{"x/1m", Rate{}, "at least 1"},
+		{"10/0s", Rate{}, "period must be positive"},
+		{"10/1x", Rate{}, `unknown unit "x"`},
+		{"10/1m burst 0", Rate{}, "burst must be"},
+		{"10/1m burst", Rate{}, "unknown unit"},
+		{"", Rate{}, "want N/DURATION"},
+	})
+	// String spells a rate the one way.
+	for in, want := range map[string]string{
+		"100/1m":              "100/1m",
+		"5000/24h":            "5000/1d",
+		"100/1m burst 20":     "100/1m burst 20",
+		"14/1s":               "14/1s",
+		"3/1m":                "3/1m",
+		"10/s":                "10/1s",
+		"3/m":                 "3/1m",
+		"1000/d":              "1000/1d",
+		" 100 / 1m  BURST 5 ": "100/1m burst 5",
+		"unlimited":           "unlimited",
+	} {
+		if r, err := ParseRate(in); err != nil || r.String() != want {
+			t.Errorf("ParseRate(%q).String() = %q, %v; want %q", in, r.String(), err, want)
 		}
 	}
+}
+
+// fuzzParse fuzzes parse (called name) from seeds: whatever it accepts must
+// pass check and parse back to itself from format's spelling.
+func fuzzParse[T comparable](f *testing.F, name string, seeds []string, parse func(string) (T, error), format func(T) string, check func(t *testing.T, s string, v T)) {
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := parse(s)
+		if err != nil {
+			return
+		}
+		check(t, s, v)
+		back, err := parse(format(v))
+		if err != nil || back != v {
+			t.Fatalf("%s(%q) = %v; %q parses to %v, %v", name, s, v, format(v), back, err)
+		}
+	})
 }
 
 func FuzzParseSize(f *testing.F) {
-	for _, s := range []string{"0", "1024", "25MB", "25MiB", "1.5GB", "25 kib", "9223372036854775807"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		v, err := ParseSize(s)
-		if err != nil {
-			return
-		}
-		if v < 0 {
-			t.Fatalf("ParseSize(%q) = %d: negative", s, v)
-		}
-		back, err := ParseSize(v.String())
-		if err != nil || back != v {
-			t.Fatalf("ParseSize(%q) = %d; String %q parses to %d, %v", s, v, v.String(), back, err)
-		}
-	})
+	fuzzParse(f, "ParseSize", []string{"0", "1024", "25MB", "25MiB", "1.5GB", "25 kib", "9223372036854775807"}, ParseSize, Size.String,
+		func(t *testing.T, s string, v Size) {
+			if v < 0 {
+				t.Fatalf("ParseSize(%q) = %d: negative", s, v)
+			}
+		})
 }
 
 func FuzzParseDuration(f *testing.F) {
-	for _, s := range []string{"0", "30s", "5d", "1d12h", "1.5h", "-2m", "250ms", "1us"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		d, err := ParseDuration(s)
-		if err != nil {
-			return
-		}
-		// Go syntax is a subset: where Go accepts, we agree.
-		if gd, gerr := time.ParseDuration(s); gerr == nil && gd != d && !strings.Contains(s, "d") {
-			t.Fatalf("ParseDuration(%q) = %v, time.ParseDuration = %v", s, d, gd)
-		}
-		back, err := ParseDuration(FormatDuration(d))
-		if err != nil || back != d {
-			t.Fatalf("ParseDuration(%q) = %v; FormatDuration %q parses to %v, %v", s, d, FormatDuration(d), back, err)
-		}
-	})
+	fuzzParse(f, "ParseDuration", []string{"0", "30s", "5d", "1d12h", "1.5h", "-2m", "250ms", "1us"}, ParseDuration, FormatDuration,
+		func(t *testing.T, s string, d time.Duration) {
+			// Go syntax is a subset: where Go accepts, we agree.
+			if gd, gerr := time.ParseDuration(s); gerr == nil && gd != d && !strings.Contains(s, "d") {
+				t.Fatalf("ParseDuration(%q) = %v, time.ParseDuration = %v", s, d, gd)
+			}
+		})
 }
 
 func FuzzParseRate(f *testing.F) {
-	for _, s := range []string{"100/1m", "5000/24h", "100/1m burst 20", "14/1s", "10/s", "3/m", "unlimited", "1/1.5d burst 7"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		r, err := ParseRate(s)
-		if err != nil {
-			return
-		}
-		if !r.Unlimited() && (r.N < 1 || r.Per <= 0 || r.Burst < 1) {
-			t.Fatalf("ParseRate(%q) = %+v: out of range", s, r)
-		}
-		back, err := ParseRate(r.String())
-		if err != nil || back != r {
-			t.Fatalf("ParseRate(%q) = %+v; String %q parses to %+v, %v", s, r, r.String(), back, err)
-		}
-	})
+	fuzzParse(f, "ParseRate", []string{"100/1m", "5000/24h", "100/1m burst 20", "14/1s", "10/s", "3/m", "unlimited", "1/1.5d burst 7"}, ParseRate, Rate.String,
+		func(t *testing.T, s string, r Rate) {
+			if !r.Unlimited() && (r.N < 1 || r.Per <= 0 || r.Burst < 1) {
+				t.Fatalf("ParseRate(%q) = %+v: out of range", s, r)
+			}
+		})
 }

@@ -2,13 +2,13 @@ package policy
 
 import (
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/golden"
 	"github.com/sluicemail/sluice/internal/metrics"
 )
 
@@ -97,19 +97,7 @@ func TestExplain(t *testing.T) {
 			if allowed != tt.allowed {
 				t.Errorf("allowed = %v, want %v\n%s", allowed, tt.allowed, got)
 			}
-			path := filepath.Join("testdata", "explain", tt.name+".golden")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to create it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("Explain differs from %s:\ngot:\n%s\nwant:\n%s", path, got, want)
-			}
+			golden.Check(t, filepath.Join("testdata", "explain", tt.name+".golden"), []byte(got), *update)
 		})
 	}
 }

@@ -1,33 +1,15 @@
 package queue
 
 import (
-	"bytes"
 	"flag"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/sluicemail/sluice/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		os.MkdirAll("testdata", 0o755)
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
-}
 
 func TestDSNGolden(t *testing.T) {
 	t.Parallel()
@@ -55,7 +37,7 @@ func TestDSNGolden(t *testing.T) {
 			Original: append(orig, "Body.\r\n"...), Full: true,
 		}},
 	} {
-		golden(t, tc.name, tc.d.build())
+		golden.Check(t, filepath.Join("testdata", tc.name), tc.d.build(), *update)
 	}
 	// A provider's later report (SES, through the webhook): the original
 	// left the spool long ago, so its Message-ID stands for its headers.
@@ -63,7 +45,7 @@ func TestDSNGolden(t *testing.T) {
 		Received: arrival, Recipient: "jane@example.com", Status: "5.1.1", Diag: "550 5.1.1 <jane@example.com>... User",
 		Remote: "email.example.com", Provider: "ses"}
 	d := providerDSN(pb, "relay.example.com", "MAILER-DAEMON@relay.example.com", arrival.Add(3*time.Hour), [12]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
-	golden(t, "dsn-provider.golden", d.build())
+	golden.Check(t, filepath.Join("testdata", "dsn-provider.golden"), d.build(), *update)
 	// No enhanced status, or a 4.x.x one: the report says 5.0.0, it is final.
 	pb.Status, pb.Diag = "4.2.0", ""
 	if r := providerDSN(pb, "h", "f@h", arrival, [12]byte{}).Rcpts[0]; r.Status != "5.0.0" || r.Diag != "permanent failure reported by ses" {

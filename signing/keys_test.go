@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sluicemail/sluice/config"
+	"github.com/sluicemail/sluice/internal/golden"
 )
 
 func TestParseKeyPEM(t *testing.T) {
@@ -126,7 +127,7 @@ func TestDNSRecordGolden(t *testing.T) {
 	ed := testEd25519()
 	out := DNSRecord("example.com", "s2026r", rsaKey.Public()) + "\n" +
 		DNSRecord("example.com.", "s2026e", ed.Public()) + "\n"
-	golden(t, "testdata/dns.golden", []byte(out))
+	golden.Check(t, "testdata/dns.golden", []byte(out), *update)
 
 	// The RSA-2048 value (about 410 bytes) needs two strings: 255 + the rest,
 	// which concatenate back to the unsplit value.

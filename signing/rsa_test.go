@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicemail/sluice/internal/golden"
 )
 
 // native reports whether this build signs RSA through libcrypto; the tests
@@ -99,7 +101,7 @@ func TestGoldenSignatureRSA(t *testing.T) {
 	t.Parallel()
 	kr := NewKeyring([]Key{{Domain: "example.com", Selector: "s2026r", Signer: testRSA(t)}})
 	kr.Now = fixedClock
-	golden(t, "testdata/signature-rsa.golden", sign(t, kr, "example.com", "", sampleMessage, 0))
+	golden.Check(t, "testdata/signature-rsa.golden", sign(t, kr, "example.com", "", sampleMessage, 0), *update)
 }
 
 // TestNativeConcurrentAndClose signs from many goroutines at once (more

@@ -7,12 +7,13 @@ import (
 	"crypto/rsa"
 	"flag"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/sluicemail/sluice/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata/")
@@ -416,25 +417,9 @@ func TestGoldenSignature(t *testing.T) {
 	t.Parallel()
 	kr := NewKeyring([]Key{{Domain: "example.com", Selector: "s2026e", Signer: testEd25519()}})
 	kr.Now = fixedClock
-	golden(t, "testdata/signature-ed25519.golden", sign(t, kr, "example.com", "", sampleMessage, 0))
+	golden.Check(t, "testdata/signature-ed25519.golden", sign(t, kr, "example.com", "", sampleMessage, 0), *update)
 	kr.Now = fixedClock
-	golden(t, "testdata/signature-ed25519-ses.golden", sign(t, kr, "example.com", ProfileSES, sampleMessage, 0))
-}
-
-func golden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs:\ngot:\n%s\nwant:\n%s", filepath.Base(path), got, want)
-	}
+	golden.Check(t, "testdata/signature-ed25519-ses.golden", sign(t, kr, "example.com", ProfileSES, sampleMessage, 0), *update)
 }
 
 var _ crypto.Signer = ed25519.PrivateKey(nil)

@@ -12,59 +12,51 @@ import (
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
+// TestClassify: at RCPT the reply names one recipient, so quota text alone
+// does not throttle the upstream there; the throttling codes still do.
 func TestClassify(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
+	type reply struct {
 		code  int
 		enh   [3]int
 		text  string
 		class Class
 		want  [3]int
-	}{
-		{454, [3]int{}, "Throttling failure: Maximum sending rate exceeded.", Throttled, [3]int{4, 0, 0}},
-		{454, [3]int{4, 7, 0}, "Throttling failure: Daily message quota exceeded.", Throttled, [3]int{4, 7, 0}},
-		{421, [3]int{4, 4, 5}, "Too busy", Throttled, [3]int{4, 4, 5}},
-		{421, [3]int{}, "Service not available", Throttled, [3]int{4, 0, 0}},
-		{451, [3]int{4, 7, 1}, "Try again later", Throttled, [3]int{4, 7, 1}},
-		{451, [3]int{4, 3, 0}, "Local error in processing", Temporary, [3]int{4, 3, 0}},
-		{451, [3]int{}, "Temporary local problem", Temporary, [3]int{4, 0, 0}},
-		{554, [3]int{5, 7, 0}, "Sending quota exceeded", Throttled, [3]int{5, 7, 0}},
-		{550, [3]int{5, 7, 1}, "Daily user sending quota exceeded.", Throttled, [3]int{5, 7, 1}},
-		{450, [3]int{4, 2, 1}, "The user you are trying to contact is receiving mail at a rate that prevents additional messages", Temporary, [3]int{4, 2, 1}},
-		{452, [3]int{4, 5, 3}, "Too many recipients", Temporary, [3]int{4, 5, 3}},
-		{550, [3]int{5, 1, 1}, "No such user", Permanent, [3]int{5, 1, 1}},
-		{554, [3]int{}, "Message rejected: Email address is not verified.", Permanent, [3]int{5, 0, 0}},
-		{535, [3]int{5, 7, 8}, "Authentication Credentials Invalid", Permanent, [3]int{5, 7, 8}},
-		{552, [3]int{5, 3, 4}, "Message too big", Permanent, [3]int{5, 3, 4}},
-		{250, [3]int{}, "OK", Temporary, [3]int{2, 0, 0}},
-		{0, [3]int{}, "", Temporary, [3]int{}},
-	} {
-		class, enh := Classify(StageMail, tc.code, tc.enh, tc.text)
-		if class != tc.class || enh != tc.want {
-			t.Errorf("Classify(%d, %v, %q) = %v %v, want %v %v", tc.code, tc.enh, tc.text, class, enh, tc.class, tc.want)
-		}
 	}
-}
-
-// TestClassifyAtRcpt: at RCPT the reply names one recipient, so quota text
-// alone does not throttle the upstream; the throttling codes still do.
-func TestClassifyAtRcpt(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		code  int
-		enh   [3]int
-		text  string
-		class Class
-	}{
-		{552, [3]int{5, 2, 2}, "Mailbox over quota", Permanent},
-		{550, [3]int{5, 7, 1}, "Daily user sending quota exceeded.", Permanent},
-		{452, [3]int{4, 5, 3}, "rate limit for this recipient", Temporary},
-		{454, [3]int{}, "Throttling failure", Throttled},
-		{451, [3]int{4, 7, 1}, "Try again later", Throttled},
-		{421, [3]int{}, "closing", Throttled},
+	for stage, replies := range map[Stage][]reply{
+		StageMail: {
+			{454, [3]int{}, "Throttling failure: Maximum sending rate exceeded.", Throttled, [3]int{4, 0, 0}},
+			{454, [3]int{4, 7, 0}, "Throttling failure: Daily message quota exceeded.", Throttled, [3]int{4, 7, 0}},
+			{421, [3]int{4, 4, 5}, "Too busy", Throttled, [3]int{4, 4, 5}},
+			{421, [3]int{}, "Service not available", Throttled, [3]int{4, 0, 0}},
+			{451, [3]int{4, 7, 1}, "Try again later", Throttled, [3]int{4, 7, 1}},
+			{451, [3]int{4, 3, 0}, "Local error in processing", Temporary, [3]int{4, 3, 0}},
+			{451, [3]int{}, "Temporary local problem", Temporary, [3]int{4, 0, 0}},
+			{554, [3]int{5, 7, 0}, "Sending quota exceeded", Throttled, [3]int{5, 7, 0}},
+			{550, [3]int{5, 7, 1}, "Daily user sending quota exceeded.", Throttled, [3]int{5, 7, 1}},
+			{450, [3]int{4, 2, 1}, "The user you are trying to contact is receiving mail at a rate that prevents additional messages", Temporary, [3]int{4, 2, 1}},
+			{452, [3]int{4, 5, 3}, "Too many recipients", Temporary, [3]int{4, 5, 3}},
+			{550, [3]int{5, 1, 1}, "No such user", Permanent, [3]int{5, 1, 1}},
+			{554, [3]int{}, "Message rejected: Email address is not verified.", Permanent, [3]int{5, 0, 0}},
+			{535, [3]int{5, 7, 8}, "Authentication Credentials Invalid", Permanent, [3]int{5, 7, 8}},
+			{552, [3]int{5, 3, 4}, "Message too big", Permanent, [3]int{5, 3, 4}},
+			{250, [3]int{}, "OK", Temporary, [3]int{2, 0, 0}},
+			{0, [3]int{}, "", Temporary, [3]int{}},
+		},
+		StageRcpt: {
+			{552, [3]int{5, 2, 2}, "Mailbox over quota", Permanent, [3]int{5, 2, 2}},
+			{550, [3]int{5, 7, 1}, "Daily user sending quota exceeded.", Permanent, [3]int{5, 7, 1}},
+			{452, [3]int{4, 5, 3}, "rate limit for this recipient", Temporary, [3]int{4, 5, 3}},
+			{454, [3]int{}, "Throttling failure", Throttled, [3]int{4, 0, 0}},
+			{451, [3]int{4, 7, 1}, "Try again later", Throttled, [3]int{4, 7, 1}},
+			{421, [3]int{}, "closing", Throttled, [3]int{4, 0, 0}},
+		},
 	} {
-		if class, _ := Classify(StageRcpt, tc.code, tc.enh, tc.text); class != tc.class {
-			t.Errorf("Classify(rcpt, %d, %v, %q) = %v, want %v", tc.code, tc.enh, tc.text, class, tc.class)
+		for _, r := range replies {
+			class, enh := Classify(stage, r.code, r.enh, r.text)
+			if class != r.class || enh != r.want {
+				t.Errorf("Classify(%s, %d, %v, %q) = %v %v, want %v %v", stage, r.code, r.enh, r.text, class, enh, r.class, r.want)
+			}
 		}
 	}
 }

@@ -30,6 +30,24 @@ func smtpUp(name string, s *testsmtp.Server, prio int) config.Upstream {
 		Priority: prio, Timeout: 2 * time.Second, ConnectTimeout: 2 * time.Second}
 }
 
+// primaryBackup starts a primary test upstream and its backup, and gives
+// their configs (priority 10 and 20) for the test to tune.
+func primaryBackup(t *testing.T) (primary, backup *testsmtp.Server, ups []config.Upstream) {
+	primary = testsmtp.Start(t, testsmtp.Options{})
+	backup = testsmtp.Start(t, testsmtp.Options{})
+	return primary, backup, []config.Upstream{smtpUp("primary", primary, 10), smtpUp("backup", backup, 20)}
+}
+
+// failingPrimary is a dispatcher on a test clock over a primary that answers
+// MAIL with the given reply and opens its breaker for backoff, and a backup.
+func failingPrimary(t *testing.T, backoff time.Duration, code int, enh [3]int, text string) (primary, backup *testsmtp.Server, clk *clock, d *Dispatcher) {
+	primary, backup, ups := primaryBackup(t)
+	primary.Fail(testsmtp.StageMail, code, enh, text)
+	ups[0].BreakerBackoff = backoff
+	clk = newClock()
+	return primary, backup, clk, newDispatcher(t, Options{Upstreams: ups, Now: clk.Now})
+}
+
 func newDispatcher(t testing.TB, o Options) *Dispatcher {
 	t.Helper()
 	if o.Hostname == "" {
@@ -97,13 +115,7 @@ func status(d *Dispatcher, name string) Status {
 
 func TestThrottledPrimaryFailsOverAndRecovers(t *testing.T) {
 	t.Parallel()
-	primary := testsmtp.Start(t, testsmtp.Options{})
-	backup := testsmtp.Start(t, testsmtp.Options{})
-	primary.Fail(testsmtp.StageMail, 454, [3]int{4, 7, 0}, "Throttling failure: Maximum sending rate exceeded.")
-	clk := newClock()
-	p := smtpUp("primary", primary, 10)
-	p.BreakerBackoff = 30 * time.Second
-	d := newDispatcher(t, Options{Upstreams: []config.Upstream{p, smtpUp("backup", backup, 20)}, Now: clk.Now})
+	primary, backup, clk, d := failingPrimary(t, 30*time.Second, 454, [3]int{4, 7, 0}, "Throttling failure: Maximum sending rate exceeded.")
 
 	r := mustDeliver(t, d, msg("m1", body))
 	if r.Upstream != "backup" || len(backup.Messages()) != 1 {
@@ -135,13 +147,7 @@ func TestThrottledPrimaryFailsOverAndRecovers(t *testing.T) {
 
 func TestBreakerReopensWithDoubledBackoff(t *testing.T) {
 	t.Parallel()
-	primary := testsmtp.Start(t, testsmtp.Options{})
-	backup := testsmtp.Start(t, testsmtp.Options{})
-	primary.Fail(testsmtp.StageMail, 421, [3]int{4, 4, 5}, "Too busy")
-	clk := newClock()
-	p := smtpUp("primary", primary, 10)
-	p.BreakerBackoff = 10 * time.Second
-	d := newDispatcher(t, Options{Upstreams: []config.Upstream{p, smtpUp("backup", backup, 20)}, Now: clk.Now})
+	_, _, clk, d := failingPrimary(t, 10*time.Second, 421, [3]int{4, 4, 5}, "Too busy")
 	mustDeliver(t, d, msg("m1", body))
 	if st := status(d, "primary"); st.OpenUntil != clk.Now().Add(10*time.Second) {
 		t.Fatalf("first open: %+v", st)
@@ -155,12 +161,10 @@ func TestBreakerReopensWithDoubledBackoff(t *testing.T) {
 
 func TestStallAfterDotIsPossibleDuplicateWithoutFailover(t *testing.T) {
 	t.Parallel()
-	primary := testsmtp.Start(t, testsmtp.Options{})
-	backup := testsmtp.Start(t, testsmtp.Options{})
+	primary, backup, ups := primaryBackup(t)
 	primary.Stall(testsmtp.StageAfterDot)
-	p := smtpUp("primary", primary, 10)
-	p.Timeout = 300 * time.Millisecond
-	d := newDispatcher(t, Options{Upstreams: []config.Upstream{p, smtpUp("backup", backup, 20)}})
+	ups[0].Timeout = 300 * time.Millisecond
+	d := newDispatcher(t, Options{Upstreams: ups})
 	r := d.Deliver(context.Background(), msg("m1", body, "a@example.org", "b@example.org"))
 	for _, err := range r.Errs {
 		var e *Error
@@ -192,10 +196,8 @@ func TestRcpt550FailsOnlyThatRecipient(t *testing.T) {
 
 func TestMessage5xxBouncesUnlessFailoverOn5xx(t *testing.T) {
 	t.Parallel()
-	primary := testsmtp.Start(t, testsmtp.Options{})
-	backup := testsmtp.Start(t, testsmtp.Options{})
+	primary, backup, ups := primaryBackup(t)
 	primary.Fail(testsmtp.StageAfterDot, 554, [3]int{5, 7, 1}, "Message rejected: Email address is not verified")
-	ups := []config.Upstream{smtpUp("primary", primary, 10), smtpUp("backup", backup, 20)}
 	d := newDispatcher(t, Options{Upstreams: ups})
 	r := d.Deliver(context.Background(), msg("m1", body))
 	var e *Error
@@ -493,15 +495,13 @@ func TestStatusFile(t *testing.T) {
 
 func TestDropMidDataFailsOverBeforeDot(t *testing.T) {
 	t.Parallel()
-	primary := testsmtp.Start(t, testsmtp.Options{})
-	backup := testsmtp.Start(t, testsmtp.Options{})
+	primary, backup, ups := primaryBackup(t)
 	primary.DropMidData(true)
 	big := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 50000)
 	// 3 MB under -race on a loaded machine can take longer than the 2 s
 	// command timeout the other tests use; this test is about the drop.
-	p, b := smtpUp("primary", primary, 10), smtpUp("backup", backup, 20)
-	p.Timeout, b.Timeout = 30*time.Second, 30*time.Second
-	d := newDispatcher(t, Options{Upstreams: []config.Upstream{p, b}})
+	ups[0].Timeout, ups[1].Timeout = 30*time.Second, 30*time.Second
+	d := newDispatcher(t, Options{Upstreams: ups})
 	r := d.Deliver(context.Background(), msg("m", big))
 	if r.Errs[0] != nil {
 		var e *Error
