@@ -183,13 +183,13 @@ func ParseSES(body []byte) ([]Event, *SubscriptionConfirmation, error) {
 		if ev.Complaint == nil {
 			return nil, nil, malformed("ses: Complaint without complaint")
 		}
+		diag := "complaint"
+		if ev.Complaint.ComplaintFeedbackType != "" {
+			diag += " (" + ev.Complaint.ComplaintFeedbackType + ")"
+		}
 		for _, r := range ev.Complaint.ComplainedRecipients {
 			e := base
-			e.Kind, e.Recipient = KindComplaint, r.EmailAddress
-			e.Diag = "complaint"
-			if ev.Complaint.ComplaintFeedbackType != "" {
-				e.Diag += " (" + ev.Complaint.ComplaintFeedbackType + ")"
-			}
+			e.Kind, e.Recipient, e.Diag = KindComplaint, r.EmailAddress, diag
 			out = append(out, e)
 		}
 	case "Delivery":

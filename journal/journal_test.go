@@ -86,7 +86,8 @@ func TestTraceByEveryKindOfQuery(t *testing.T) {
 		}
 	}
 	t.Run("daemon", func(t *testing.T) { check(t, func(q string) Result { return j.Trace(q, time.Time{}) }) })
-	t.Run("dir while open", func(t *testing.T) {
+	// fromDir traces through the files, as the command does without a daemon.
+	fromDir := func(t *testing.T) {
 		check(t, func(q string) Result {
 			r, err := TraceDir(dir, q, time.Time{})
 			if err != nil {
@@ -94,22 +95,15 @@ func TestTraceByEveryKindOfQuery(t *testing.T) {
 			}
 			return r
 		})
-	})
+	}
+	t.Run("dir while open", fromDir)
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, "*.idx")); len(m) != 1 {
 		t.Fatalf("index files after close: %v", m)
 	}
-	t.Run("sealed", func(t *testing.T) {
-		check(t, func(q string) Result {
-			r, err := TraceDir(dir, q, time.Time{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		})
-	})
+	t.Run("sealed", fromDir)
 	// --since: a window after both messages finds nothing.
 	if r, _ := TraceDir(dir, "c@dest.example", c.now().Add(time.Minute)); len(r.Trails) != 0 {
 		t.Errorf("since after the events matched %+v", r.Trails)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,13 @@ import (
 	"github.com/sluicemail/sluice/internal/metrics"
 	"github.com/sluicemail/sluice/internal/testredis"
 )
+
+// bareEngine is an engine with no policies on a test clock: enough for
+// the AUTH counters.
+func bareEngine(t *testing.T) (*Engine, *clock) {
+	c := newClock()
+	return newEngine(t, &config.Config{}, c), c
+}
 
 // guessInParallel runs n AUTH attempts from ip at once, each a wrong
 // password, and returns how many had their password checked (were not
@@ -43,7 +51,7 @@ func guessInParallel(e *Engine, ip string, n int) int {
 // checked, because each attempt holds a failure slot before its check.
 func TestBeginAuthParallel(t *testing.T) {
 	t.Parallel()
-	e := newEngine(t, &config.Config{}, newClock())
+	e, _ := bareEngine(t)
 	if got := guessInParallel(e, "192.0.2.30", 120); got != authBlockAfter {
 		t.Errorf("120 parallel guesses: %d passwords checked, want %d", got, authBlockAfter)
 	}
@@ -152,4 +160,121 @@ func newAuthEngine(t *testing.T, redis bool, opts Options) *Engine {
 	}
 	t.Cleanup(e.Close)
 	return e
+}
+
+func TestAuthFailures(t *testing.T) {
+	t.Parallel()
+	e, c := bareEngine(t)
+	ctx := context.Background()
+	const ip = "192.0.2.7"
+	var delays []time.Duration
+	for i := 1; i <= 10; i++ {
+		if _, blocked := e.AuthDelay(ctx, ip); blocked {
+			t.Fatalf("blocked before failure %d", i)
+		}
+		e.AuthFailed(ctx, ip)
+		d, blocked := e.AuthDelay(ctx, ip)
+		if i < 10 {
+			if blocked {
+				t.Fatalf("blocked after %d failures", i)
+			}
+			delays = append(delays, d)
+		} else if !blocked {
+			t.Fatal("not blocked after 10 failures")
+		}
+	}
+	want := []time.Duration{0, 0, 0, 0, time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	for i := range want {
+		if delays[i] != want[i] {
+			t.Errorf("delay after %d failures = %v, want %v", i+1, delays[i], want[i])
+		}
+	}
+	if d, b := e.AuthDelay(ctx, "192.0.2.8"); d != 0 || b {
+		t.Errorf("another IP: delay %v blocked %v", d, b)
+	}
+	c.Advance(authBlockFor - time.Second)
+	if !e.Blocked(ctx, ip) {
+		t.Error("block ended before 15 minutes")
+	}
+	c.Advance(time.Second)
+	if d, b := e.AuthDelay(ctx, ip); d != 0 || b {
+		t.Errorf("after 15 minutes: delay %v blocked %v, want 0 false", d, b)
+	}
+}
+
+func TestAuthWindowAndPrefix(t *testing.T) {
+	t.Parallel()
+	e, c := bareEngine(t)
+	ctx := context.Background()
+	for range 4 {
+		e.AuthFailed(ctx, "198.51.100.1")
+	}
+	c.Advance(authWindow) // the window passed: the count starts again
+	e.AuthFailed(ctx, "198.51.100.1")
+	if d, _ := e.AuthDelay(ctx, "198.51.100.1"); d != 0 {
+		t.Errorf("5th failure in a new window: delay %v, want 0", d)
+	}
+	// One IPv6 host rotating through its /64 counts as one.
+	for i := range 10 {
+		e.AuthFailed(ctx, "2001:db8:1:2::"+strconv.Itoa(i+1))
+	}
+	if !e.Blocked(ctx, "2001:db8:1:2::ffff") {
+		t.Error("IPv6 /64 not blocked after 10 failures from its addresses")
+	}
+	if e.Blocked(ctx, "2001:db8:1:3::1") {
+		t.Error("a neighbouring /64 is blocked")
+	}
+	for range 10 {
+		e.AuthFailed(ctx, "::ffff:198.51.100.9")
+	}
+	if !e.Blocked(ctx, "198.51.100.9") {
+		t.Error("IPv4-mapped address keyed apart from its IPv4 form")
+	}
+}
+
+func TestAuthTableCap(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	e, err := New(&config.Config{}, Options{Now: c.Now, MaxKeys: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 10 {
+		e.AuthFailed(ctx, "203.0.113.1")
+	}
+	for i := range 1000 {
+		e.AuthFailed(ctx, "10.1."+strconv.Itoa(i/256)+"."+strconv.Itoa(i%256))
+	}
+	if n := e.auth.len(); n > 100 {
+		t.Errorf("%d auth entries, want at most 100", n)
+	}
+	if !e.Blocked(ctx, "203.0.113.1") {
+		t.Error("a flood of new IPs evicted a blocked one")
+	}
+}
+
+// TestAuthWindowBoundary: DESIGN §7 "after 10 [failures] within 5 minutes,
+// that IP gets 421 4.7.0". The window slides: 9 failures just before a
+// fixed window's edge and 9 just after still block.
+func TestAuthWindowBoundary(t *testing.T) {
+	t.Parallel()
+	e, c := bareEngine(t)
+	ctx := context.Background()
+	const ip = "192.0.2.77"
+	e.AuthFailed(ctx, ip) // opens the window at t0
+	c.Advance(authWindow - time.Second)
+	for range 8 {
+		e.AuthFailed(ctx, ip) // 9 within the window
+	}
+	c.Advance(2 * time.Second)
+	for range 9 {
+		if e.Blocked(ctx, ip) {
+			return
+		}
+		e.AuthFailed(ctx, ip)
+	}
+	if !e.Blocked(ctx, ip) {
+		t.Error("17 failures within 2 seconds (18 within 5 minutes) and the IP is not blocked")
+	}
 }

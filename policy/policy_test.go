@@ -95,6 +95,32 @@ func TestPatternErrors(t *testing.T) {
 	}
 }
 
+// denied_recipients must not be bypassed by the fully qualified spelling of
+// the same domain: "ceo@example.com." is delivered to ceo@example.com by
+// every MTA that accepts it (Postfix strips the trailing dot).
+func TestDeniedRecipientTrailingDot(t *testing.T) {
+	t.Parallel()
+	p, err := compilePolicy("default", &config.Policy{DeniedRecipients: []string{"ceo@example.com", "*@blocked.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rcpt := range []string{"ceo@example.com.", "x@blocked.example."} {
+		if d := p.CheckRecipient("u", rcpt, 0); d == nil {
+			t.Errorf("RCPT TO:<%s> allowed despite denied_recipients", rcpt)
+		}
+	}
+}
+
+// TestNewRefusesBadPattern: the engine refuses what the loader refuses
+// (config.CheckAddressPattern is their one definition).
+func TestNewRefusesBadPattern(t *testing.T) {
+	t.Parallel()
+	cfg := &config.Config{Policies: map[string]*config.Policy{"default": {AllowedSenders: []string{"*.example.com"}}}}
+	if _, err := New(cfg, Options{}); err == nil {
+		t.Error("New accepts allowed_senders [\"*.example.com\"]")
+	}
+}
+
 func TestKindString(t *testing.T) {
 	t.Parallel()
 	want := map[Kind]string{SenderDenied: "sender", HeaderFromDenied: "header_from", RecipientDenied: "recipient",
@@ -192,11 +218,17 @@ func rateConfig(messages, recipients config.Rate) *config.Config {
 	}
 }
 
+// rateEngine is an engine on a test clock with rateConfig's users, and its
+// default policy.
+func rateEngine(t *testing.T, messages, recipients config.Rate) (*Engine, *Policy, *clock) {
+	c := newClock()
+	e := newEngine(t, rateConfig(messages, recipients), c)
+	return e, e.Lookup("default"), c
+}
+
 func TestRateMessages(t *testing.T) {
 	t.Parallel()
-	c := newClock()
-	e := newEngine(t, rateConfig(mustRate(3, time.Minute, 0), config.Rate{}), c)
-	p := e.Lookup("default")
+	e, p, c := rateEngine(t, mustRate(3, time.Minute, 0), config.Rate{})
 	ctx := context.Background()
 	for i := range 3 {
 		if r, d := e.ReserveMessage(ctx, p, "app"); d != nil || r == nil {
@@ -240,9 +272,7 @@ func TestRateMessages(t *testing.T) {
 
 func TestRateBurst(t *testing.T) {
 	t.Parallel()
-	c := newClock()
-	e := newEngine(t, rateConfig(mustRate(10, time.Minute, 2), config.Rate{}), c)
-	p := e.Lookup("default")
+	e, p, _ := rateEngine(t, mustRate(10, time.Minute, 2), config.Rate{})
 	ctx := context.Background()
 	for i := range 2 {
 		if _, d := e.ReserveMessage(ctx, p, "app"); d != nil {
@@ -257,9 +287,7 @@ func TestRateBurst(t *testing.T) {
 
 func TestReservationCancel(t *testing.T) {
 	t.Parallel()
-	c := newClock()
-	e := newEngine(t, rateConfig(mustRate(2, time.Hour, 0), config.Rate{}), c)
-	p := e.Lookup("default")
+	e, p, c := rateEngine(t, mustRate(2, time.Hour, 0), config.Rate{})
 	ctx := context.Background()
 	r1, _ := e.ReserveMessage(ctx, p, "app")
 	r2, _ := e.ReserveMessage(ctx, p, "app")
@@ -282,9 +310,7 @@ func TestReservationCancel(t *testing.T) {
 
 func TestRecipientsChargedNotRefunded(t *testing.T) {
 	t.Parallel()
-	c := newClock()
-	e := newEngine(t, rateConfig(mustRate(10, time.Hour, 0), mustRate(3, time.Hour, 0)), c)
-	p := e.Lookup("default")
+	e, p, _ := rateEngine(t, mustRate(10, time.Hour, 0), mustRate(3, time.Hour, 0))
 	ctx := context.Background()
 	r, _ := e.ReserveMessage(ctx, p, "app")
 	for i := range 3 {
@@ -344,100 +370,6 @@ func TestEvictionBoundsMemory(t *testing.T) {
 	e.buckets.sweep(c.Now())
 	if n := e.buckets.len(); n != 0 {
 		t.Errorf("%d buckets after every bucket refilled, want 0", n)
-	}
-}
-
-func TestAuthFailures(t *testing.T) {
-	t.Parallel()
-	c := newClock()
-	e := newEngine(t, &config.Config{}, c)
-	ctx := context.Background()
-	const ip = "192.0.2.7"
-	var delays []time.Duration
-	for i := 1; i <= 10; i++ {
-		if _, blocked := e.AuthDelay(ctx, ip); blocked {
-			t.Fatalf("blocked before failure %d", i)
-		}
-		e.AuthFailed(ctx, ip)
-		d, blocked := e.AuthDelay(ctx, ip)
-		if i < 10 {
-			if blocked {
-				t.Fatalf("blocked after %d failures", i)
-			}
-			delays = append(delays, d)
-		} else if !blocked {
-			t.Fatal("not blocked after 10 failures")
-		}
-	}
-	want := []time.Duration{0, 0, 0, 0, time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
-	for i := range want {
-		if delays[i] != want[i] {
-			t.Errorf("delay after %d failures = %v, want %v", i+1, delays[i], want[i])
-		}
-	}
-	if d, b := e.AuthDelay(ctx, "192.0.2.8"); d != 0 || b {
-		t.Errorf("another IP: delay %v blocked %v", d, b)
-	}
-	c.Advance(authBlockFor - time.Second)
-	if !e.Blocked(ctx, ip) {
-		t.Error("block ended before 15 minutes")
-	}
-	c.Advance(time.Second)
-	if d, b := e.AuthDelay(ctx, ip); d != 0 || b {
-		t.Errorf("after 15 minutes: delay %v blocked %v, want 0 false", d, b)
-	}
-}
-
-func TestAuthWindowAndPrefix(t *testing.T) {
-	t.Parallel()
-	c := newClock()
-	e := newEngine(t, &config.Config{}, c)
-	ctx := context.Background()
-	for range 4 {
-		e.AuthFailed(ctx, "198.51.100.1")
-	}
-	c.Advance(authWindow) // the window passed: the count starts again
-	e.AuthFailed(ctx, "198.51.100.1")
-	if d, _ := e.AuthDelay(ctx, "198.51.100.1"); d != 0 {
-		t.Errorf("5th failure in a new window: delay %v, want 0", d)
-	}
-	// One IPv6 host rotating through its /64 counts as one.
-	for i := range 10 {
-		e.AuthFailed(ctx, "2001:db8:1:2::"+strconv.Itoa(i+1))
-	}
-	if !e.Blocked(ctx, "2001:db8:1:2::ffff") {
-		t.Error("IPv6 /64 not blocked after 10 failures from its addresses")
-	}
-	if e.Blocked(ctx, "2001:db8:1:3::1") {
-		t.Error("a neighbouring /64 is blocked")
-	}
-	for range 10 {
-		e.AuthFailed(ctx, "::ffff:198.51.100.9")
-	}
-	if !e.Blocked(ctx, "198.51.100.9") {
-		t.Error("IPv4-mapped address keyed apart from its IPv4 form")
-	}
-}
-
-func TestAuthTableCap(t *testing.T) {
-	t.Parallel()
-	c := newClock()
-	e, err := New(&config.Config{}, Options{Now: c.Now, MaxKeys: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for range 10 {
-		e.AuthFailed(ctx, "203.0.113.1")
-	}
-	for i := range 1000 {
-		e.AuthFailed(ctx, "10.1."+strconv.Itoa(i/256)+"."+strconv.Itoa(i%256))
-	}
-	if n := e.auth.len(); n > 100 {
-		t.Errorf("%d auth entries, want at most 100", n)
-	}
-	if !e.Blocked(ctx, "203.0.113.1") {
-		t.Error("a flood of new IPs evicted a blocked one")
 	}
 }
 

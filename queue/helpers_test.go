@@ -60,6 +60,9 @@ func errNoSuchUser() error {
 	return &upstream.Error{Upstream: "fake", Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}
 }
 
+// rejectAll is a fakeUpstream decision: every recipient is unknown.
+func rejectAll(delivery, string, int) error { return errNoSuchUser() }
+
 func (f *fakeUpstream) deliveries() []delivery {
 	f.mu.Lock()
 	defer f.mu.Unlock()

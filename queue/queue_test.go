@@ -273,9 +273,7 @@ func TestPermanentRecipientFailureBouncesOnlyThatRecipient(t *testing.T) {
 
 func TestNullSenderAndFailingBounceAreDropped(t *testing.T) {
 	t.Parallel()
-	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
-		return errNoSuchUser()
-	}}
+	up := &fakeUpstream{decide: rejectAll}
 	opts, lb := testOptions(t, t.TempDir(), up)
 	q := running(t, opts)
 	// A null-sender message that fails: no report at all.
@@ -322,9 +320,7 @@ func TestMaxAgeExpiresWith447(t *testing.T) {
 
 func TestNotifyNeverSuppressesReport(t *testing.T) {
 	t.Parallel()
-	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
-		return errNoSuchUser()
-	}}
+	up := &fakeUpstream{decide: rejectAll}
 	opts, _ := testOptions(t, t.TempDir(), up)
 	q := running(t, opts)
 	enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"x@example.org"}, RcptOpts: map[string]RcptDSN{"x@example.org": {Notify: []string{"NEVER"}}}}, "", testMsg)

@@ -39,6 +39,12 @@ func TestReplies(t *testing.T) {
 	t.Parallel()
 	tr := startRelay(t, relayOpts{listeners: legacyListeners, policies: tablePolicies})
 	big := strings.Repeat("x", 70) + "\r\n"
+	// submit sends one message as alice, a@example.com to r@example.org,
+	// with the header From from.
+	submit := func(t *testing.T, from, subject, body string) error {
+		_, err := send(tr.dial(t, "submission", "alice"), "a@example.com", []string{"r@example.org"}, msg(from, "r@example.org", subject, body))
+		return err
+	}
 	cases := []struct {
 		name string
 		run  func(t *testing.T) error
@@ -82,22 +88,16 @@ func TestReplies(t *testing.T) {
 			return parseReply(r.cmd("MAIL FROM:<a@example.com> REQUIRETLS"))
 		}, "530 5.7.10"},
 		{"bare CR", func(t *testing.T) error {
-			_, err := send(tr.dial(t, "submission", "alice"), "a@example.com", []string{"r@example.org"},
-				msg("a@example.com", "r@example.org", "barecr", "line one\rline two"))
-			return err
+			return submit(t, "a@example.com", "barecr", "line one\rline two")
 		}, "554 5.6.0"},
 		{"NUL byte", func(t *testing.T) error {
-			_, err := send(tr.dial(t, "submission", "alice"), "a@example.com", []string{"r@example.org"},
-				msg("a@example.com", "r@example.org", "nul", "a\x00b"))
-			return err
+			return submit(t, "a@example.com", "nul", "a\x00b")
 		}, "554 5.6.0"},
 		{"envelope sender not allowed", func(t *testing.T) error {
 			return tr.dial(t, "submission", "alice").Mail("a@elsewhere.example", nil)
 		}, "550 5.7.1"},
 		{"header From not allowed", func(t *testing.T) error {
-			_, err := send(tr.dial(t, "submission", "alice"), "a@example.com", []string{"r@example.org"},
-				msg("ceo@elsewhere.example", "r@example.org", "spoof", "hi"))
-			return err
+			return submit(t, "ceo@elsewhere.example", "spoof", "hi")
 		}, "550 5.7.1"},
 		{"{user} expands to the login", func(t *testing.T) error {
 			c := tr.dial(t, "submission", "alice")

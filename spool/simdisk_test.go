@@ -126,6 +126,22 @@ func (d *simDisk) lookup(name string) (*simDir, string, error) {
 	return dir, path.Base(name), nil
 }
 
+// existing finds name's live entry for op, failing as the OS would (or
+// after the power cut). d.mu is held.
+func (d *simDisk) existing(op, name string) (dir *simDir, base string, ino int, err error) {
+	if d.dead() {
+		return nil, "", 0, pathErr(op, name, errPowerCut)
+	}
+	if dir, base, err = d.lookup(name); err != nil {
+		return nil, "", 0, pathErr(op, name, err)
+	}
+	ino, ok := dir.names[base]
+	if !ok {
+		return nil, "", 0, pathErr(op, name, fs.ErrNotExist)
+	}
+	return dir, base, ino, nil
+}
+
 func (d *simDisk) MkdirAll(p string, perm fs.FileMode) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -181,20 +197,13 @@ func (d *simDisk) OpenFile(name string, flag int, perm fs.FileMode) (File, error
 func (d *simDisk) Rename(oldpath, newpath string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.dead() {
-		return pathErr("rename", oldpath, errPowerCut)
-	}
-	od, ob, err := d.lookup(oldpath)
+	od, ob, ino, err := d.existing("rename", oldpath)
 	if err != nil {
-		return pathErr("rename", oldpath, err)
+		return err
 	}
 	nd, nb, err := d.lookup(newpath)
 	if err != nil {
 		return pathErr("rename", newpath, err)
-	}
-	ino, ok := od.names[ob]
-	if !ok {
-		return pathErr("rename", oldpath, fs.ErrNotExist)
 	}
 	if !d.step("rename " + ob + " " + nb) {
 		return pathErr("rename", oldpath, errPowerCut)
@@ -207,15 +216,9 @@ func (d *simDisk) Rename(oldpath, newpath string) error {
 func (d *simDisk) Remove(name string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.dead() {
-		return pathErr("remove", name, errPowerCut)
-	}
-	dir, base, err := d.lookup(name)
+	dir, base, _, err := d.existing("remove", name)
 	if err != nil {
-		return pathErr("remove", name, err)
-	}
-	if _, ok := dir.names[base]; !ok {
-		return pathErr("remove", name, fs.ErrNotExist)
+		return err
 	}
 	if !d.step("remove " + base) {
 		return pathErr("remove", name, errPowerCut)

@@ -42,6 +42,18 @@ func TestDescribe(t *testing.T) {
 	}
 }
 
+func newClock() *testclock.Clock { return testclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)) }
+
+// openFile opens the FileStore at path on c, or ends the test.
+func openFile(t *testing.T, path string, sync bool, c *testclock.Clock) *FileStore {
+	t.Helper()
+	s, err := OpenFile(path, sync, c.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // testStore runs the Store contract against s (whose clock c controls,
 // when it is a FileStore; Redis keeps its own time, so expiry is checked
 // there with a real, short TTL).
@@ -90,12 +102,9 @@ func testStore(t *testing.T, s Store, expire func(d time.Duration)) {
 }
 
 func TestFileStore(t *testing.T) {
-	c := testclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
+	c := newClock()
 	path := filepath.Join(t.TempDir(), "s.log")
-	s, err := OpenFile(path, true, c.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openFile(t, path, true, c)
 	testStore(t, s, c.Advance)
 
 	// A second opener (an offline command under a running daemon) is refused.
@@ -109,10 +118,7 @@ func TestFileStore(t *testing.T) {
 	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString(`{"op":"put","k":"supp:torn@x","v":"`)
 	f.Close()
-	s, err = OpenFile(path, true, c.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = openFile(t, path, true, c)
 	ctx := context.Background()
 	if v, ok, _ := s.Get(ctx, "supp:a@x"); !ok || string(v) != `{"v":1}` {
 		t.Fatalf("after replay: %q %v", v, ok)
@@ -131,10 +137,7 @@ func TestFileStore(t *testing.T) {
 	if st.Size() > 200<<10 {
 		t.Errorf("log is %d bytes after 3000 rewrites of one key: not compacted", st.Size())
 	}
-	s, err = OpenFile(path, true, c.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = openFile(t, path, true, c)
 	defer s.Close()
 	for _, k := range []string{"supp:a@x", "supp:churn@x", "claim:k"} {
 		if _, ok, _ := s.Get(ctx, k); !ok {
@@ -144,10 +147,7 @@ func TestFileStore(t *testing.T) {
 	// Writes after a compaction land in the new file.
 	s.Put(ctx, "supp:after@x", []byte("1"), time.Hour)
 	s.Close()
-	s2, err := OpenFile(path, true, c.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2 := openFile(t, path, true, c)
 	defer s2.Close()
 	if _, ok, _ := s2.Get(ctx, "supp:after@x"); !ok {
 		t.Error("a write after compaction was lost")
@@ -157,12 +157,9 @@ func TestFileStore(t *testing.T) {
 // TestFileStoreForgets: entries that expire leave memory and, through a
 // compaction, the log, even when every key is written once (the index).
 func TestFileStoreForgets(t *testing.T) {
-	c := testclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
+	c := newClock()
 	path := filepath.Join(t.TempDir(), "s.log")
-	s, err := OpenFile(path, false, c.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openFile(t, path, false, c)
 	defer s.Close()
 	ctx := context.Background()
 	for i := range 20000 {
@@ -194,11 +191,8 @@ func TestRedisStore(t *testing.T) {
 }
 
 func TestListAndIndex(t *testing.T) {
-	c := testclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
-	s, err := OpenFile(filepath.Join(t.TempDir(), "s.log"), true, c.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newClock()
+	s := openFile(t, filepath.Join(t.TempDir(), "s.log"), true, c)
 	defer s.Close()
 	ctx := context.Background()
 	l := NewList(s, 30*24*time.Hour, nil, c.Now)

@@ -162,6 +162,16 @@ func copyMessage(w io.Writer, m *Message) error {
 	return err
 }
 
+// copyBase64 writes the message to w in standard base64 (the JSON and
+// text bodies of Graph and SES).
+func copyBase64(w io.Writer, m *Message) error {
+	enc := base64.NewEncoder(base64.StdEncoding, w)
+	if err := copyMessage(enc, m); err != nil {
+		return err
+	}
+	return enc.Close()
+}
+
 // mailgunAPI posts to the MIME endpoint: the message as a file part, the
 // envelope recipients as "to" fields, HTTP basic auth "api:KEY".
 type mailgunAPI struct{ base, domain, key string }
@@ -209,13 +219,7 @@ func (a *graphAPI) request(ctx context.Context, m *Message, _ []string) (*http.R
 	if err != nil {
 		return nil, err
 	}
-	body := streamed(func(w io.Writer) error {
-		enc := base64.NewEncoder(base64.StdEncoding, w)
-		if err := copyMessage(enc, m); err != nil {
-			return err
-		}
-		return enc.Close()
-	})
+	body := streamed(func(w io.Writer) error { return copyBase64(w, m) })
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.base+"/v1.0/users/"+url.PathEscape(a.user)+"/sendMail", body)
 	if err != nil {
 		return nil, err
@@ -240,11 +244,7 @@ func (a *sesAPI) request(ctx context.Context, m *Message, rcpts []string) (*http
 		if _, err := io.WriteString(w, `{"Content":{"Raw":{"Data":"`); err != nil {
 			return err
 		}
-		enc := base64.NewEncoder(base64.StdEncoding, w)
-		if err := copyMessage(enc, m); err != nil {
-			return err
-		}
-		if err := enc.Close(); err != nil {
+		if err := copyBase64(w, m); err != nil {
 			return err
 		}
 		tail := `"}},"Destination":{"ToAddresses":` + jsonStrings(rcpts) + `}`
