@@ -15,13 +15,7 @@ import (
 func TestRecoverKeepsStateLogs(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	s, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Recover(func(*Message) {}); err != nil {
-		t.Fatal(err)
-	}
+	s := openAt(t, dir, Options{})
 	held, f1 := commitOne(t, s, "held\r\n")
 	later, f2 := commitOne(t, s, "later\r\n")
 	plain, f3 := commitOne(t, s, "plain\r\n")
@@ -81,13 +75,7 @@ func TestRecoverKeepsStateLogs(t *testing.T) {
 func TestRecoverManyInBlocks(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	s, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Recover(func(*Message) {}); err != nil {
-		t.Fatal(err)
-	}
+	s := openAt(t, dir, Options{})
 	var want []string
 	for range recoverBlock + recoverBlock/2 {
 		id, f := commitOne(t, s, "x\r\n")

@@ -16,7 +16,14 @@ import (
 
 func openTemp(t *testing.T, o Options) *Spool {
 	t.Helper()
-	s, err := Open(t.TempDir(), o)
+	return openAt(t, t.TempDir(), o)
+}
+
+// openAt opens and recovers the spool in dir (closed at the end of the test;
+// closing it sooner is fine).
+func openAt(t *testing.T, dir string, o Options) *Spool {
+	t.Helper()
+	s, err := Open(dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
