@@ -25,6 +25,7 @@ type client struct {
 	port     int
 	tls      string // negotiated TLS version ("TLS 1.3") or "none", for the journal
 	utf8     bool   // the server offered SMTPUTF8
+	pipeline bool   // the server offered PIPELINING: MAIL, RCPT and DATA go in one write
 	lastUsed time.Time
 }
 
@@ -141,13 +142,14 @@ func (u *upstream) handshake(ctx context.Context, raw net.Conn, port int) (*clie
 		return nil, e
 	}
 	utf8, _ := c.Extension("SMTPUTF8")
+	pipeline, _ := c.Extension("PIPELINING")
 	u.mu.Lock()
 	u.utf8 = notOffered
 	if utf8 {
 		u.utf8 = offered
 	}
 	u.mu.Unlock()
-	return &client{c: c, conn: conn, port: port, tls: tlsName(conn), utf8: utf8, lastUsed: u.d.now()}, nil
+	return &client{c: c, conn: conn, port: port, tls: tlsName(conn), utf8: utf8, pipeline: pipeline, lastUsed: u.d.now()}, nil
 }
 
 // startTLS speaks banner, EHLO (with our hostname) and STARTTLS on the raw
@@ -321,6 +323,51 @@ func (b *bareCRWriter) Write(p []byte) (int, error) {
 	return b.w.Write(p)
 }
 
+// pipelined sends MAIL, every RCPT and DATA in one write (the upstream
+// offered PIPELINING) and classifies the replies as transact does command by
+// command. It returns the body's writer, or done with out filled in.
+func (u *upstream) pipelined(cl *client, m *Message, mo *smtp.MailOptions, rcpts []string, out *txOutcome) (*smtp.DataCommand, bool) {
+	name := u.cfg.Name
+	w, res := cl.c.MailRcptData(m.From, mo, rcpts)
+	if res.Mail != nil {
+		out.err = newError(name, StageMail, res.Mail)
+		out.reusable = !res.Lost && !out.err.connectionLost()
+		return nil, true
+	}
+	out.mailOK = true
+	accepted := 0
+	var firstTemp *Error
+	for i, err := range res.Rcpt {
+		if err == nil {
+			accepted++
+			continue
+		}
+		e := newError(name, StageRcpt, err)
+		out.rcptErrs[i] = e
+		if res.Lost || e.connectionLost() {
+			out.err = e
+			return nil, true
+		}
+		if e.Temporary() && firstTemp == nil {
+			firstTemp = e
+		}
+	}
+	if accepted == 0 {
+		// DATA was refused (or ended empty): the connection is in a known state.
+		out.reusable = true
+		if firstTemp != nil {
+			out.err = firstTemp
+		}
+		return nil, true
+	}
+	if res.Data != nil {
+		out.err = newError(name, StageData, res.Data)
+		out.reusable = !res.Lost && !out.err.connectionLost()
+		return nil, true
+	}
+	return w, false
+}
+
 // transact runs MAIL, RCPT×n, DATA, body and the final dot on cl.
 func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 	name := u.cfg.Name
@@ -334,42 +381,50 @@ func (u *upstream) transact(cl *client, m *Message, rcpts []string) txOutcome {
 	if m.Size > 0 || m.SMTPUTF8 {
 		mo = &smtp.MailOptions{Size: m.Size, UTF8: m.SMTPUTF8}
 	}
-	if err := c.Mail(m.From, mo); err != nil {
-		out.err = newError(name, StageMail, err)
-		out.reusable = !out.err.connectionLost()
-		return out
-	}
-	out.mailOK = true
-	accepted := 0
-	var firstTemp *Error
-	for i, r := range rcpts {
-		if err := c.Rcpt(r, nil); err != nil {
-			e := newError(name, StageRcpt, err)
-			out.rcptErrs[i] = e
-			if e.connectionLost() {
-				// The connection is gone: every recipient fails with it.
-				out.err = e
-				return out
-			}
-			if e.Temporary() && firstTemp == nil {
-				firstTemp = e
-			}
-			continue
+	var w *smtp.DataCommand
+	if cl.pipeline {
+		var done bool
+		if w, done = u.pipelined(cl, m, mo, rcpts, &out); done {
+			return out
 		}
-		accepted++
-	}
-	if accepted == 0 {
-		out.reusable = true
-		if firstTemp != nil {
-			out.err = firstTemp
+	} else {
+		if err := c.Mail(m.From, mo); err != nil {
+			out.err = newError(name, StageMail, err)
+			out.reusable = !out.err.connectionLost()
+			return out
 		}
-		return out
-	}
-	w, err := c.Data()
-	if err != nil {
-		out.err = newError(name, StageData, err)
-		out.reusable = !out.err.connectionLost()
-		return out
+		out.mailOK = true
+		accepted := 0
+		var firstTemp *Error
+		for i, r := range rcpts {
+			if err := c.Rcpt(r, nil); err != nil {
+				e := newError(name, StageRcpt, err)
+				out.rcptErrs[i] = e
+				if e.connectionLost() {
+					// The connection is gone: every recipient fails with it.
+					out.err = e
+					return out
+				}
+				if e.Temporary() && firstTemp == nil {
+					firstTemp = e
+				}
+				continue
+			}
+			accepted++
+		}
+		if accepted == 0 {
+			out.reusable = true
+			if firstTemp != nil {
+				out.err = firstTemp
+			}
+			return out
+		}
+		var err error
+		if w, err = c.Data(); err != nil {
+			out.err = newError(name, StageData, err)
+			out.reusable = !out.err.connectionLost()
+			return out
+		}
 	}
 	rc, err := m.Open()
 	if err != nil {

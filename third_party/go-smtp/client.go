@@ -441,11 +441,28 @@ func (c *Client) Auth(a sasl.Client) error {
 //
 // If server returns an error, it will be of type *SMTPError.
 func (c *Client) Mail(from string, opts *MailOptions) error {
-	if err := validateLine(from); err != nil {
+	line, err := c.mailLine(from, opts)
+	if err != nil {
 		return err
 	}
-	if err := c.hello(); err != nil {
+	if _, _, err := c.cmd(250, "%s", line); err != nil {
 		return err
+	}
+
+	// A new transaction has started, forget the previous recipients.
+	c.rcpts = nil
+
+	return nil
+}
+
+// sluice: mailLine builds the MAIL command (without CRLF), for Mail and
+// MailRcptData.
+func (c *Client) mailLine(from string, opts *MailOptions) (string, error) {
+	if err := validateLine(from); err != nil {
+		return "", err
+	}
+	if err := c.hello(); err != nil {
+		return "", err
 	}
 
 	var sb strings.Builder
@@ -463,14 +480,14 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		if _, ok := c.ext["REQUIRETLS"]; ok {
 			sb.WriteString(" REQUIRETLS")
 		} else {
-			return errors.New("smtp: server does not support REQUIRETLS")
+			return "", errors.New("smtp: server does not support REQUIRETLS")
 		}
 	}
 	if opts != nil && opts.UTF8 {
 		if _, ok := c.ext["SMTPUTF8"]; ok {
 			sb.WriteString(" SMTPUTF8")
 		} else {
-			return errors.New("smtp: server does not support SMTPUTF8")
+			return "", errors.New("smtp: server does not support SMTPUTF8")
 		}
 	}
 	if _, ok := c.ext["DSN"]; ok && opts != nil {
@@ -480,11 +497,11 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		case "":
 			// This space is intentionally left blank
 		default:
-			return errors.New("smtp: Unknown RET parameter value")
+			return "", errors.New("smtp: Unknown RET parameter value")
 		}
 		if opts.EnvelopeID != "" {
 			if !isPrintableASCII(opts.EnvelopeID) {
-				return errors.New("smtp: Malformed ENVID parameter value")
+				return "", errors.New("smtp: Malformed ENVID parameter value")
 			}
 			fmt.Fprintf(&sb, " ENVID=%s", encodeXtext(opts.EnvelopeID))
 		}
@@ -501,10 +518,10 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		// by-time      = ["-" / "+"]1*9digit ; a negative or zero value is not
 		//				      ; allowed with a by-mode of "R"
 		if opts.DeliverBy.Mode == DeliverByReturn && (by < 1 || by > 999999999) {
-			return errors.New("smtp: DELIVERBY mode must be between 1 and 999999999 with return mode")
+			return "", errors.New("smtp: DELIVERBY mode must be between 1 and 999999999 with return mode")
 		}
 		if opts.DeliverBy.Mode == DeliverByNotify && (by < -999999999 || by > 999999999) {
-			return errors.New("smtp: DELIVERBY mode must be between -999999999 and 999999999 with notify mode")
+			return "", errors.New("smtp: DELIVERBY mode must be between -999999999 and 999999999 with notify mode")
 		}
 		arg := fmt.Sprintf(" BY=%d;%s", by, opts.DeliverBy.Mode)
 		if opts.DeliverBy.Trace {
@@ -514,18 +531,11 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 	}
 	if _, ok := c.ext["MT-PRIORITY"]; ok && opts != nil && opts.MTPriority != nil {
 		if *opts.MTPriority < -9 || *opts.MTPriority > 9 {
-			return errors.New("smtp: MT-PRIORITY must be between -9 and 9")
+			return "", errors.New("smtp: MT-PRIORITY must be between -9 and 9")
 		}
 		sb.WriteString(fmt.Sprintf(" MT-PRIORITY=%d", *opts.MTPriority))
 	}
-	if _, _, err := c.cmd(250, "%s", sb.String()); err != nil {
-		return err
-	}
-
-	// A new transaction has started, forget the previous recipients.
-	c.rcpts = nil
-
-	return nil
+	return sb.String(), nil
 }
 
 // Rcpt issues a RCPT command to the server using the provided email address.
@@ -537,8 +547,22 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 //
 // If server returns an error, it will be of type *SMTPError.
 func (c *Client) Rcpt(to string, opts *RcptOptions) error {
-	if err := validateLine(to); err != nil {
+	line, err := c.rcptLine(to, opts)
+	if err != nil {
 		return err
+	}
+	if _, _, err := c.cmd(25, "%s", line); err != nil {
+		return err
+	}
+	c.rcpts = append(c.rcpts, to)
+	return nil
+}
+
+// sluice: rcptLine builds the RCPT command (without CRLF), for Rcpt and
+// MailRcptData.
+func (c *Client) rcptLine(to string, opts *RcptOptions) (string, error) {
+	if err := validateLine(to); err != nil {
+		return "", err
 	}
 
 	var sb strings.Builder
@@ -549,7 +573,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 		if len(opts.Notify) != 0 {
 			sb.WriteString(" NOTIFY=")
 			if err := checkNotifySet(opts.Notify); err != nil {
-				return errors.New("smtp: Malformed NOTIFY parameter value")
+				return "", errors.New("smtp: Malformed NOTIFY parameter value")
 			}
 			for i, v := range opts.Notify {
 				if i != 0 {
@@ -563,7 +587,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 			switch opts.OriginalRecipientType {
 			case DSNAddressTypeRFC822:
 				if !isPrintableASCII(opts.OriginalRecipient) {
-					return errors.New("smtp: Illegal address")
+					return "", errors.New("smtp: Illegal address")
 				}
 				enc = encodeXtext(opts.OriginalRecipient)
 			case DSNAddressTypeUTF8:
@@ -573,7 +597,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 					enc = encodeUTF8AddrXtext(opts.OriginalRecipient)
 				}
 			default:
-				return errors.New("smtp: Unknown address type")
+				return "", errors.New("smtp: Unknown address type")
 			}
 			fmt.Fprintf(&sb, " ORCPT=%s;%s", string(opts.OriginalRecipientType), enc)
 		}
@@ -581,11 +605,112 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	if _, ok := c.ext["RRVS"]; ok && opts != nil && !opts.RequireRecipientValidSince.IsZero() {
 		sb.WriteString(fmt.Sprintf(" RRVS=%s", opts.RequireRecipientValidSince.Format(time.RFC3339)))
 	}
-	if _, _, err := c.cmd(25, "%s", sb.String()); err != nil {
-		return err
+	return sb.String(), nil
+}
+
+// sluice: PipelineResult is what MailRcptData's commands got.
+type PipelineResult struct {
+	Mail error   // MAIL's refusal (*SMTPError), or a local error before anything was sent
+	Rcpt []error // per recipient given: nil accepted, else its refusal or local error
+	Data error   // DATA's refusal; nil when Data is the body's writer
+	// Lost is set when the connection failed (write or read): the errors
+	// from that command on are that failure, and the connection is unusable.
+	Lost bool
+}
+
+// sluice: MailRcptData sends MAIL, every RCPT and DATA in one write, as
+// PIPELINING (RFC 2920) allows, and then reads their replies in order: one
+// round trip instead of two plus one per recipient. The caller checks that
+// the server offers PIPELINING. It returns the body's writer when MAIL,
+// at least one RCPT and DATA were accepted. When DATA got 354 although MAIL
+// or every RCPT was refused, the final dot alone ends the empty transaction
+// (RFC 2920 §3.1), so the connection stays usable.
+func (c *Client) MailRcptData(from string, opts *MailOptions, to []string) (*DataCommand, PipelineResult) {
+	res := PipelineResult{Rcpt: make([]error, len(to))}
+	mail, err := c.mailLine(from, opts)
+	if err != nil {
+		res.Mail = err
+		return nil, res
 	}
-	c.rcpts = append(c.rcpts, to)
-	return nil
+	lines := make([]string, len(to))
+	for i, r := range to {
+		lines[i], res.Rcpt[i] = c.rcptLine(r, nil)
+	}
+	c.conn.SetDeadline(time.Now().Add(c.CommandTimeout))
+	defer c.conn.SetDeadline(time.Time{})
+	w := c.text.W
+	w.WriteString(mail)
+	w.WriteString("\r\n")
+	for i, l := range lines {
+		if res.Rcpt[i] == nil {
+			w.WriteString(l)
+			w.WriteString("\r\n")
+		}
+	}
+	w.WriteString("DATA\r\n")
+	lost := func(err error) (*DataCommand, PipelineResult) {
+		res.Lost = true
+		if res.Mail == nil {
+			res.Mail = err
+		}
+		for i := range res.Rcpt {
+			if res.Rcpt[i] == nil {
+				res.Rcpt[i] = err
+			}
+		}
+		if res.Data == nil {
+			res.Data = err
+		}
+		return nil, res
+	}
+	if err := w.Flush(); err != nil {
+		return lost(err)
+	}
+	read := func(expect int) (error, bool) {
+		_, _, err := c.readResponse(expect)
+		var smtpErr *SMTPError
+		return err, err != nil && !errors.As(err, &smtpErr)
+	}
+	mailErr, gone := read(250)
+	if gone {
+		return lost(mailErr)
+	}
+	res.Mail = mailErr
+	c.rcpts = nil
+	accepted := 0
+	for i := range to {
+		if res.Rcpt[i] != nil {
+			continue
+		}
+		var err error
+		if err, gone = read(25); gone {
+			return lost(err)
+		}
+		if res.Rcpt[i] = err; err == nil && res.Mail == nil {
+			c.rcpts = append(c.rcpts, to[i])
+			accepted++
+		}
+	}
+	var dataErr error
+	if dataErr, gone = read(354); gone {
+		return lost(dataErr)
+	}
+	res.Data = dataErr
+	if dataErr != nil {
+		return nil, res
+	}
+	if res.Mail != nil || accepted == 0 {
+		w.WriteString(".\r\n")
+		if err := w.Flush(); err != nil {
+			return lost(err)
+		}
+		if _, gone = read(250); gone {
+			return lost(errors.New("smtp: connection lost after an empty transaction"))
+		}
+		res.Data = errors.New("smtp: DATA accepted without a sender or recipient; ended empty")
+		return nil, res
+	}
+	return &DataCommand{client: c, wc: c.text.DotWriter()}, res
 }
 
 // DataCommand is a pending DATA command. DataCommand is an io.WriteCloser.
