@@ -8,12 +8,14 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,5 +352,93 @@ func TestParseCounter(t *testing.T) {
 		if n != want {
 			t.Errorf("parseCounter(%q) = %d, want %d", in, n, want)
 		}
+	}
+}
+
+// writeCounter counts the writes to the connections a listener accepts.
+type writeCounter struct {
+	net.Listener
+	writes atomic.Int64
+}
+
+func (l *writeCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countedConn{Conn: c, n: &l.writes}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(p)
+}
+
+// The patched go-smtp server (the sink's, and sluice's own) answers
+// MAIL, RCPT and DATA sent in one write (PIPELINING) with one write; a
+// client that waits for each reply still gets each at once.
+func TestServerAnswersPipelinedCommandsInOneWrite(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := &writeCounter{Listener: ln}
+	s := serveSink(wl)
+	defer s.close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	expect := func(prefix string) {
+		t.Helper()
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %q: %v", prefix, err)
+			}
+			if strings.HasPrefix(l, prefix+" ") {
+				return
+			}
+			if !strings.HasPrefix(l, prefix+"-") {
+				t.Fatalf("got %q, want %s", l, prefix)
+			}
+		}
+	}
+	expect("220")
+	io.WriteString(c, "EHLO client.test\r\n")
+	expect("250")
+	before := wl.writes.Load()
+	io.WriteString(c, "MAIL FROM:<a@bench.test>\r\nRCPT TO:<"+rcptFor(1)+">\r\nRCPT TO:<"+rcptFor(2)+">\r\nDATA\r\n")
+	expect("250")
+	expect("250")
+	expect("250")
+	expect("354")
+	if n := wl.writes.Load() - before; n != 1 {
+		t.Errorf("four pipelined replies took %d writes, want 1", n)
+	}
+	io.WriteString(c, "Subject: x\r\n\r\nbody\r\n.\r\n")
+	expect("250")
+	// One command at a time: every reply comes without the next command.
+	for _, cmd := range []string{"MAIL FROM:<a@bench.test>", "RCPT TO:<" + rcptFor(3) + ">", "DATA"} {
+		io.WriteString(c, cmd+"\r\n")
+		if cmd == "DATA" {
+			expect("354")
+		} else {
+			expect("250")
+		}
+	}
+	io.WriteString(c, "Subject: y\r\n\r\nbody\r\n.\r\n")
+	expect("250")
+	if !s.waitCount(2, time.Now().Add(5*time.Second)) {
+		t.Fatal("the sink did not count both messages")
 	}
 }

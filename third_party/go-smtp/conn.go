@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -36,10 +37,13 @@ type Conn struct {
 	binarymime bool
 
 	lineLimitReader *lineLimitReader
-	bdatPipe        *io.PipeWriter
-	bdatStatus      *statusCollector // used for BDAT on LMTP
-	dataResult      chan error
-	bytesReceived   int64 // counts total size of chunks when BDAT is used
+	// sluice: set while MAIL or RCPT is handled: their replies may wait in
+	// the write buffer (see writeResponse).
+	pipelined     bool
+	bdatPipe      *io.PipeWriter
+	bdatStatus    *statusCollector // used for BDAT on LMTP
+	dataResult    chan error
+	bytesReceived int64 // counts total size of chunks when BDAT is used
 
 	fromReceived bool
 	recipients   []string
@@ -321,6 +325,8 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 
 // READY state -> waiting for MAIL
 func (c *Conn) handleMail(arg string) {
+	c.pipelined = true
+	defer func() { c.pipelined = false }()
 	if c.helo == "" {
 		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
 		return
@@ -707,6 +713,8 @@ func isPrintableASCII(val string) bool {
 
 // MAIL state -> waiting for RCPTs followed by DATA
 func (c *Conn) handleRcpt(arg string) {
+	c.pipelined = true
+	defer func() { c.pipelined = false }()
 	if !c.fromReceived {
 		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
 		return
@@ -1337,10 +1345,31 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 		fmt.Fprintf(c.text.W, "%d-%v\r\n", code, text[i])
 	}
 	if enhCode == NoEnhancedCode {
-		c.text.PrintfLine("%d %v", code, text[lastLineIndex])
+		fmt.Fprintf(c.text.W, "%d %v\r\n", code, text[lastLineIndex])
 	} else {
-		c.text.PrintfLine("%d %v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
+		fmt.Fprintf(c.text.W, "%d %v.%v.%v %v\r\n", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
 	}
+	// sluice: a reply to MAIL or RCPT waits in the buffer while the client's
+	// next command is already here whole (PIPELINING, RFC 2920 §3.2): the
+	// replies to MAIL, RCPT and DATA then go out in one write, not three.
+	// Every other reply flushes everything written before it, and so does a
+	// MAIL or RCPT reply with no complete line to read next, so nothing waits
+	// while the server waits for the client.
+	if c.pipelined && c.lineBuffered() {
+		return
+	}
+	c.text.W.Flush()
+}
+
+// sluice: lineBuffered says whether a whole line has been read from the
+// client and not yet handled.
+func (c *Conn) lineBuffered() bool {
+	n := c.text.R.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, err := c.text.R.Peek(n)
+	return err == nil && bytes.IndexByte(b, '\n') >= 0
 }
 
 func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
