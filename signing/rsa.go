@@ -10,7 +10,7 @@ import (
 // RSAImplementation names what makes this binary's RSA signatures:
 // "openssl (OpenSSL 3.0.x …)" when built with cgo against libcrypto (the
 // default where its headers are installed), "go (crypto/rsa)" in a pure-Go
-// build (CGO_ENABLED=0 or -tags purego). Both make the same bytes: PKCS#1
+// build (CGO_ENABLED=0 or -tags nolibcrypto). Both make the same bytes: PKCS#1
 // v1.5 is deterministic. Ed25519 is always Go's.
 func RSAImplementation() string { return rsaImplementation }
 

@@ -96,7 +96,7 @@ func TestNativeAndGoSignMessagesAlike(t *testing.T) {
 }
 
 // TestGoldenSignatureRSA pins the RSA signature's bytes; a pure-Go build
-// (go test -tags purego) checks the same file, so both builds agree.
+// (CGO_ENABLED=0 go test) checks the same file, so both builds agree.
 func TestGoldenSignatureRSA(t *testing.T) {
 	t.Parallel()
 	kr := NewKeyring([]Key{{Domain: "example.com", Selector: "s2026r", Signer: testRSA(t)}})
