@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync/atomic"
 	"time"
 )
 
@@ -200,6 +200,29 @@ func queueList(bin, cfgPath string, lines int) (first, total time.Duration, rss 
 	if err := cmd.Start(); err != nil {
 		return 0, 0, 0, err
 	}
+	// The peak RSS is the child's VmHWM, polled: its rusage maxrss would
+	// be this process's own (Go starts a child with CLONE_VM, and exec
+	// records the shared address space's high-water mark as the child's).
+	var peak atomic.Int64
+	poll := func() {
+		if m, err := readMem(cmd.Process.Pid); err == nil && m.HWM > peak.Load() {
+			peak.Store(m.HWM)
+		}
+	}
+	stop, polled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(polled)
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			poll()
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	br := bufio.NewReaderSize(out, 64<<10)
 	for n := 0; lines == 0 || n < lines; n++ {
 		if _, err := br.ReadSlice('\n'); err != nil && err != bufio.ErrBufferFull {
@@ -209,12 +232,13 @@ func queueList(bin, cfgPath string, lines int) (first, total time.Duration, rss 
 			first = time.Since(start)
 		}
 	}
+	poll() // with `| head` the child lives until the pipe closes
 	out.Close()
 	total = time.Since(start)
 	werr := cmd.Wait()
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss * 1024
-	}
+	close(stop)
+	<-polled
+	rss = peak.Load()
 	if werr != nil && lines == 0 {
 		return first, total, rss, fmt.Errorf("sluice queue list: %w", werr)
 	}
