@@ -97,6 +97,11 @@ type Queue struct {
 	rnd    func() float64
 	minFre uint64
 
+	// spaceOK is when Begin last found free space at least
+	// spaceMargin above the floor (monotonic nanoseconds since spaceEpoch;
+	// 0 = never or not since): within spaceTTL of it Begin skips the statfs.
+	spaceOK atomic.Int64
+
 	mu      sync.Mutex
 	entries map[qid]*entry
 	due     entryHeap
@@ -331,6 +336,42 @@ func (q *Queue) Writable() error {
 	return q.spool.Probe()
 }
 
+// A statfs per draft was 1% of the CPU per message (issue 14). Begin
+// reuses an answer for up to spaceTTL, and only one that left at least
+// spaceMargin above min_free_space: within a second no load writes that
+// much, so a disk filling up is still refused in time, and near the floor
+// (or below it) every draft asks again, so the answer flips as soon as the
+// disk does.
+const (
+	spaceTTL    = time.Second
+	spaceMargin = 256 << 20
+)
+
+var spaceEpoch = time.Now()
+
+// checkSpaceCached is checkSpace for Begin.
+func (q *Queue) checkSpaceCached() error {
+	if q.minFre == 0 {
+		return nil
+	}
+	now := int64(time.Since(spaceEpoch)) + 1 // never 0
+	if at := q.spaceOK.Load(); at != 0 && now-at < int64(spaceTTL) {
+		return nil
+	}
+	free, err := q.FreeSpace()
+	if err != nil {
+		q.spaceOK.Store(0)
+		return err
+	}
+	if free >= q.minFre+spaceMargin {
+		q.spaceOK.Store(now)
+	} else {
+		q.spaceOK.Store(0)
+	}
+	return q.spaceAnswer(free)
+}
+
+// checkSpace asks the file system every time (Writable: /readyz).
 func (q *Queue) checkSpace() error {
 	if q.minFre == 0 {
 		return nil
@@ -339,6 +380,10 @@ func (q *Queue) checkSpace() error {
 	if err != nil {
 		return err
 	}
+	return q.spaceAnswer(free)
+}
+
+func (q *Queue) spaceAnswer(free uint64) error {
 	if free < q.minFre {
 		return fmt.Errorf("%w (%d bytes free, %d required)", ErrDiskFull, free, q.minFre)
 	}
@@ -355,7 +400,7 @@ type Draft struct {
 // Begin allocates a queue ID and a draft in the spool, or returns
 // ErrDiskFull when free space is below the minimum.
 func (q *Queue) Begin() (*Draft, error) {
-	if err := q.checkSpace(); err != nil {
+	if err := q.checkSpaceCached(); err != nil {
 		return nil, err
 	}
 	return q.beginUnchecked()

@@ -351,6 +351,57 @@ func TestDiskFull(t *testing.T) {
 	}
 }
 
+// TestDiskFullCachedAnswer: Begin reuses a free-space answer only while it
+// left spaceMargin above the floor and for spaceTTL at most; near the floor
+// every draft asks the file system, so a fill is refused at once.
+func TestDiskFullCachedAnswer(t *testing.T) {
+	t.Parallel()
+	opts, _ := testOptions(t, t.TempDir(), &fakeUpstream{})
+	opts.MinFreeSpace = 1
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	free, err := q.FreeSpace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free < 2*spaceMargin {
+		t.Skipf("%d bytes free: too little to test the cached answer", free)
+	}
+	begin := func() error {
+		d, err := q.Begin()
+		if err == nil {
+			d.Abort()
+		}
+		return err
+	}
+	// Far above the floor: the answer is kept.
+	if err := begin(); err != nil {
+		t.Fatal(err)
+	}
+	if q.spaceOK.Load() == 0 {
+		t.Error("free space far above the floor was not cached")
+	}
+	// The floor rises to just below the free space (the disk filled to
+	// within the margin): once the cached answer is a spaceTTL old, Begin
+	// asks again, accepts, and keeps asking.
+	q.spaceOK.Store(int64(time.Since(spaceEpoch)) - int64(spaceTTL))
+	q.minFre = free - spaceMargin/2
+	if err := begin(); err != nil {
+		t.Fatalf("Begin %d below the free space = %v", spaceMargin/2, err)
+	}
+	if q.spaceOK.Load() != 0 {
+		t.Error("free space within the margin of the floor was cached")
+	}
+	// Past the floor: refused by the very next draft.
+	q.minFre = free + spaceMargin
+	if err := begin(); !errors.Is(err, ErrDiskFull) {
+		t.Errorf("Begin past the floor = %v, want ErrDiskFull", err)
+	}
+}
+
 // TestRecoverInBackground: the daemon's Open lists the spool and returns;
 // messages are scheduled as they are read while new mail is committed and
 // delivered. Every message, old and new, is delivered exactly once; a Close
