@@ -101,5 +101,8 @@ func (a *Attempt) Close() {
 	if a.f != nil {
 		a.f.Close()
 		a.f = nil
+		if a.first != nil { // a fresh message's first attempt, no log written
+			a.s.unlogged.Delete(a.id)
+		}
 	}
 }

@@ -86,14 +86,17 @@ type Fresh struct {
 	prefix []byte
 	msgLen int64
 	size   int64 // the file's length: message, trailer and footer
+	s      *Spool
+	id     string
 }
 
 // Close drops the descriptor of a message that will not be attempted by
-// this process (it is closing).
+// this process now (it is closing, or the message waits).
 func (fr *Fresh) Close() {
 	if fr != nil && fr.f != nil {
 		fr.f.Close()
 		fr.f = nil
+		fr.s.unlogged.Delete(fr.id)
 	}
 }
 
@@ -160,7 +163,8 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	}
 	mCommits.Inc()
 	mCommitSecs.Add(time.Since(start).Seconds())
-	return &Fresh{f: d.f, prefix: prefix, msgLen: d.n, size: size}, nil
+	s.unlogged.Store(d.ID, struct{}{})
+	return &Fresh{f: d.f, prefix: prefix, msgLen: d.n, size: size, s: s, id: d.ID}, nil
 }
 
 // Abort removes the draft's file; after Commit it does nothing.

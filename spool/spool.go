@@ -56,6 +56,11 @@ type Spool struct {
 	// looks for a log beside every message, not only those its snapshot
 	// listed (a control action on a message not yet recovered writes one).
 	logsMade atomic.Bool
+	// unlogged holds the IDs of messages committed by this process that
+	// have no state log: no Record for them yet, and their Fresh still
+	// open. Finish skips the remove of a log that is not there (0.6% of the
+	// CPU per message, issue 14); any Record drops the ID first.
+	unlogged sync.Map
 }
 
 // Open prepares the spool directories under dir and starts the group
@@ -248,6 +253,7 @@ func (s *Spool) Body(id string) (io.ReadCloser, int64, error) {
 // when it was just created, the directory) is fsync'd before Record returns.
 // Records for attempts go through Attempt, which always syncs.
 func (s *Spool) Record(id string, sync bool, recs ...Record) error {
+	s.unlogged.Delete(id) // before the log can exist
 	b, err := encodeRecords(recs)
 	if err != nil {
 		return fmt.Errorf("spool: encode state of %s: %w", id, err)
@@ -320,7 +326,9 @@ func (s *Spool) finish(id string, f File, size int64) error {
 		}
 		return fmt.Errorf("spool: fsync spool directory for %s: %w", id, err)
 	}
-	s.fs.Remove(s.path(id + stateSuffix)) // an orphan log left by a crash is removed at recovery
+	if _, none := s.unlogged.LoadAndDelete(id); !none {
+		s.fs.Remove(s.path(id + stateSuffix)) // an orphan log left by a crash is removed at recovery
+	}
 	s.recycleKeep(name, f, size)
 	return nil
 }

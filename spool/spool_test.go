@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -298,5 +299,108 @@ func TestFreePoolKeepsBoundedBytes(t *testing.T) {
 	p.release(keepBlocks)
 	if p.kept != maxKept-keepBlocks {
 		t.Errorf("after release: kept %d", p.kept)
+	}
+}
+
+// removeCounter counts the removes of state logs.
+type removeCounter struct {
+	FS
+	mu   sync.Mutex
+	logs int
+}
+
+func (c *removeCounter) Remove(name string) error {
+	if strings.HasSuffix(name, stateSuffix) {
+		c.mu.Lock()
+		c.logs++
+		c.mu.Unlock()
+	}
+	return c.FS.Remove(name)
+}
+
+func (c *removeCounter) n() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.logs
+}
+
+// TestFinishSkipsAbsentLog: a message committed by this process and
+// finished without any Record has no state log, so Finish removes none; a
+// message that got a Record (an attempt's outcome, a control action while
+// still fresh, or its Fresh closed and so out of sight) has its log removed.
+func TestFinishSkipsAbsentLog(t *testing.T) {
+	t.Parallel()
+	c := &removeCounter{FS: OS}
+	s := openTemp(t, Options{FS: c})
+	before := c.n()
+
+	id, fresh := commitOne(t, s, "one\r\n")
+	a, err := s.Attempt(id, fresh, Record{N: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	id, fresh = commitOne(t, s, "two\r\n")
+	if err := s.Finish(id, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.n() - before; n != 0 {
+		t.Errorf("%d state logs removed for messages that never had one", n)
+	}
+
+	logged := func(name string, id string) {
+		t.Helper()
+		if _, err := os.Stat(s.path(id + stateSuffix)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: state log left after Finish: %v", name, err)
+		}
+	}
+	// A control action while the message is fresh, then its first attempt.
+	id, fresh = commitOne(t, s, "three\r\n")
+	if err := s.Record(id, true, Record{T: "hold"}); err != nil {
+		t.Fatal(err)
+	}
+	a, err = s.Attempt(id, fresh, Record{N: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	logged("record while fresh", id)
+	// The first attempt's outcome recorded, then finished by a later one.
+	id, fresh = commitOne(t, s, "four\r\n")
+	a, err = s.Attempt(id, fresh, Record{N: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Record(Record{T: "rcpt"}); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a, err = s.Attempt(id, nil, Record{N: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	logged("deferred, then delivered", id)
+	// A fresh message that waits (its Fresh closed): Finish removes
+	// whatever may be there.
+	id, fresh = commitOne(t, s, "five\r\n")
+	fresh.Close()
+	n := c.n()
+	if err := s.Finish(id, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.n() != n+1 {
+		t.Error("Finish of a message whose Fresh was closed did not remove its log")
+	}
+	empty := true
+	s.unlogged.Range(func(any, any) bool { empty = false; return false })
+	if !empty {
+		t.Error("IDs left in the unlogged set after every message finished")
 	}
 }
