@@ -59,6 +59,7 @@ staticcheck:
 unit:
 	$(GO) test -race -shuffle=on -count=1 -timeout 12m -tags '$(TAGS)' ./...
 	CGO_ENABLED=0 $(GO) test -shuffle=on -count=1 ./signing/
+	cd third_party/go-smtp && $(GO) vet ./... && $(GO) test -race -shuffle=on -count=1 ./...
 
 # Each fuzz target for FUZZTIME (go test runs one -fuzz target at a time).
 fuzz:
