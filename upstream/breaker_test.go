@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,5 +155,61 @@ func TestManyDueAtOnceOneProbeOneDoubling(t *testing.T) {
 	}
 	if st := status(d, "down"); st.Breaker != "open" || !st.OpenUntil.Equal(t1.Add(2*time.Second)) {
 		t.Fatalf("after the failed probe: %s until t1+%v, want open until t1+2s", st.Breaker, st.OpenUntil.Sub(t1))
+	}
+}
+
+// TestQueuedDeliveriesDoNotDialAfterBreakerOpens: ten deliveries wait for
+// an upstream's one connection slot while it fails (it accepts and hangs
+// up); the three failures that open the breaker are the only connections
+// made, and the seven deliveries still waiting give up without dialling,
+// as "all upstreams unavailable" (a deferral), not as failures of their own.
+func TestQueuedDeliveriesDoNotDialAfterBreakerOpens(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	u := config.Upstream{Name: "flaky", Host: "127.0.0.1", TLS: config.TLSNone, Ports: []int{ln.Addr().(*net.TCPAddr).Port},
+		MaxConnections: 1, ConnectTimeout: time.Second, GreetingTimeout: time.Second}
+	d := newDispatcher(t, Options{Upstreams: []config.Upstream{u}, Now: newClock().Now})
+	var wg sync.WaitGroup
+	results := make([]Result, 10)
+	for i := range results {
+		wg.Go(func() { results[i] = d.Deliver(context.Background(), msg(fmt.Sprint("m", i), body)) })
+	}
+	wg.Wait()
+	if n := accepted.Load(); n != failuresToOpen {
+		t.Errorf("%d connections made, want %d (the failures that open the breaker)", n, failuresToOpen)
+	}
+	unavailable := 0
+	for _, r := range results {
+		var e *Error
+		if !errors.As(r.Errs[0], &e) || !e.Temporary() {
+			t.Fatalf("want a temporary failure, got %v", r.Errs[0])
+		}
+		if strings.Contains(e.Error(), "all upstreams unavailable (circuit breakers open)") {
+			unavailable++
+			if len(r.Attempts) != 0 {
+				t.Errorf("a passed-over delivery reports attempts: %+v", r.Attempts)
+			}
+		}
+	}
+	if unavailable != len(results)-failuresToOpen {
+		t.Errorf("%d deliveries passed over, want %d", unavailable, len(results)-failuresToOpen)
+	}
+	if st := status(d, "flaky"); st.Breaker != "open" {
+		t.Errorf("breaker %s, want open", st.Breaker)
 	}
 }

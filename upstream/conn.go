@@ -297,6 +297,9 @@ type txOutcome struct {
 	port     int     // where it was tried, and the reply to the final dot (journal)
 	tls      string
 	reply    string
+	// passedOver: the breaker opened while this delivery waited for a
+	// connection slot or the rate limiter, so nothing was tried.
+	passedOver bool
 }
 
 // bareCRWriter refuses a bare CR (one not followed by LF) before it

@@ -403,8 +403,11 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *Message) Result {
 			rcpts[i] = m.To[p]
 		}
 		started := d.now()
-		out := u.deliver(ctx, m, rcpts)
-		u.record(out.err, probe)
+		out := u.deliver(ctx, m, rcpts, probe) // records the outcome in u's breaker
+		if out.passedOver {
+			unavailable = true
+			continue
+		}
 		res.Attempts = append(res.Attempts, attemptOf(u, rcpts, out, d.now().Sub(started)))
 		res.Upstream = u.cfg.Name
 		var next []int
@@ -484,33 +487,52 @@ func (d *Dispatcher) failover(u *upstream, e *Error) bool {
 }
 
 // deliver runs one attempt on u: a pooled or new connection, under u's
-// connection limit and rate.
-func (u *upstream) deliver(ctx context.Context, m *Message, rcpts []string) txOutcome {
-	mAttempts.Inc(u.cfg.Name)
+// connection limit and rate. A delivery that is not the probe gives up
+// without trying (passedOver) when u's breaker opened while it waited for
+// a slot or for the rate: with many messages queued behind
+// max_connections, each would otherwise still dial the failing upstream,
+// delaying the half-open probe and shutdown. The outcome is recorded in the
+// breaker before the slot is given back, so the next delivery waiting for
+// the slot sees a breaker that this one opened.
+func (u *upstream) deliver(ctx context.Context, m *Message, rcpts []string, probe bool) (out txOutcome) {
 	if u.maildir {
-		return u.deliverMaildir(m, rcpts)
+		mAttempts.Inc(u.cfg.Name)
+		out = u.deliverMaildir(m, rcpts)
+		u.record(out.err, probe)
+		return out
 	}
 	failed := func(err error) txOutcome {
 		return txOutcome{rcptErrs: make([]error, len(rcpts)), err: &Error{Upstream: u.cfg.Name, Stage: StageDial, Err: err}}
 	}
 	if err := u.pool.acquire(ctx); err != nil {
-		return failed(err)
+		out = failed(err)
+		u.record(out.err, probe)
+		return out
 	}
 	u.d.touch() // in flight changed
 	defer func() {
 		u.pool.done()
 		u.d.touch()
 	}()
+	defer func() { // runs before the deferred done above
+		if !out.passedOver {
+			u.record(out.err, probe)
+		}
+	}()
 	if u.limiter != nil {
 		if err := u.limiter.Wait(ctx); err != nil {
 			return failed(err)
 		}
 	}
+	if !probe && !u.closed() {
+		return txOutcome{passedOver: true}
+	}
+	mAttempts.Inc(u.cfg.Name)
 	if u.api != nil {
 		return u.deliverAPI(ctx, m, rcpts)
 	}
 	if cl := u.pool.take(u.d.now().Add(-u.d.opts.IdleTimeout)); cl != nil {
-		out := u.transactCtx(ctx, cl, m, rcpts)
+		out = u.transactCtx(ctx, cl, m, rcpts)
 		if out.mailOK || (out.err != nil && !out.err.connectionLost()) {
 			u.release(cl, out)
 			return out
@@ -522,7 +544,7 @@ func (u *upstream) deliver(ctx context.Context, m *Message, rcpts []string) txOu
 	if e != nil {
 		return txOutcome{rcptErrs: make([]error, len(rcpts)), err: e}
 	}
-	out := u.transactCtx(ctx, cl, m, rcpts)
+	out = u.transactCtx(ctx, cl, m, rcpts)
 	u.release(cl, out)
 	return out
 }
@@ -578,6 +600,13 @@ func (u *upstream) utf8Offer() offer {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.utf8
+}
+
+// closed reports whether u's breaker lets every delivery through.
+func (u *upstream) closed() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.breaker.state == closed
 }
 
 // allow reports whether u may be tried now and whether this is the
