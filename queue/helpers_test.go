@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/syncbuf"
+	"github.com/sluicemail/sluice/internal/testwait"
 	"github.com/sluicemail/sluice/upstream"
 )
 
@@ -124,11 +125,5 @@ func run(t *testing.T, q *Queue) {
 // waitFor polls cond until it holds; the deadline only guards against a hang.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testwait.Until(t, 15*time.Second, what, cond)
 }

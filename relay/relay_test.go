@@ -22,6 +22,7 @@ import (
 	"github.com/sluicemail/sluice/internal/certs"
 	"github.com/sluicemail/sluice/internal/passwd"
 	"github.com/sluicemail/sluice/internal/testsmtp"
+	"github.com/sluicemail/sluice/internal/testwait"
 	"github.com/sluicemail/sluice/policy"
 	"github.com/sluicemail/sluice/queue"
 	"github.com/sluicemail/sluice/signing"
@@ -399,11 +400,5 @@ func TestReloadDropsIdleServers(t *testing.T) {
 // waitForCond polls cond until it holds or 10 s pass.
 func waitForCond(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10 s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.Until(t, 10*time.Second, "the condition", cond)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/testclock"
 	"github.com/sluicemail/sluice/internal/testsmtp"
+	"github.com/sluicemail/sluice/internal/testwait"
 )
 
 type clock = testclock.Clock
@@ -95,13 +96,7 @@ func mustDeliver(t testing.TB, d *Dispatcher, m *Message) Result {
 // waitFor polls cond until it holds, failing the test after 10 seconds.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited 10s for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testwait.Until(t, 10*time.Second, what, cond)
 }
 
 func status(d *Dispatcher, name string) Status {

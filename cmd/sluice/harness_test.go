@@ -30,6 +30,7 @@ import (
 	"github.com/sluicemail/sluice/internal/passwd"
 	"github.com/sluicemail/sluice/internal/syncbuf"
 	"github.com/sluicemail/sluice/internal/testsmtp"
+	"github.com/sluicemail/sluice/internal/testwait"
 )
 
 // The integration tests run the real binary, built once.
@@ -412,13 +413,7 @@ func replyCode(err error) string {
 // waitFor polls cond until it holds, or fails the test after timeout.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.Until(t, timeout, what, cond)
 }
 
 // rawClient is a line-level SMTP client for what go-smtp hides: greetings,
