@@ -100,7 +100,7 @@ func show(sp *spool.Spool, id string, now time.Time, full bool) (*Detail, error)
 		}
 		return nil, fmt.Errorf("queue: read %s: %w", id, err)
 	}
-	st := spool.Fold(m.Records) // attempts as recorded: 0 before a recorded one
+	st := m.Recorded() // attempts as recorded: 0 before a recorded one
 	env := m.Env
 	d := &Detail{
 		Info: Info{
@@ -243,13 +243,7 @@ func Apply(opts Options, req Request) (string, error) {
 // action runs one checked request; offline, it works on the files alone.
 func (q *Queue) action(req Request, offline bool) (string, error) {
 	if req.Action == ActionFlush || req.All {
-		ids := q.allIDs(offline)
-		for _, id := range ids {
-			if err := q.retry(id, offline); err != nil {
-				return "", err
-			}
-		}
-		return fmt.Sprintf("%d message(s) scheduled now\n", len(ids)), nil
+		return q.flush(offline)
 	}
 	id := req.ID
 	m, err := q.spool.Read(id)
@@ -276,19 +270,41 @@ func (q *Queue) action(req Request, offline bool) (string, error) {
 	return fmt.Sprintf("%s: %s done\n", id, req.Action), nil
 }
 
-func (q *Queue) allIDs(offline bool) []string {
-	var ids []string
+// flush makes every queued message due now: one spool-wide event, fsync'd
+// first (spool.Flush; no record per message), then, online, every entry
+// rescheduled. Messages recovery has not read yet fold the event in when
+// it reads them, and are due at once too.
+func (q *Queue) flush(offline bool) (string, error) {
+	at, err := q.spool.Flush()
+	if err != nil {
+		return "", err
+	}
+	n := 0
 	if offline {
-		ids, _ = q.spool.IDs()
-		return ids
+		err := q.spool.Walk(func(string) error { n++; return nil })
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d message(s) scheduled now\n", n), nil
 	}
 	q.mu.Lock()
-	for id := range q.entries {
-		ids = append(ids, id.String())
+	for _, e := range q.entries {
+		e.retried = true
+		// The flush counted the next attempt of every message not held
+		// (spool.Flush); one never attempted yet is due anyway.
+		if !e.held && e.attempts > 0 && !e.covered {
+			e.attempts++
+			e.covered = true
+		}
+		q.scheduleLocked(e, at)
 	}
+	n = len(q.entries)
 	q.mu.Unlock()
-	sort.Strings(ids)
-	return ids
+	q.poke()
+	if q.recovering.Load() {
+		return fmt.Sprintf("%d message(s) scheduled now, and the rest as recovery reads them\n", n), nil
+	}
+	return fmt.Sprintf("%d message(s) scheduled now\n", n), nil
 }
 
 func (q *Queue) retry(id string, offline bool) error {

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -211,5 +212,85 @@ func TestControlSocketRefusesOldRequests(t *testing.T) {
 	var rep ctlReply
 	if err := json.NewDecoder(c).Decode(&rep); err != nil || !strings.HasPrefix(rep.Err, "queue: bad request: ") {
 		t.Errorf("old request: %+v %v, want a bad request", rep, err)
+	}
+}
+
+// A flush counts the attempt it makes due (one spool-wide record, no state
+// log written per message), so the process that flushed makes it without
+// recording it first: at the moment of the attempt the spool already says
+// it was made. After a restart that count may have been used, so the next
+// attempt is recorded before it is made (STYLE 6): a message that crashed
+// the process at each attempt still climbs its count.
+func TestFlushCountsTheAttemptItMakesDue(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	type seen struct{ shown, logged int }
+	var at []seen
+	var id string
+	attemptsLogged := func() int {
+		m, err := Show(dir, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range m.History {
+			if r.T == "attempt" {
+				n = max(n, r.N)
+			}
+		}
+		return n
+	}
+	up := &fakeUpstream{decide: func(d delivery, rcpt string, n int) error {
+		if n > 0 { // what the spool said while the attempt was being made
+			m, err := Show(dir, d.ID)
+			if err != nil {
+				t.Error(err)
+				return nil
+			}
+			at = append(at, seen{m.Attempts, attemptsLogged()})
+		}
+		if n < 2 {
+			return tempFail(d, rcpt, n)
+		}
+		return nil
+	}}
+	opts, _ := testOptions(t, dir, up)
+	opts.Config.Retry = []time.Duration{time.Hour}
+	opts.ControlSocket = filepath.Join(t.TempDir(), "control.sock")
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	id = enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)
+	waitFor(t, "first attempt deferred", func() bool { return attemptsLogged() == 1 })
+	if _, err := Control(opts.ControlSocket, Request{Action: ActionFlush}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "flushed attempt deferred", func() bool { return attemptsLogged() == 2 })
+	cancel()
+	<-done
+	q.Close()
+	if len(at) != 1 || at[0] != (seen{shown: 2, logged: 1}) {
+		t.Fatalf("during the flushed attempt the spool said %+v, want attempts 2 (the flush's count) with the log still at 1", at)
+	}
+	if m, _ := Show(dir, id); m.Attempts != 2 {
+		t.Errorf("after the flushed attempt: attempts %d, want 2 (counted once)", m.Attempts)
+	}
+
+	// Flushed with no daemon running, then started: the flush's count
+	// (3) is kept, and the attempt after the restart is recorded first.
+	if out, err := Apply(opts, Request{Action: ActionFlush}); err != nil || out != "1 message(s) scheduled now\n" {
+		t.Fatalf("offline flush: %q, %v", out, err)
+	}
+	if m, _ := Show(dir, id); m.Attempts != 3 {
+		t.Errorf("after the offline flush: attempts %d, want 3", m.Attempts)
+	}
+	q2 := running(t, opts)
+	waitFor(t, "delivery after the restart", func() bool { return q2.Len() == 0 })
+	if len(at) != 2 || at[1] != (seen{shown: 4, logged: 4}) {
+		t.Fatalf("during the attempt after the restart the spool said %+v, want attempt 4 recorded before it was made", at[1:])
 	}
 }

@@ -114,6 +114,7 @@ type Queue struct {
 	closeMu sync.Mutex
 	closed  bool
 
+	opened     time.Time // before recovery: a later due time was set by this process
 	recovering atomic.Bool
 	recovered  chan struct{} // background recovery: closed when it ended
 	scanned    chan struct{} // background recovery: closed once the spool is listed
@@ -246,6 +247,7 @@ func newQueue(opts Options) (*Queue, error) {
 		rnd:     opts.Rand,
 		entries: map[qid]*entry{},
 		wake:    make(chan struct{}, 1),
+		opened:  opts.Now(),
 	}
 	q.minFre = opts.MinFreeSpace
 	if q.minFre == 0 && opts.Config.MinFreeSpace > 0 {

@@ -47,6 +47,7 @@ type entry struct {
 	silent   bool // with removed: no bounce
 	retryNow bool // retry/release during an attempt: due again right after it
 	retried  bool // made due by retry/release (recorded); else by its schedule
+	covered  bool // a flush by this process counted its next attempt (spool.AttemptCovered)
 
 	// A message committed by this process keeps its descriptor, DKIM
 	// prefix and length until its first attempt (spool.Fresh), which is
@@ -157,13 +158,16 @@ func (q *Queue) loadEnv(e *entry) error {
 	if have {
 		return nil
 	}
-	m, err := q.spool.Read(e.id.String())
+	// Opened once for the envelope and the attempt both: the handle
+	// travels to spool.Attempt (or is closed if the message waits).
+	h, env, err := q.spool.Reopen(e.id.String())
 	if err != nil {
 		return err
 	}
+	e.fresh = h
 	q.mu.Lock()
 	if e.env == nil {
-		e.env = m.Env
+		e.env = env
 	}
 	q.mu.Unlock()
 	return nil
@@ -196,9 +200,10 @@ func (q *Queue) scheduleLocked(e *entry, t time.Time) {
 
 // recover reads the snapshot (spool.Snapshot.Recover: drafts deleted,
 // corrupt files moved aside, finished messages removed) and schedules each
-// message as it is read. Messages already due are spread over a window that
-// grows with their number (5 ms each, at most a minute), so a restart after
-// an outage is not a burst; workers still bound concurrency.
+// message as it is read. Messages already due when the process started are
+// spread over a window that grows with their number (5 ms each, at most a
+// minute), so a restart after an outage is not a burst; workers still bound
+// concurrency. A flush or retry made since is not spread.
 func (q *Queue) recover(sn *spool.Snapshot) error {
 	now := q.now()
 	due, n := 0, 0
@@ -213,13 +218,21 @@ func (q *Queue) recover(sn *spool.Snapshot) error {
 			return true // the spool hands over valid IDs only
 		}
 		e := &entry{id: id, received: m.Env.Received.UnixNano(), attempts: int32(st.Attempts), held: st.Held, warned: st.Warned, index: -1}
+		// A flush this process made while recovery read counted the
+		// next attempt: it is made unrecorded, as for the entries the
+		// flush found in memory. An older flush's count may have been
+		// used by the process before (and a crash): not covered.
+		e.covered = !st.Flushed.IsZero() && !st.Flushed.Before(q.opened)
 		for i, to := range m.Env.To {
 			if st.RcptState(to) != StatePending {
 				e.rcpt.set(i)
 			}
 		}
 		next := st.Next
-		if next.IsZero() || !next.After(now) {
+		// Due since before this process opened the spool (an outage, a
+		// restart): spread. Made due by it (a flush or retry while
+		// recovery reads): now, as asked.
+		if next.IsZero() || next.Before(q.opened) {
 			due++
 			window := min(time.Duration(due)*5*time.Millisecond, time.Minute)
 			next = now.Add(time.Duration(q.rnd() * float64(window)))

@@ -152,7 +152,11 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 		}
 	}
 	q.mu.Lock()
-	e.attempts++
+	covered := e.covered // counted by this process's flush already
+	e.covered = false
+	if !covered {
+		e.attempts++
+	}
 	e.retried = false
 	n := int(e.attempts)
 	var pending []string
@@ -169,7 +173,11 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	}
 	// Recorded before it is made, except a fresh message's first attempt:
 	// spool.Attempt holds the rule and its exception.
-	a, err := q.spool.Attempt(e.id.String(), e.fresh, Record{At: now, N: n, Next: next})
+	attempt := q.spool.Attempt
+	if covered {
+		attempt = q.spool.AttemptCovered
+	}
+	a, err := attempt(e.id.String(), e.fresh, Record{At: now, N: n, Next: next})
 	e.fresh = nil
 	if errors.Is(err, os.ErrNotExist) {
 		// Deleted by a control action while recovery was scheduling it.

@@ -15,49 +15,98 @@ import (
 // a power cut, is never attempted more often than its log says. Recovery
 // reads the count back, and the schedule and expiry follow it.
 //
-// Its one exception: the first attempt of a message committed by this
-// process (Commit's Fresh) is not recorded in advance, because the committed
-// file is its record: a message file without a state log, or with a log
-// holding no attempt, counts as attempted once (Message.State). Most
-// messages are delivered at that attempt and so cost no state log at all;
-// if one stays queued, its first attempt is written with the outcome.
+// Its two exceptions are attempts recorded by something written before:
+//   - the first attempt of a message committed by this process (Commit's
+//     Fresh): the committed file is its record, since a message file without
+//     a state log, or with a log holding no attempt, counts as attempted
+//     once (Message.State). Most messages are delivered at that attempt and
+//     so cost no state log at all;
+//   - the next attempt of a message a flush made due, in the process that
+//     made the flush (AttemptCovered): the flush, fsync'd in Dir/events,
+//     counts one attempt for every message not held (events.go). A drain
+//     after an outage then writes nothing per message before delivering.
+//
+// If such a message stays queued, the attempt's record is written with the
+// outcome (first).
 type Attempt struct {
 	s      *Spool
 	id     string
 	f      File
 	prefix []byte
 	msgLen int64
-	first  *Record // the unrecorded first attempt, written with the outcome
+	first  *Record // the attempt not recorded in advance, written with the outcome
 	size   int64   // the file's length when known (a fresh message), else -1
 }
 
 // Attempt records rec (an "attempt" record: number, time, next due) and
 // opens the message for the attempt; with fresh (the message's Commit
 // result, never attempted) it records nothing and uses fresh's descriptor.
-// On error the attempt must not be made.
-func (s *Spool) Attempt(id string, fresh *Fresh, rec Record) (*Attempt, error) {
-	if fresh != nil && fresh.f != nil {
-		a := &Attempt{s: s, id: id, f: fresh.f, prefix: fresh.prefix, msgLen: fresh.msgLen, first: &rec, size: fresh.size}
-		fresh.f, fresh.prefix = nil, nil
+// h may also be Reopen's handle, whose descriptor and trailer it uses. On
+// error the attempt must not be made.
+func (s *Spool) Attempt(id string, h *Fresh, rec Record) (*Attempt, error) {
+	return s.attempt(id, h, rec, false)
+}
+
+// AttemptCovered is Attempt for an attempt a flush recorded in advance
+// (Flush: it counts one attempt for every message not held), so it writes
+// nothing before it either; its record goes with the outcome. Only the
+// process that made the flush may use it, once per message: after a
+// restart nobody knows whether the flush's attempt was made.
+func (s *Spool) AttemptCovered(id string, h *Fresh, rec Record) (*Attempt, error) {
+	return s.attempt(id, h, rec, true)
+}
+
+func (s *Spool) attempt(id string, h *Fresh, rec Record, covered bool) (*Attempt, error) {
+	if h != nil && h.f != nil && !h.reopened {
+		a := &Attempt{s: s, id: id, f: h.f, prefix: h.prefix, msgLen: h.msgLen, first: &rec, size: h.size}
+		h.f, h.prefix = nil, nil
 		return a, nil
 	}
-	// Opened first: a message deleted meanwhile gets no log (the error
-	// wraps os.ErrNotExist). Opening is not attempting.
-	f, err := s.fs.OpenFile(s.path(id), os.O_RDONLY, 0)
-	if err != nil {
-		return nil, fmt.Errorf("spool: open %s: %w", id, err)
+	var a *Attempt
+	if h != nil && h.f != nil {
+		a = &Attempt{s: s, id: id, f: h.f, prefix: h.prefix, msgLen: h.msgLen, size: h.size}
+		h.f, h.prefix = nil, nil
+	} else {
+		// Opened first: a message deleted meanwhile gets no log (the
+		// error wraps os.ErrNotExist). Opening is not attempting.
+		var err error
+		if h, _, err = s.Reopen(id); err != nil {
+			return nil, err
+		}
+		a = &Attempt{s: s, id: id, f: h.f, prefix: h.prefix, msgLen: h.msgLen, size: h.size}
 	}
 	rec.T = "attempt"
+	if covered {
+		a.first = &rec
+		return a, nil
+	}
 	if err := s.Record(id, true, rec); err != nil {
-		f.Close()
+		a.f.Close()
 		return nil, err
+	}
+	return a, nil
+}
+
+// Reopen opens a queued message for its next attempt: its envelope now
+// (the route decides whether it can go), its descriptor and DKIM prefix
+// kept in the handle for Attempt, which then opens and reads nothing
+// again. Close the handle if the attempt is not made. The error wraps
+// os.ErrNotExist when the message is gone.
+func (s *Spool) Reopen(id string) (*Fresh, *Envelope, error) {
+	f, err := s.fs.OpenFile(s.path(id), os.O_RDONLY, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool: open %s: %w", id, err)
 	}
 	tr, msgLen, err := readTrailer(f)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("spool: read %s: %w", id, err)
+		return nil, nil, fmt.Errorf("spool: read %s: %w", id, err)
 	}
-	return &Attempt{s: s, id: id, f: f, prefix: tr.Prefix, msgLen: msgLen, size: -1}, nil
+	// The file's length (readTrailer checked it adds up) lets a message
+	// delivered at this attempt be pooled with its blocks like a fresh one
+	// (recycleKeep), not emptied: an ftruncate and the allocation of new
+	// blocks by the next draft cost three times the CPU of writing over them.
+	return &Fresh{f: f, prefix: tr.Prefix, msgLen: msgLen, size: tr.size, s: s, id: id, reopened: true}, tr.Env, nil
 }
 
 // Size is the number of bytes delivered: prefix and message.

@@ -88,6 +88,9 @@ type Fresh struct {
 	size   int64 // the file's length: message, trailer and footer
 	s      *Spool
 	id     string
+	// reopened: not fresh but a queued message opened again for its next
+	// attempt (Reopen); its attempt is recorded in advance unless covered.
+	reopened bool
 }
 
 // Close drops the descriptor of a message that will not be attempted by
@@ -96,7 +99,9 @@ func (fr *Fresh) Close() {
 	if fr != nil && fr.f != nil {
 		fr.f.Close()
 		fr.f = nil
-		fr.s.unlogged.Delete(fr.id)
+		if !fr.reopened {
+			fr.s.unlogged.Delete(fr.id)
+		}
 	}
 }
 

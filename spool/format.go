@@ -68,6 +68,8 @@ type trailer struct {
 	V      int       `json:"v"`
 	Env    *Envelope `json:"env"`
 	Prefix []byte    `json:"prefix,omitempty"` // DKIM-Signature fields, prepended on delivery
+
+	size int64 // the file's length (readTrailer)
 }
 
 // crockford is a sortable, case-free alphabet safe in file names.
@@ -134,6 +136,7 @@ func readTrailer(f File) (*trailer, int64, error) {
 	if err := json.Unmarshal(buf, &tr); err != nil || tr.Env == nil {
 		return nil, 0, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
 	}
+	tr.size = msgLen + int64(len(buf)) + footerSize
 	return &tr, msgLen, nil
 }
 
@@ -224,7 +227,7 @@ func body(prefix []byte, f io.ReaderAt, msgLen int64) io.Reader {
 
 // Record is one line of a message's state log.
 type Record struct {
-	T        string    `json:"t"` // attempt | rcpt | hold | release | retry | warned
+	T        string    `json:"t"` // attempt | rcpt | hold | release | retry | warned; flush (Dir/events only)
 	At       time.Time `json:"at"`
 	N        int       `json:"n,omitempty"`    // attempt: its number
 	Next     time.Time `json:"next,omitzero"`  // attempt: when the next one is due
@@ -282,6 +285,10 @@ type State struct {
 	Warned   bool
 	LastErr  string
 	Rcpt     map[string]Record // final or deferred outcome per recipient
+	// Flushed is the time of the flush that counted the next attempt, not
+	// yet made (zero: none); only the process that made that flush may
+	// make it unrecorded (Spool.AttemptCovered).
+	Flushed time.Time
 }
 
 // Fold folds a state log into a State.
@@ -292,6 +299,7 @@ func Fold(recs []Record) State {
 		case "attempt":
 			s.Attempts = max(s.Attempts, r.N)
 			s.Next = r.Next
+			s.Flushed = time.Time{}
 		case "rcpt":
 			if r.State == StateDeferred {
 				s.LastErr = r.Diag
@@ -307,6 +315,12 @@ func Fold(recs []Record) State {
 			s.Next = r.At
 		case "retry":
 			s.Next = r.At
+		case "flush": // Dir/events: due now, and its next attempt counted (Flush)
+			s.Next = r.At
+			if !s.Held {
+				s.Attempts = max(s.Attempts, 1) + 1 // 1: the unrecorded first attempt
+				s.Flushed = r.At
+			}
 		case "warned":
 			s.Warned = true
 		}

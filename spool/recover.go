@@ -128,6 +128,9 @@ const recoverBlock = 512
 func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 	s := sn.s
 	ids, other := sn.ids, sn.other
+	// Events older than every message recovered and than this recovery
+	// apply to nothing any more (pruneEvents).
+	oldest := s.now()
 	// A million names need not outlive recovery.
 	defer func() { sn.ids, sn.logs, sn.other = nil, nil, nil }()
 	var free []string
@@ -180,6 +183,11 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 			if err != nil {
 				return err
 			}
+			// The events as they are now (Recover's caller may flush
+			// while the readers work ahead).
+			if m.events, err = s.Events(); err != nil {
+				return err
+			}
 			st := m.State()
 			pending := 0
 			for _, to := range m.Env.To {
@@ -198,6 +206,9 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 				}
 				continue
 			}
+			if m.Env.Received.Before(oldest) {
+				oldest = m.Env.Received
+			}
 			if !fn(m) {
 				return nil
 			}
@@ -215,6 +226,11 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 	}
 	if err := s.recoverStaged(); err != nil {
 		return fmt.Errorf("spool: fsync %s: %w", s.stageDir(), err)
+	}
+	if len(sn.staged) == 0 { // an import's messages keep theirs
+		if err := s.pruneEvents(oldest); err != nil {
+			s.log.Warn("spool: cannot drop old events", "err", err)
+		}
 	}
 	return nil
 }

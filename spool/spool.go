@@ -61,6 +61,10 @@ type Spool struct {
 	// open. Finish skips the remove of a log that is not there (0.6% of the
 	// CPU per message, issue 14); any Record drops the ID first.
 	unlogged sync.Map
+	ev       events // Dir/events (events.go)
+	// nameUnsynced holds the IDs whose state log was created by a record
+	// written without sync, so its name may not be durable yet.
+	nameUnsynced sync.Map
 }
 
 // Open prepares the spool directories under dir and starts the group
@@ -147,7 +151,8 @@ type Message struct {
 	Prefix  []byte // DKIM-Signature fields, sent before the message bytes
 	MsgLen  int64  // the message bytes after the prefix
 	Records []Record
-	HasLog  bool // a state log exists
+	HasLog  bool     // a state log exists
+	events  []Record // the spool-wide events (events.go)
 }
 
 // Size is what delivery sends: prefix and message.
@@ -156,10 +161,14 @@ func (m *Message) Size() int64 { return int64(len(m.Prefix)) + m.MsgLen }
 // State folds the message's log. A message without an attempt record counts
 // as attempted once: its first attempt is not recorded in advance (Attempt).
 func (m *Message) State() State {
-	st := Fold(m.Records)
+	st := m.Recorded()
 	st.Attempts = max(st.Attempts, 1)
 	return st
 }
+
+// Recorded folds the message's log and the spool-wide events after its
+// reception, attempts as recorded: 0 before a recorded one (for listings).
+func (m *Message) Recorded() State { return foldEvents(m.Records, m.events, m.Env.Received) }
 
 // IDs returns the committed messages' IDs, sorted (oldest first).
 func (s *Spool) IDs() ([]string, error) {
@@ -229,7 +238,11 @@ func (s *Spool) readOpen(id string, f File) (*Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: read state of %s: %w", id, err)
 	}
-	return &Message{ID: id, Env: tr.Env, Prefix: tr.Prefix, MsgLen: msgLen, Records: parseRecords(log), HasLog: log != nil}, nil
+	evs, err := s.Events()
+	if err != nil {
+		return nil, err
+	}
+	return &Message{ID: id, Env: tr.Env, Prefix: tr.Prefix, MsgLen: msgLen, Records: parseRecords(log), HasLog: log != nil, events: evs}, nil
 }
 
 // Body opens a committed message's prefix and bytes for reading.
@@ -269,6 +282,15 @@ func (s *Spool) Record(id string, sync bool, recs ...Record) error {
 	created := err == nil && st.Size() == 0
 	if created {
 		s.logsMade.Store(true) // recovery may meet a log its snapshot lacks
+	}
+	// A log created by a record not synced (a retry) has a name no
+	// directory fsync covered yet: the first synced record pays for it.
+	if created && !sync {
+		s.nameUnsynced.Store(id, true)
+	} else if sync {
+		if _, ok := s.nameUnsynced.LoadAndDelete(id); ok {
+			created = true
+		}
 	}
 	if err == nil {
 		_, err = f.Write(b)
@@ -326,6 +348,7 @@ func (s *Spool) finish(id string, f File, size int64) error {
 		}
 		return fmt.Errorf("spool: fsync spool directory for %s: %w", id, err)
 	}
+	s.nameUnsynced.Delete(id)
 	if _, none := s.unlogged.LoadAndDelete(id); !none {
 		s.fs.Remove(s.path(id + stateSuffix)) // an orphan log left by a crash is removed at recovery
 	}

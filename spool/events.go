@@ -1,0 +1,174 @@
+package spool
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Spool-wide events. `sluice queue flush` makes every queued message due
+// now. Written as one "retry" record in each message's state log, a flush
+// of a million messages created a million logs (a file, a write, later an
+// unlink each) before the first of them could go; and a flush made while
+// the daemon was still recovering reached only the messages already read.
+//
+// So a flush is one record in Dir/events, fsync'd before the flush is
+// answered, that applies to every message received before it. It also
+// counts the next attempt of each message it makes due (not a held one):
+// the process that made it may then make that attempt without recording
+// it first (AttemptCovered), as STYLE 6 asks, and a drain after an outage
+// writes no state log per message. Folding a
+// message's state (Message.State) merges the events later than its
+// reception with its own log, in time order, so a record the message got
+// after the flush (its next attempt, a hold) still wins. Recovery folds the
+// same way, so a message it reads after an online flush is due at once.
+// Events older than every queued message apply to none and are dropped
+// when recovery ends.
+
+const eventsName = "events"
+
+// events holds the spool-wide events, oldest first.
+type events struct {
+	mu     sync.Mutex
+	loaded bool
+	list   []Record
+}
+
+func (s *Spool) eventsPath() string { return filepath.Join(s.root, eventsName) }
+
+// Events returns the spool-wide events, oldest first (read from the file
+// the first time). The slice is never written to again: safe to keep.
+func (s *Spool) Events() ([]Record, error) {
+	s.ev.mu.Lock()
+	defer s.ev.mu.Unlock()
+	if err := s.loadEventsLocked(); err != nil {
+		return nil, err
+	}
+	return s.ev.list, nil
+}
+
+func (s *Spool) loadEventsLocked() error {
+	if s.ev.loaded {
+		return nil
+	}
+	b, err := readAll(s.fs, s.eventsPath())
+	if err != nil {
+		return fmt.Errorf("spool: read %s: %w", s.eventsPath(), err)
+	}
+	list := parseRecords(b)
+	slices.SortStableFunc(list, func(a, b Record) int { return a.At.Compare(b.At) })
+	s.ev.list, s.ev.loaded = list[:len(list):len(list)], true
+	return nil
+}
+
+// Flush records that every message received before now is due now, durably
+// (DESIGN §1: a flush answered survives a crash), and returns its time.
+func (s *Spool) Flush() (time.Time, error) {
+	s.ev.mu.Lock()
+	defer s.ev.mu.Unlock()
+	if err := s.loadEventsLocked(); err != nil {
+		return time.Time{}, err
+	}
+	rec := Record{T: "flush", At: s.now()}
+	if n := len(s.ev.list); n > 0 && !rec.At.After(s.ev.list[n-1].At) {
+		rec.At = s.ev.list[n-1].At.Add(time.Nanosecond) // a clock stepped back: keep the order
+	}
+	b, err := encodeRecords([]Record{rec})
+	if err != nil {
+		return time.Time{}, err
+	}
+	f, err := s.fs.OpenFile(s.eventsPath(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("spool: open %s: %w", s.eventsPath(), err)
+	}
+	st, err := f.Stat()
+	created := err == nil && st.Size() == 0
+	if err == nil {
+		_, err = f.Write(b)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && created {
+		err = syncDir(s.fs, s.root)
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("spool: record flush in %s: %w", s.eventsPath(), err)
+	}
+	// A new slice: readers holding the old one never see it change.
+	s.ev.list = append(slices.Clip(s.ev.list), rec)
+	return rec.At, nil
+}
+
+// pruneEvents drops the events older than oldest (the reception of the
+// oldest queued message, or the start of recovery when that is earlier),
+// which apply to no message queued now or later. The file is rewritten (temporary file,
+// fsync, rename, directory fsync) only when something is dropped.
+func (s *Spool) pruneEvents(oldest time.Time) error {
+	s.ev.mu.Lock()
+	defer s.ev.mu.Unlock()
+	if err := s.loadEventsLocked(); err != nil {
+		return err
+	}
+	i, _ := slices.BinarySearchFunc(s.ev.list, oldest, func(r Record, t time.Time) int { return r.At.Compare(t) })
+	keep := s.ev.list[i:]
+	if len(keep) == len(s.ev.list) {
+		return nil
+	}
+	b, err := encodeRecords(keep)
+	if err != nil {
+		return err
+	}
+	tmp := s.eventsPath() + tmpSuffix
+	f, err := s.fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool: rewrite %s: %w", s.eventsPath(), err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = s.fs.Rename(tmp, s.eventsPath())
+	}
+	if err == nil {
+		err = syncDir(s.fs, s.root)
+	}
+	if err != nil {
+		s.fs.Remove(tmp)
+		return fmt.Errorf("spool: rewrite %s: %w", s.eventsPath(), err)
+	}
+	s.ev.list = slices.Clip(keep)
+	return nil
+}
+
+// foldEvents folds a message's own log together with the spool-wide events
+// later than its reception, in time order: an event counts before every
+// record of the message written after it (its At is later), and after
+// every one written before it.
+func foldEvents(recs, evs []Record, received time.Time) State {
+	i, _ := slices.BinarySearchFunc(evs, received, func(r Record, t time.Time) int { return r.At.Compare(t) })
+	evs = evs[i:]
+	if len(evs) == 0 {
+		return Fold(recs)
+	}
+	merged := make([]Record, 0, len(recs)+len(evs))
+	for _, r := range recs {
+		for len(evs) > 0 && evs[0].At.Before(r.At) {
+			merged = append(merged, evs[0])
+			evs = evs[1:]
+		}
+		merged = append(merged, r)
+	}
+	merged = append(merged, evs...)
+	return Fold(merged)
+}
