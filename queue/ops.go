@@ -290,10 +290,10 @@ func (q *Queue) flush(offline bool) (string, error) {
 	q.mu.Lock()
 	for _, e := range q.entries {
 		e.retried = true
-		// The flush counted the next attempt of every message not held
-		// (spool.Flush); one never attempted yet is due anyway.
-		if !e.held && e.attempts > 0 && !e.covered {
-			e.attempts++
+		// The flush is the advance record of the next attempt of every
+		// message not held (spool.AttemptCovered); one never attempted
+		// yet is fresh and needs none.
+		if !e.held && e.attempts > 0 {
 			e.covered = true
 		}
 		q.scheduleLocked(e, at)

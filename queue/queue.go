@@ -147,6 +147,16 @@ func Open(opts Options) (*Queue, error) {
 			return nil, fmt.Errorf("queue: control socket %s: %w", opts.ControlSocket, err)
 		}
 	}
+	// Before recovery and any attempt, and after the socket (a second
+	// daemon stopped there writes nothing): a flush before this start
+	// may have had its attempt made unrecorded by the process before.
+	if err := q.spool.Boot(); err != nil {
+		q.spool.Close()
+		if q.ctl != nil {
+			q.ctl.Close()
+		}
+		return nil, err
+	}
 	if opts.RecoverInBackground {
 		q.recoverInBackground()
 	} else {

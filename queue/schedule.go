@@ -218,11 +218,11 @@ func (q *Queue) recover(sn *spool.Snapshot) error {
 			return true // the spool hands over valid IDs only
 		}
 		e := &entry{id: id, received: m.Env.Received.UnixNano(), attempts: int32(st.Attempts), held: st.Held, warned: st.Warned, index: -1}
-		// A flush this process made while recovery read counted the
-		// next attempt: it is made unrecorded, as for the entries the
-		// flush found in memory. An older flush's count may have been
-		// used by the process before (and a crash): not covered.
-		e.covered = !st.Flushed.IsZero() && !st.Flushed.Before(q.opened)
+		// A flush this process made while recovery read is the advance
+		// record of the next attempt, as for the entries it found in
+		// memory. An older one was followed by this process's start
+		// (spool.Boot), which counted it as an attempt.
+		e.covered = !st.Flushed.IsZero()
 		for i, to := range m.Env.To {
 			if st.RcptState(to) != StatePending {
 				e.rcpt.set(i)

@@ -152,11 +152,9 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 		}
 	}
 	q.mu.Lock()
-	covered := e.covered // counted by this process's flush already
+	covered := e.covered // this process's flush is its advance record
 	e.covered = false
-	if !covered {
-		e.attempts++
-	}
+	e.attempts++
 	e.retried = false
 	n := int(e.attempts)
 	var pending []string

@@ -22,9 +22,10 @@ import (
 //     once (Message.State). Most messages are delivered at that attempt and
 //     so cost no state log at all;
 //   - the next attempt of a message a flush made due, in the process that
-//     made the flush (AttemptCovered): the flush, fsync'd in Dir/events,
-//     counts one attempt for every message not held (events.go). A drain
-//     after an outage then writes nothing per message before delivering.
+//     made the flush (AttemptCovered): the flush, fsync'd in Dir/events, is
+//     its record, counted as an attempt once a later start follows it
+//     (events.go). A drain after an outage then writes nothing per message
+//     before delivering.
 //
 // If such a message stays queued, the attempt's record is written with the
 // outcome (first).
@@ -47,11 +48,11 @@ func (s *Spool) Attempt(id string, h *Fresh, rec Record) (*Attempt, error) {
 	return s.attempt(id, h, rec, false)
 }
 
-// AttemptCovered is Attempt for an attempt a flush recorded in advance
-// (Flush: it counts one attempt for every message not held), so it writes
-// nothing before it either; its record goes with the outcome. Only the
-// process that made the flush may use it, once per message: after a
-// restart nobody knows whether the flush's attempt was made.
+// AttemptCovered is Attempt for the attempt a flush made due, in the
+// process that made the flush (State.Flushed set, no start since): the
+// flush is its advance record (events.go), so nothing is written before it
+// either; its record goes with the outcome. After a restart the flush
+// counts as that attempt, and the next one is recorded first.
 func (s *Spool) AttemptCovered(id string, h *Fresh, rec Record) (*Attempt, error) {
 	return s.attempt(id, h, rec, true)
 }

@@ -16,15 +16,23 @@ import (
 // the daemon was still recovering reached only the messages already read.
 //
 // So a flush is one record in Dir/events, fsync'd before the flush is
-// answered, that applies to every message received before it. It also
-// counts the next attempt of each message it makes due (not a held one):
-// the process that made it may then make that attempt without recording
-// it first (AttemptCovered), as STYLE 6 asks, and a drain after an outage
-// writes no state log per message. Folding a
+// answered, that applies to every message received before it: folding a
 // message's state (Message.State) merges the events later than its
 // reception with its own log, in time order, so a record the message got
 // after the flush (its next attempt, a hold) still wins. Recovery folds the
 // same way, so a message it reads after an online flush is due at once.
+//
+// The flush is also the advance record of the attempt it makes due (STYLE
+// 6), for the process that made it: that process makes the attempt without
+// writing first (AttemptCovered) and writes its record with the outcome;
+// a drain after an outage then writes nothing per message before
+// delivering. A flush does not count an attempt by itself (one made while
+// every breaker is open spends no retry step): each start of a delivering
+// process writes a "boot" event (Boot), and a message flushed before a
+// boot, with no attempt recorded in between, counts one attempt more —
+// made or not, nobody knows after a crash. A message that crashes the
+// process at each attempt so still climbs its count.
+//
 // Events older than every queued message apply to none and are dropped
 // when recovery ends.
 
@@ -65,14 +73,25 @@ func (s *Spool) loadEventsLocked() error {
 }
 
 // Flush records that every message received before now is due now, durably
-// (DESIGN §1: a flush answered survives a crash), and returns its time.
-func (s *Spool) Flush() (time.Time, error) {
+// (a flush answered survives a crash), and returns its time.
+func (s *Spool) Flush() (time.Time, error) { return s.appendEvent("flush") }
+
+// Boot records that a process that delivers (serve) starts: every flush
+// before it may have had its attempt made, unrecorded, by a process now
+// gone, so a message flushed and not attempted since counts that attempt
+// (Fold). Call it before recovery and before any attempt.
+func (s *Spool) Boot() error {
+	_, err := s.appendEvent("boot")
+	return err
+}
+
+func (s *Spool) appendEvent(t string) (time.Time, error) {
 	s.ev.mu.Lock()
 	defer s.ev.mu.Unlock()
 	if err := s.loadEventsLocked(); err != nil {
 		return time.Time{}, err
 	}
-	rec := Record{T: "flush", At: s.now()}
+	rec := Record{T: t, At: s.now()}
 	if n := len(s.ev.list); n > 0 && !rec.At.After(s.ev.list[n-1].At) {
 		rec.At = s.ev.list[n-1].At.Add(time.Nanosecond) // a clock stepped back: keep the order
 	}
@@ -99,7 +118,7 @@ func (s *Spool) Flush() (time.Time, error) {
 		err = syncDir(s.fs, s.root)
 	}
 	if err != nil {
-		return time.Time{}, fmt.Errorf("spool: record flush in %s: %w", s.eventsPath(), err)
+		return time.Time{}, fmt.Errorf("spool: record %s in %s: %w", t, s.eventsPath(), err)
 	}
 	// A new slice: readers holding the old one never see it change.
 	s.ev.list = append(slices.Clip(s.ev.list), rec)

@@ -227,7 +227,7 @@ func body(prefix []byte, f io.ReaderAt, msgLen int64) io.Reader {
 
 // Record is one line of a message's state log.
 type Record struct {
-	T        string    `json:"t"` // attempt | rcpt | hold | release | retry | warned; flush (Dir/events only)
+	T        string    `json:"t"` // attempt | rcpt | hold | release | retry | warned; flush | boot (Dir/events only)
 	At       time.Time `json:"at"`
 	N        int       `json:"n,omitempty"`    // attempt: its number
 	Next     time.Time `json:"next,omitzero"`  // attempt: when the next one is due
@@ -285,9 +285,9 @@ type State struct {
 	Warned   bool
 	LastErr  string
 	Rcpt     map[string]Record // final or deferred outcome per recipient
-	// Flushed is the time of the flush that counted the next attempt, not
-	// yet made (zero: none); only the process that made that flush may
-	// make it unrecorded (Spool.AttemptCovered).
+	// Flushed is the time of a flush whose attempt is not recorded yet and
+	// that no start of a process followed (zero: none): the process that
+	// made it may make that attempt unrecorded (Spool.AttemptCovered).
 	Flushed time.Time
 }
 
@@ -315,11 +315,15 @@ func Fold(recs []Record) State {
 			s.Next = r.At
 		case "retry":
 			s.Next = r.At
-		case "flush": // Dir/events: due now, and its next attempt counted (Flush)
+		case "flush": // Dir/events: due now; the advance record of its next attempt (events.go)
 			s.Next = r.At
 			if !s.Held {
-				s.Attempts = max(s.Attempts, 1) + 1 // 1: the unrecorded first attempt
 				s.Flushed = r.At
+			}
+		case "boot": // Dir/events: a flush's attempt before it may have been made
+			if !s.Flushed.IsZero() {
+				s.Attempts = max(s.Attempts, 1) + 1 // 1: the unrecorded first attempt
+				s.Flushed = time.Time{}
 			}
 		case "warned":
 			s.Warned = true

@@ -171,8 +171,8 @@ func (w *world) script(s *Spool) {
 	}
 	w.attempt(s, &m4, 1, map[string]string{"e@x": StateBounced}, true)
 	w.attempt(s, &m5, 1, map[string]string{"f@x": ""}, false)
-	// A flush counts m5's next attempt, made unrecorded (reopened first,
-	// as the queue does) and deferred again.
+	// A flush is the advance record of m5's next attempt, made unrecorded
+	// (reopened first, as the queue does) and deferred again.
 	if _, err := s.Flush(); err == nil && m5.id != "" {
 		if h, _, err := s.Reopen(m5.id); err == nil {
 			m5.fresh = h
@@ -190,6 +190,9 @@ func check(t *testing.T, d *simDisk, w *world, ctx string) {
 	}
 	defer s.Close()
 	got := map[string]*Message{}
+	if err := s.Boot(); err != nil { // as serve does (queue.Open)
+		t.Fatalf("%s: boot: %v", ctx, err)
+	}
 	if err := s.Recover(func(m *Message) { got[m.ID] = m }); err != nil {
 		t.Fatalf("%s: recover: %v", ctx, err)
 	}
@@ -270,6 +273,9 @@ func recoverAndCommit(d *simDisk, w *world) {
 	}
 	defer s.Close()
 	var first string
+	if s.Boot() != nil {
+		return
+	}
 	if s.Recover(func(m *Message) {
 		if first == "" {
 			first = m.ID
