@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -21,6 +23,8 @@ type Draft struct {
 	done bool
 	path string // the draft's file: ID.tmp, or the free file it reuses
 	old  int64  // the length of a reused free file's old content, written over
+	slot string // the ID in a reused free file's name; "" for a new file
+	crc  uint32 // CRC-32C of the message bytes so far (for a slot)
 }
 
 // Begin allocates a queue ID and a file for the draft: a free file when the
@@ -38,7 +42,7 @@ func (s *Spool) Begin() (*Draft, error) {
 			_, err = f.Seek(0, io.SeekStart)
 		}
 		if err == nil {
-			return &Draft{ID: NewID(s.now()), s: s, f: f, path: s.path(ff.name), w: getWriter(f), old: ff.size}, nil
+			return &Draft{ID: NewID(s.now()), s: s, f: f, path: s.path(ff.name), w: getWriter(f), old: ff.size, slot: strings.TrimPrefix(ff.name, freePrefix)}, nil
 		}
 		if f != nil {
 			f.Close()
@@ -70,6 +74,9 @@ func (d *Draft) Write(p []byte) (int, error) {
 	}
 	n, err := d.w.Write(p)
 	d.n += int64(n)
+	if d.slot != "" {
+		d.crc = crc32.Update(d.crc, castagnoli, p[:n])
+	}
 	if err != nil {
 		d.err = fmt.Errorf("spool: write %s: %w", d.ID, err)
 		return n, d.err
@@ -107,8 +114,16 @@ func (fr *Fresh) Close() {
 
 // Commit stores env and prefix after the message and makes it durable: write
 // the trailer, cut a reused file's longer old content, fsync the file, rename
-// it to its ID, fsync the directory (grouped with other commits). When Commit returns nil the message survives
-// kill -9 and power loss. On error nothing was accepted.
+// it to its ID, fsync the directory (grouped with other commits). When Commit
+// returns nil the message survives kill -9 and power loss. On error nothing
+// was accepted.
+//
+// A message written over a free file (a slot) is durable at its file's
+// fsync: one flush, not two. Its trailer names the slot and holds the CRC of
+// the message bytes, so recovery can tell it from the free file's old
+// content when the rename did not reach the disk (recoverSlots); the rename
+// becomes durable with the next directory fsync (a finish, a new log), and
+// the 250 does not wait for it.
 func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	if d.err != nil {
 		d.Abort()
@@ -123,7 +138,11 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	if env.Received.IsZero() {
 		env.Received = s.now()
 	}
-	tail, err := encodeTail(env, prefix, d.n)
+	var crc uint32
+	if d.slot != "" {
+		crc = d.crc
+	}
+	tail, err := encodeTail(env, prefix, d.n, d.slot, crc)
 	if err != nil {
 		d.Abort()
 		return nil, fmt.Errorf("spool: encode %s: %w", d.ID, err)
@@ -158,13 +177,18 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 		return nil, fmt.Errorf("spool: rename %s: %w", d.ID, err)
 	}
 	d.done = true
-	if err := s.syncDir(); err != nil {
-		// The rename may or may not survive a crash; the client is told 451
-		// and retries, so a duplicate is possible but nothing is lost.
-		// Remove the file so this process does not deliver it too.
-		s.fs.Remove(final)
-		d.f.Close()
-		return nil, fmt.Errorf("spool: fsync spool directory for %s: %w", d.ID, err)
+	// A slot is durable already: the fsync above made the trailer that
+	// names it durable with the bytes it checks.
+	if d.slot == "" {
+		if err := s.syncDir(); err != nil {
+			// The rename may or may not survive a crash; the client is
+			// told 451 and retries, so a duplicate is possible but
+			// nothing is lost. Remove the file so this process does not
+			// deliver it too.
+			s.fs.Remove(final)
+			d.f.Close()
+			return nil, fmt.Errorf("spool: fsync spool directory for %s: %w", d.ID, err)
+		}
 	}
 	mCommits.Inc()
 	mCommitSecs.Add(time.Since(start).Seconds())

@@ -65,9 +65,16 @@ type RcptDSN struct {
 
 // trailer is the JSON part of a committed message file.
 type trailer struct {
-	V      int       `json:"v"`
-	Env    *Envelope `json:"env"`
-	Prefix []byte    `json:"prefix,omitempty"` // DKIM-Signature fields, prepended on delivery
+	V   int       `json:"v"`
+	Env *Envelope `json:"env"`
+	// Slot and CRC are set when the message was written over a free file
+	// (Commit into a slot): the ID in the free file's name, and the
+	// CRC-32C of the message bytes. Recovery takes such a file, still
+	// under its free name, for this message only when both match
+	// (recoverSlots). Prefix stays last (withoutPrefix).
+	Slot   string `json:"slot,omitempty"`
+	CRC    uint32 `json:"crc,omitempty"`
+	Prefix []byte `json:"prefix,omitempty"` // DKIM-Signature fields, prepended on delivery
 
 	size int64 // the file's length (readTrailer)
 }
@@ -108,9 +115,10 @@ func ValidID(s string) bool {
 	return true
 }
 
-// encodeTail returns the trailer and footer that follow msgLen message bytes.
-func encodeTail(env *Envelope, prefix []byte, msgLen int64) ([]byte, error) {
-	tr, err := json.Marshal(trailer{V: 1, Env: env, Prefix: prefix})
+// encodeTail returns the trailer and footer that follow msgLen message bytes
+// (slot and crc: see trailer).
+func encodeTail(env *Envelope, prefix []byte, msgLen int64, slot string, crc uint32) ([]byte, error) {
+	tr, err := json.Marshal(trailer{V: 1, Env: env, Slot: slot, CRC: crc, Prefix: prefix})
 	if err != nil {
 		return nil, err
 	}

@@ -43,6 +43,11 @@ func (s *Spool) Import(srcDir string) (ImportResult, error) {
 	if err := s.fs.MkdirAll(stage, 0o700); err != nil {
 		return res, fmt.Errorf("spool: create %s: %w", stage, err)
 	}
+	// A message the source committed into a free file whose rename a
+	// crash lost is a message too (recoverSlots).
+	if err := src.adoptSlots(); err != nil {
+		return res, err
+	}
 	srcIDs, err := src.IDs()
 	if err != nil {
 		return res, err

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -127,12 +129,13 @@ const recoverBlock = 512
 // action) is skipped. fn is called from one goroutine, oldest message first.
 func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 	s := sn.s
-	ids, other := sn.ids, sn.other
 	// Events older than every message recovered and than this recovery
 	// apply to nothing any more (pruneEvents).
 	oldest := s.now()
 	// A million names need not outlive recovery.
 	defer func() { sn.ids, sn.logs, sn.other = nil, nil, nil }()
+	other := sn.recoverSlots(sn.other) // before the orphan logs are told apart
+	ids := sn.ids
 	var free []string
 	for _, name := range other {
 		switch {
@@ -248,6 +251,11 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: read %s: %w", id, err)
 	}
+	// The name must be the message's: a file written over (a slot) holds
+	// another ID's trailer until its new content is there.
+	if env.ID != id {
+		return nil, fmt.Errorf("spool: read %s: %w: its trailer is message %s's", id, ErrCorrupt, env.ID)
+	}
 	var log []byte
 	if hasLog || s.logsMade.Load() {
 		if log, err = readAll(s.fs, s.path(id+stateSuffix)); err != nil {
@@ -255,4 +263,94 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 		}
 	}
 	return &Message{ID: id, Env: env, MsgLen: msgLen, Records: parseRecords(log), HasLog: log != nil}, nil
+}
+
+// recoverSlots finds the messages committed into a free file whose rename
+// to their ID a crash lost (Commit into a slot makes no directory fsync):
+// a free file is such a message when its trailer is valid, names this very
+// free file as its slot, and the CRC it holds matches the message bytes (a
+// crash during the commit's fsync can leave the trailer on disk over old or
+// missing bytes: never acknowledged, and so not a message). Each is renamed
+// to its ID and joins the snapshot; the other names are returned. A free
+// file's old content cannot pass: the slot in its trailer is never the ID
+// in its own free name, and a slot ID is unknown to whoever sent the bytes.
+// At most the pool's 512 files are read, each whole.
+func (sn *Snapshot) recoverSlots(other []string) []string {
+	s := sn.s
+	rest := other[:0]
+	added := false
+	for _, name := range other {
+		id := sn.slotMessage(name)
+		if id == "" {
+			rest = append(rest, name)
+			continue
+		}
+		if err := s.fs.Rename(s.path(name), s.path(id)); err != nil {
+			s.log.Error("spool: cannot rename a message found in a free file", "file", name, "queue_id", id, "err", err)
+			continue // left as it is: the next start tries again
+		}
+		s.log.Info("spool: message committed into a free file recovered under its ID", "file", name, "queue_id", id)
+		sn.ids = append(sn.ids, id16([]byte(id)))
+		added = true
+	}
+	if added {
+		slices.SortFunc(sn.ids, cmpID)
+	}
+	return rest
+}
+
+// slotMessage returns the ID of the message committed into the free file
+// name (see recoverSlots), or "".
+func (sn *Snapshot) slotMessage(name string) string {
+	s := sn.s
+	slot, ok := strings.CutPrefix(name, freePrefix)
+	if !ok || !ValidID(slot) {
+		return ""
+	}
+	f, err := s.fs.OpenFile(s.path(name), os.O_RDONLY, 0)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	tr, msgLen, err := readTrailer(f)
+	if err != nil || tr.Slot != slot || !ValidID(tr.Env.ID) || tr.Env.ID == slot || sn.hasMessage(tr.Env.ID) {
+		return ""
+	}
+	h := crc32.New(castagnoli)
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, msgLen)); err != nil || h.Sum32() != tr.CRC {
+		return ""
+	}
+	// After a kill -9 the bytes may be only in the page cache (the kill
+	// came before the commit's fsync): durable before the name says so.
+	if err := f.Sync(); err != nil {
+		return ""
+	}
+	return tr.Env.ID
+}
+
+// adoptSlots renames, durably, the messages a crash left under a free name
+// in a spool no process recovers (Import's source).
+func (s *Spool) adoptSlots() error {
+	names, err := s.fs.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("spool: read %s: %w", s.dir, err)
+	}
+	sn := &Snapshot{s: s, staged: map[string]bool{}}
+	var free []string
+	for _, n := range names {
+		switch {
+		case ValidID(n):
+			sn.ids = append(sn.ids, id16([]byte(n)))
+		case strings.HasPrefix(n, freePrefix):
+			free = append(free, n)
+		}
+	}
+	slices.SortFunc(sn.ids, cmpID)
+	if rest := sn.recoverSlots(free); len(rest) == len(free) {
+		return nil
+	}
+	if err := syncDir(s.fs, s.dir); err != nil {
+		return fmt.Errorf("spool: fsync %s: %w", s.dir, err)
+	}
+	return nil
 }
