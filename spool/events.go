@@ -177,7 +177,9 @@ func (s *Spool) pruneEvents(oldest time.Time) error {
 func foldEvents(recs, evs []Record, received time.Time) State {
 	i, _ := slices.BinarySearchFunc(evs, received, func(r Record, t time.Time) int { return r.At.Compare(t) })
 	evs = evs[i:]
-	if len(evs) == 0 {
+	// Only a flush changes a state (a boot acts on a flush before it): the
+	// common case, a restart with no flush, folds the log alone.
+	if !slices.ContainsFunc(evs, func(r Record) bool { return r.T == "flush" }) {
 		return Fold(recs)
 	}
 	merged := make([]Record, 0, len(recs)+len(evs))
