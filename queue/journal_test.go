@@ -68,7 +68,14 @@ func TestJournalAndWebhookEvents(t *testing.T) {
 		}
 		return nil
 	}}
-	opts, _ := testOptions(t, dir, up)
+	opts, lb := testOptions(t, dir, up)
+	// It timed out once in a loaded `make test` (the 15 s bound) and
+	// never alone: the queue's log says where, should it again.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("queue log:\n%s", lb.String())
+		}
+	})
 	opts.Config.Webhook = srv.URL
 	opts.Config.WebhookEvents = []string{"delivered", "deferred", "bounced"}
 	rec := &recorder{}

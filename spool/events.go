@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -127,8 +128,9 @@ func (s *Spool) appendEvent(t string) (time.Time, error) {
 
 // pruneEvents drops the events older than oldest (the reception of the
 // oldest queued message, or the start of recovery when that is earlier),
-// which apply to no message queued now or later. The file is rewritten (temporary file,
-// fsync, rename, directory fsync) only when something is dropped.
+// which apply to no message queued now or later. The file is rewritten
+// (temporary file, fsync, rename, directory fsync) only when something is
+// dropped, and removed when nothing is left.
 func (s *Spool) pruneEvents(oldest time.Time) error {
 	s.ev.mu.Lock()
 	defer s.ev.mu.Unlock()
@@ -138,6 +140,16 @@ func (s *Spool) pruneEvents(oldest time.Time) error {
 	i, _ := slices.BinarySearchFunc(s.ev.list, oldest, func(r Record, t time.Time) int { return r.At.Compare(t) })
 	keep := s.ev.list[i:]
 	if len(keep) == len(s.ev.list) {
+		return nil
+	}
+	if len(keep) == 0 { // nothing queued from before: no file
+		if err := s.fs.Remove(s.eventsPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("spool: remove %s: %w", s.eventsPath(), err)
+		}
+		if err := syncDir(s.fs, s.root); err != nil {
+			return fmt.Errorf("spool: fsync %s: %w", s.root, err)
+		}
+		s.ev.list = nil
 		return nil
 	}
 	b, err := encodeRecords(keep)
