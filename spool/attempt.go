@@ -94,7 +94,9 @@ func (s *Spool) attempt(id string, h *Fresh, rec Record, covered bool) (*Attempt
 // again. Close the handle if the attempt is not made. The error wraps
 // os.ErrNotExist when the message is gone.
 func (s *Spool) Reopen(id string) (*Fresh, *Envelope, error) {
-	f, err := s.fs.OpenFile(s.path(id), os.O_RDONLY, 0)
+	// Read and write: once delivered, the file goes to the free pool and
+	// the next draft writes over it (recycleKeep).
+	f, err := s.fs.OpenFile(s.path(id), os.O_RDWR, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("spool: open %s: %w", id, err)
 	}
