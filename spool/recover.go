@@ -242,7 +242,7 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 // from its trailer (the DKIM prefix is skipped, the message bytes are not
 // touched) and, when the snapshot listed one, its state log.
 func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
-	f, err := s.openRead(s.path(id))
+	f, err := s.fs.OpenFile(s.path(id), os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -258,7 +258,7 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 	}
 	var log []byte
 	if hasLog || s.logsMade.Load() {
-		if log, err = s.readLog(id); err != nil {
+		if log, err = readAll(s.fs, s.path(id+stateSuffix)); err != nil {
 			return nil, fmt.Errorf("spool: read state of %s: %w", id, err)
 		}
 	}
@@ -353,17 +353,4 @@ func (s *Spool) adoptSlots() error {
 		return fmt.Errorf("spool: fsync %s: %w", s.dir, err)
 	}
 	return nil
-}
-
-// readLog reads a message's whole state log (nil, nil when it has none).
-func (s *Spool) readLog(id string) ([]byte, error) {
-	f, err := s.openRead(s.path(id + stateSuffix))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(f)
 }
