@@ -51,7 +51,8 @@ type entry struct {
 
 	// A message committed by this process keeps its descriptor, DKIM
 	// prefix and length until its first attempt (spool.Fresh), which is
-	// not recorded in advance (spool.Attempt).
+	// not recorded in advance (spool.Attempt); a queued one holds them
+	// from loadEnv (spool.Reopen) to its attempt.
 	fresh *spool.Fresh
 }
 

@@ -58,26 +58,18 @@ func (s *Spool) AttemptCovered(id string, h *Fresh, rec Record) (*Attempt, error
 }
 
 func (s *Spool) attempt(id string, h *Fresh, rec Record, covered bool) (*Attempt, error) {
-	if h != nil && h.f != nil && !h.reopened {
-		a := &Attempt{s: s, id: id, f: h.f, prefix: h.prefix, msgLen: h.msgLen, first: &rec, size: h.size}
-		h.f, h.prefix = nil, nil
-		return a, nil
-	}
-	var a *Attempt
-	if h != nil && h.f != nil {
-		a = &Attempt{s: s, id: id, f: h.f, prefix: h.prefix, msgLen: h.msgLen, size: h.size}
-		h.f, h.prefix = nil, nil
-	} else {
+	if h == nil || h.f == nil {
 		// Opened first: a message deleted meanwhile gets no log (the
 		// error wraps os.ErrNotExist). Opening is not attempting.
 		var err error
 		if h, _, err = s.Reopen(id); err != nil {
 			return nil, err
 		}
-		a = &Attempt{s: s, id: id, f: h.f, prefix: h.prefix, msgLen: h.msgLen, size: h.size}
 	}
+	a := &Attempt{s: s, id: id, f: h.f, prefix: h.prefix, msgLen: h.msgLen, size: h.size}
+	h.f, h.prefix = nil, nil
 	rec.T = "attempt"
-	if covered {
+	if !h.reopened || covered { // recorded by the committed file, or by the flush
 		a.first = &rec
 		return a, nil
 	}

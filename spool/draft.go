@@ -87,7 +87,8 @@ func (d *Draft) Write(p []byte) (int, error) {
 // Fresh is a message committed by this process and not yet attempted: its
 // descriptor, DKIM prefix and length stay in memory until its first attempt,
 // which then reads no trailer and opens no file, and is not recorded in
-// advance (see Attempt).
+// advance (see Attempt). Reopen hands out the same for a queued message's
+// next attempt (reopened), between the envelope's read and the attempt.
 type Fresh struct {
 	f      File
 	prefix []byte
@@ -138,11 +139,7 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	if env.Received.IsZero() {
 		env.Received = s.now()
 	}
-	var crc uint32
-	if d.slot != "" {
-		crc = d.crc
-	}
-	tail, err := encodeTail(env, prefix, d.n, d.slot, crc)
+	tail, err := encodeTail(env, prefix, d.n, d.slot, d.crc) // crc: 0 unless a slot
 	if err != nil {
 		d.Abort()
 		return nil, fmt.Errorf("spool: encode %s: %w", d.ID, err)

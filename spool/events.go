@@ -100,21 +100,7 @@ func (s *Spool) appendEvent(t string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
-	f, err := s.fs.OpenFile(s.eventsPath(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("spool: open %s: %w", s.eventsPath(), err)
-	}
-	st, err := f.Stat()
-	created := err == nil && st.Size() == 0
-	if err == nil {
-		_, err = f.Write(b)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	created, err := appendFile(s.fs, s.eventsPath(), b, true)
 	if err == nil && created {
 		err = syncDir(s.fs, s.root)
 	}

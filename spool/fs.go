@@ -95,6 +95,28 @@ func (osFS) walkDir(dir string, fn func(names []string) error) error {
 	}
 }
 
+// appendFile appends b to path, creating the file if need be, and with
+// sync fsyncs it. created says the file was empty before: most likely just
+// made, so its name needs a directory fsync too (the caller's).
+func appendFile(fsys FS, path string, b []byte, sync bool) (created bool, err error) {
+	f, err := fsys.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return false, err
+	}
+	st, err := f.Stat()
+	created = err == nil && st.Size() == 0
+	if err == nil {
+		_, err = f.Write(b)
+	}
+	if err == nil && sync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return created, err
+}
+
 // syncDir fsyncs a directory with a descriptor of its own.
 func syncDir(fsys FS, dir string) error {
 	f, err := fsys.OpenFile(dir, os.O_RDONLY, 0)

@@ -271,15 +271,10 @@ func (s *Spool) Record(id string, sync bool, recs ...Record) error {
 	if err != nil {
 		return fmt.Errorf("spool: encode state of %s: %w", id, err)
 	}
-	f, err := s.fs.OpenFile(s.path(id+stateSuffix), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("spool: open state of %s: %w", id, err)
-	}
 	// An empty log was (most likely) just created: its name needs the
 	// directory fsync too. Rarely, it is one whose first append failed;
 	// syncing the directory again costs nothing else.
-	st, err := f.Stat()
-	created := err == nil && st.Size() == 0
+	created, err := appendFile(s.fs, s.path(id+stateSuffix), b, sync)
 	if created {
 		s.logsMade.Store(true) // recovery may meet a log its snapshot lacks
 	}
@@ -292,21 +287,8 @@ func (s *Spool) Record(id string, sync bool, recs ...Record) error {
 			created = true
 		}
 	}
-	if err == nil {
-		_, err = f.Write(b)
-	}
 	if err != nil {
-		f.Close()
-		return fmt.Errorf("spool: write state of %s: %w", id, err)
-	}
-	if sync {
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return fmt.Errorf("spool: fsync state of %s: %w", id, err)
-		}
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("spool: close state of %s: %w", id, err)
+		return fmt.Errorf("spool: state of %s: %w", id, err)
 	}
 	if sync && created {
 		if err := s.syncDir(); err != nil {
