@@ -152,7 +152,16 @@ func readTrailer(f File) (*trailer, int64, error) {
 // prefix (base64, last in the trailer) is cut off before decoding rather
 // than scanned twice and decoded.
 func readEnvelope(f File) (*Envelope, int64, error) {
-	buf, msgLen, err := readTail(f)
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	return readEnvelopeAt(f, st.Size())
+}
+
+// readEnvelopeAt is readEnvelope over a file of size bytes read with r.
+func readEnvelopeAt(r io.ReaderAt, size int64) (*Envelope, int64, error) {
+	buf, msgLen, err := readTailAt(r, size)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -196,7 +205,11 @@ func readTail(f File) ([]byte, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	size := st.Size()
+	return readTailAt(f, st.Size())
+}
+
+// readTailAt is readTail over a file of size bytes read with r.
+func readTailAt(f io.ReaderAt, size int64) ([]byte, int64, error) {
 	if size < footerSize {
 		return nil, 0, fmt.Errorf("%w: %d bytes, shorter than the footer", ErrCorrupt, size)
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Recover reads the spool back after a start, a crash or a power cut, and
@@ -28,6 +29,65 @@ func (s *Spool) Recover(fn func(*Message)) error {
 		return err
 	}
 	return sn.Recover(func(m *Message) bool { fn(m); return true })
+}
+
+// newLogs tracks the state logs created while a recovery runs, for the
+// messages it has not handed out yet: Recover reads a log beside such a
+// message although its snapshot listed none, and reads it again when it
+// hands the message out if the log came after the readers' read. Before, one log made anywhere
+// sent every later read to look for a log beside its message: a failed
+// open per message, which on a cold cache reads directory blocks (a
+// million messages recovered while the upstream was down took twice as
+// long). The set holds only IDs past the recovery's cursor (control
+// actions on messages not yet read), not the logs of delivery attempts,
+// which follow a message's recovery.
+type newLogs struct {
+	mu     sync.Mutex
+	on     bool
+	cursor string // handed out up to here (IDs sort by age)
+	ids    map[string]bool
+}
+
+// start begins tracking (before the snapshot's listing).
+func (l *newLogs) start() {
+	l.mu.Lock()
+	l.on, l.cursor, l.ids = true, "", map[string]bool{}
+	l.mu.Unlock()
+}
+
+// stop ends tracking (the recovery is over).
+func (l *newLogs) stop() {
+	l.mu.Lock()
+	l.on, l.cursor, l.ids = false, "", nil
+	l.mu.Unlock()
+}
+
+func (l *newLogs) add(id string) {
+	l.mu.Lock()
+	if l.on && id > l.cursor {
+		l.ids[id] = true
+	}
+	l.mu.Unlock()
+}
+
+func (l *newLogs) has(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ids[id]
+}
+
+// reached moves the cursor to id, about to be handed out, and says whether
+// a log was made for it meanwhile: the readers read ahead, so the log may
+// be newer than the read.
+func (l *newLogs) reached(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if id > l.cursor {
+		l.cursor = id
+	}
+	made := l.ids[id]
+	delete(l.ids, id)
+	return made
 }
 
 // id16 is a queue ID held as an array: a million of them in a snapshot
@@ -52,6 +112,7 @@ type Snapshot struct {
 // read a block of names at a time and kept compact: message IDs as arrays.
 func (s *Spool) Scan() (*Snapshot, error) {
 	sn := &Snapshot{s: s, staged: map[string]bool{}}
+	s.newLogs.start() // until Snapshot.Recover ends
 	err := s.listDir(s.dir, func(names []string) {
 		for _, n := range names {
 			switch {
@@ -66,6 +127,7 @@ func (s *Spool) Scan() (*Snapshot, error) {
 		}
 	})
 	if err != nil {
+		s.newLogs.stop()
 		return nil, fmt.Errorf("spool: read %s: %w", s.dir, err)
 	}
 	slices.SortFunc(sn.ids, cmpID)
@@ -119,9 +181,77 @@ func (sn *Snapshot) hasLog(id id16) bool {
 // CPU (decoding the trailer) that two cores share.
 const recoverReaders = 4
 
-// recoverBlock is how many messages are read ahead of the (sequential)
-// scheduling of their results.
-const recoverBlock = 512
+// recoverChunk is how many messages the readers read together, and
+// recoverAhead how many chunks may be read ahead of the (sequential)
+// scheduling of their results: 4,096 messages, a few MB of envelopes.
+const (
+	recoverChunk = 64
+	recoverAhead = 64
+)
+
+// readChunk is a run of messages the readers read together, each taking
+// the next one (next); done is closed when res holds each one's result.
+type readChunk struct {
+	ids  []id16
+	res  []readResult
+	next atomic.Int64
+	left atomic.Int64 // readers yet to leave the chunk
+	done chan struct{}
+}
+
+type readResult struct {
+	m   *Message
+	err error
+}
+
+// readAhead reads ids' envelopes and logs with recoverReaders readers and
+// returns their chunks in order, each to be waited for (done). The readers
+// read a chunk together, message after message, so the reads in flight are
+// of neighbouring files (on a cold page cache the disk serves those about
+// twice as fast as reads spread over the spool), and go on to the next
+// chunk without waiting for the results to be scheduled, up to
+// recoverAhead chunks ahead. Closing stop ends it early; the readers are
+// done when the returned group's Wait returns.
+func readAhead(s *Spool, sn *Snapshot, ids []id16, stop <-chan struct{}) (<-chan *readChunk, *sync.WaitGroup) {
+	out := make(chan *readChunk, recoverAhead)
+	work := make(chan *readChunk)
+	go func() {
+		defer close(out)
+		defer close(work)
+		for start := 0; start < len(ids); start += recoverChunk {
+			c := &readChunk{ids: ids[start:min(start+recoverChunk, len(ids))], done: make(chan struct{})}
+			c.res = make([]readResult, len(c.ids))
+			c.left.Store(recoverReaders)
+			select {
+			case out <- c:
+			case <-stop:
+				return
+			}
+			for range recoverReaders { // each reader joins it
+				select {
+				case work <- c:
+				case <-stop:
+					return
+				}
+			}
+		}
+	}()
+	var readers sync.WaitGroup
+	for range recoverReaders {
+		readers.Go(func() {
+			for c := range work {
+				for i := int(c.next.Add(1) - 1); i < len(c.ids); i = int(c.next.Add(1) - 1) {
+					m, err := s.readMeta(string(c.ids[i][:]), sn.hasLog(c.ids[i]))
+					c.res[i] = readResult{m, err}
+				}
+				if c.left.Add(-1) == 0 {
+					close(c.done)
+				}
+			}
+		})
+	}
+	return out, &readers
+}
 
 // Recover is Spool.Recover over the snapshot; fn returning false stops it
 // (the spool is closing): what was done so far is safe, the rest is done at
@@ -134,6 +264,7 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 	oldest := s.now()
 	// A million names need not outlive recovery.
 	defer func() { sn.ids, sn.logs, sn.other = nil, nil, nil }()
+	defer s.newLogs.stop()
 	other := sn.recoverSlots(sn.other) // before the orphan logs are told apart
 	ids := sn.ids
 	var free []string
@@ -152,27 +283,15 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 			s.moveCorrupt(name, errNotID)
 		}
 	}
-	type result struct {
-		m   *Message
-		err error
-	}
-	res := make([]result, recoverBlock)
-	for start := 0; start < len(ids); start += recoverBlock {
-		block := ids[start:min(start+recoverBlock, len(ids))]
-		var wg sync.WaitGroup
-		for w := range min(recoverReaders, len(block)) {
-			wg.Go(func() {
-				for i := w; i < len(block); i += recoverReaders {
-					m, err := s.readMeta(string(block[i][:]), sn.hasLog(block[i]))
-					res[i] = result{m, err}
-				}
-			})
-		}
-		wg.Wait()
-		for i, id := range block {
+	stop := make(chan struct{})
+	chunks, readers := readAhead(s, sn, ids, stop)
+	defer readers.Wait() // after close(stop): a reader ends with its chunk
+	defer close(stop)
+	for c := range chunks {
+		<-c.done
+		for i, id := range c.ids {
 			name := string(id[:])
-			m, err := res[i].m, res[i].err
-			res[i] = result{}
+			m, err := c.res[i].m, c.res[i].err
 			if errors.Is(err, os.ErrNotExist) {
 				continue
 			}
@@ -190,6 +309,13 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 			// while the readers work ahead).
 			if m.events, err = s.Events(); err != nil {
 				return err
+			}
+			if s.newLogs.reached(name) {
+				log, err := readAll(s.fs, s.path(name+stateSuffix))
+				if err != nil {
+					return fmt.Errorf("spool: read state of %s: %w", name, err)
+				}
+				m.Records, m.HasLog = parseRecords(log), log != nil
 			}
 			st := m.State()
 			pending := 0
@@ -242,12 +368,22 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 // from its trailer (the DKIM prefix is skipped, the message bytes are not
 // touched) and, when the snapshot listed one, its state log.
 func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
-	f, err := s.fs.OpenFile(s.path(id), os.O_RDONLY, 0)
-	if err != nil {
+	var env *Envelope
+	var msgLen int64
+	var err error
+	if _, ok := s.fs.(osFS); ok {
+		env, msgLen, err = readEnvelopeFD(s.path(id))
+	} else {
+		var f File
+		if f, err = s.fs.OpenFile(s.path(id), os.O_RDONLY, 0); err != nil {
+			return nil, err
+		}
+		env, msgLen, err = readEnvelope(f)
+		f.Close()
+	}
+	if errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	env, msgLen, err := readEnvelope(f)
-	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("spool: read %s: %w", id, err)
 	}
@@ -257,7 +393,7 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 		return nil, fmt.Errorf("spool: read %s: %w: its trailer is message %s's", id, ErrCorrupt, env.ID)
 	}
 	var log []byte
-	if hasLog || s.logsMade.Load() {
+	if hasLog || s.newLogs.has(id) {
 		if log, err = readAll(s.fs, s.path(id+stateSuffix)); err != nil {
 			return nil, fmt.Errorf("spool: read state of %s: %w", id, err)
 		}

@@ -72,14 +72,65 @@ func TestRecoverKeepsStateLogs(t *testing.T) {
 	}
 }
 
-// TestRecoverManyInBlocks: more messages than one read-ahead block, every
-// one recovered exactly once and in ID order.
+// TestRecoverTracksLogsAhead: a log made during recovery is looked for
+// beside a message recovery has not reached yet (a hold on it is kept), not
+// beside one it handed out (its attempt's log): a log made anywhere used to
+// send every later read to look for one, a failed open per message.
+func TestRecoverTracksLogsAhead(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	var ids []string
+	for range 3 {
+		id, f := commitOne(t, s, "x\r\n")
+		f.Close()
+		ids = append(ids, id)
+	}
+	s.Close()
+	s2, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	sn, err := s2.Scan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]bool{}
+	err = sn.Recover(func(m *Message) bool {
+		held[m.ID] = m.State().Held
+		if m.ID == ids[0] {
+			if err := s2.Record(ids[0], true, Record{T: "attempt", N: 1, At: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s2.Record(ids[2], true, Record{T: "hold", At: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			if s2.newLogs.has(ids[0]) || !s2.newLogs.has(ids[2]) {
+				t.Errorf("tracked: %v; want %s only (not yet reached)", s2.newLogs.ids, ids[2])
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(held) != 3 || held[ids[0]] || held[ids[1]] || !held[ids[2]] {
+		t.Errorf("held = %v, want %s held only", held, ids[2])
+	}
+	if s2.newLogs.on || s2.newLogs.ids != nil {
+		t.Error("still tracking new logs after recovery")
+	}
+}
+
+// TestRecoverManyInBlocks: more messages than the readers may read ahead,
+// every one recovered exactly once and in ID order.
 func TestRecoverManyInBlocks(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := openAt(t, dir, Options{})
 	var want []string
-	for range recoverBlock + recoverBlock/2 {
+	for range recoverChunk*(recoverAhead+2) + recoverChunk/2 {
 		id, f := commitOne(t, s, "x\r\n")
 		f.Close()
 		want = append(want, id)

@@ -52,10 +52,10 @@ type Spool struct {
 	now     func() time.Time
 	flush   *dirSyncer // nil for a View
 	free    freePool
-	// logsMade: Record created a state log in this process. Recovery then
-	// looks for a log beside every message, not only those its snapshot
-	// listed (a control action on a message not yet recovered writes one).
-	logsMade atomic.Bool
+	// newLogs holds the state logs created while a recovery reads (a
+	// control action on a message not yet recovered writes one its
+	// snapshot lacks), for the messages it has not reached yet.
+	newLogs newLogs
 	// unlogged holds the IDs of messages committed by this process that
 	// have no state log: no Record for them yet, and their Fresh still
 	// open. Finish skips the remove of a log that is not there (0.6% of the
@@ -276,7 +276,7 @@ func (s *Spool) Record(id string, sync bool, recs ...Record) error {
 	// syncing the directory again costs nothing else.
 	created, err := appendFile(s.fs, s.path(id+stateSuffix), b, sync)
 	if created {
-		s.logsMade.Store(true) // recovery may meet a log its snapshot lacks
+		s.newLogs.add(id) // recovery may meet a log its snapshot lacks
 	}
 	// A log created by a record not synced (a retry) has a name no
 	// directory fsync covered yet: the first synced record pays for it.
