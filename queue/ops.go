@@ -65,7 +65,14 @@ func Walk(dir string, fn func(Info) error) error {
 	sp := spool.View(dir, spool.Options{})
 	now := time.Now()
 	err := sp.Walk(func(id string) error {
-		d, err := show(sp, id, now, false)
+		m, err := sp.ReadEnvelope(id) // a listing needs no DKIM prefix
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // delivered while we looked
+		}
+		if err != nil {
+			return fmt.Errorf("queue: read %s: %w", id, err)
+		}
+		d, err := detail(sp, m, now, false)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // delivered while we looked
 		}
@@ -100,6 +107,12 @@ func show(sp *spool.Spool, id string, now time.Time, full bool) (*Detail, error)
 		}
 		return nil, fmt.Errorf("queue: read %s: %w", id, err)
 	}
+	return detail(sp, m, now, full)
+}
+
+// detail is show for a message read (with its prefix when full).
+func detail(sp *spool.Spool, m *spool.Message, now time.Time, full bool) (*Detail, error) {
+	id := m.ID
 	st := m.Recorded() // attempts as recorded: 0 before a recorded one
 	env := m.Env
 	d := &Detail{

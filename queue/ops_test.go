@@ -29,7 +29,8 @@ func TestListJSONFields(t *testing.T) {
 	opts, _ := testOptions(t, dir, &fakeUpstream{decide: tempFail})
 	opts.Config.Retry = []time.Duration{time.Hour}
 	q := running(t, opts)
-	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, "", testMsg)
+	const prefix = "DKIM-Signature: v=1; d=example.com; b=abc\r\n"
+	id := enqueue(t, q, &Envelope{From: "alice@example.com", To: []string{"bob@example.org"}}, prefix, testMsg)
 	waitFor(t, "first attempt recorded", func() bool {
 		infos, _ := List(dir)
 		return len(infos) == 1 && infos[0].LastError != ""
@@ -61,6 +62,10 @@ func TestListJSONFields(t *testing.T) {
 	}
 	if !strings.Contains(det.Headers, "Subject: hello") || len(det.History) < 2 {
 		t.Errorf("show: headers %q, history %v", det.Headers, det.History)
+	}
+	// The listing reads no prefix but counts it, as show does.
+	if want := int64(len(prefix) + len(testMsg)); in.Size != want || det.Size != want || !det.Signed {
+		t.Errorf("size: list %d, show %d (signed %v); want %d", in.Size, det.Size, det.Signed, want)
 	}
 }
 

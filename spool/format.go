@@ -151,47 +151,56 @@ func readTrailer(f File) (*trailer, int64, error) {
 // readEnvelope is readTrailer without the DKIM prefix, for recovery: the
 // prefix (base64, last in the trailer) is cut off before decoding rather
 // than scanned twice and decoded.
-func readEnvelope(f File) (*Envelope, int64, error) {
+func readEnvelope(f File) (*Envelope, int64, int, error) {
 	st, err := f.Stat()
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	return readEnvelopeAt(f, st.Size())
 }
 
-// readEnvelopeAt is readEnvelope over a file of size bytes read with r.
-func readEnvelopeAt(r io.ReaderAt, size int64) (*Envelope, int64, error) {
+// readEnvelopeAt is readEnvelope over a file of size bytes read with r. It
+// returns the envelope, the length of the message bytes and that of the
+// prefix it did not decode.
+func readEnvelopeAt(r io.ReaderAt, size int64) (*Envelope, int64, int, error) {
 	buf, msgLen, err := readTailAt(r, size)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	var tr struct {
 		Env *Envelope `json:"env"`
 	}
-	if err := json.Unmarshal(withoutPrefix(buf), &tr); err != nil || tr.Env == nil {
-		return nil, 0, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
+	cut, prefixLen := withoutPrefix(buf)
+	if err := json.Unmarshal(cut, &tr); err != nil || tr.Env == nil {
+		return nil, 0, 0, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
 	}
-	return tr.Env, msgLen, nil
+	return tr.Env, msgLen, prefixLen, nil
 }
 
 // withoutPrefix returns the trailer tr without its final "prefix" member
-// when it ends with one ({…,"prefix":"BASE64"}), else tr. A match can only
-// be the top level's last member: after one inside a string or inside the
+// when it ends with one ({…,"prefix":"BASE64"}), else tr, and the length
+// of the prefix that BASE64 encodes (0 without one). A match can only be
+// the top level's last member: after one inside a string or inside the
 // envelope, more than base64 would follow.
-func withoutPrefix(tr []byte) []byte {
+func withoutPrefix(tr []byte) ([]byte, int) {
 	const key = `,"prefix":"`
 	i := bytes.LastIndex(tr, []byte(key))
 	if i < 0 || !bytes.HasSuffix(tr, []byte(`"}`)) {
-		return tr
+		return tr, 0
 	}
-	for _, c := range tr[i+len(key) : len(tr)-2] {
+	b64 := tr[i+len(key) : len(tr)-2]
+	for _, c := range b64 {
 		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '=') {
-			return tr
+			return tr, 0
 		}
+	}
+	n := len(b64) / 4 * 3
+	for j := len(b64) - 1; j >= 0 && b64[j] == '='; j-- {
+		n--
 	}
 	out := tr[:i+1]
 	out[i] = '}'
-	return out
+	return out, n
 }
 
 // tailRead is how much of a message file's end readTail reads at once:

@@ -39,15 +39,15 @@ type File interface {
 // file, four fcntl calls, a finalizer) cost more CPU than the open itself,
 // and recovery opens every queued message once. With a million queued and
 // a cold page cache, recovery is bound by the CPU of these system calls.
-func readEnvelopeFD(path string) (*Envelope, int64, error) {
+func readEnvelopeFD(path string) (*Envelope, int64, int, error) {
 	fd, err := ignoringEINTR(func() (int, error) { return syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0) })
 	if err != nil {
-		return nil, 0, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, 0, 0, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	defer syscall.Close(fd)
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
-		return nil, 0, &os.PathError{Op: "fstat", Path: path, Err: err}
+		return nil, 0, 0, &os.PathError{Op: "fstat", Path: path, Err: err}
 	}
 	return readEnvelopeAt(fdReader{fd, path}, st.Size)
 }

@@ -370,15 +370,16 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 	var env *Envelope
 	var msgLen int64
+	var prefixLen int
 	var err error
 	if _, ok := s.fs.(osFS); ok {
-		env, msgLen, err = readEnvelopeFD(s.path(id))
+		env, msgLen, prefixLen, err = readEnvelopeFD(s.path(id))
 	} else {
 		var f File
 		if f, err = s.fs.OpenFile(s.path(id), os.O_RDONLY, 0); err != nil {
 			return nil, err
 		}
-		env, msgLen, err = readEnvelope(f)
+		env, msgLen, prefixLen, err = readEnvelope(f)
 		f.Close()
 	}
 	if errors.Is(err, os.ErrNotExist) {
@@ -398,7 +399,7 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 			return nil, fmt.Errorf("spool: read state of %s: %w", id, err)
 		}
 	}
-	return &Message{ID: id, Env: env, MsgLen: msgLen, Records: parseRecords(log), HasLog: log != nil}, nil
+	return &Message{ID: id, Env: env, MsgLen: msgLen, prefixLen: prefixLen, Records: parseRecords(log), HasLog: log != nil}, nil
 }
 
 // recoverSlots finds the messages committed into a free file whose rename

@@ -170,7 +170,7 @@ func FuzzWithoutPrefix(f *testing.F) {
 		if err := json.Unmarshal(tr, &want); err != nil {
 			t.Fatal(err)
 		}
-		cut := withoutPrefix(append([]byte(nil), tr...))
+		cut, n := withoutPrefix(append([]byte(nil), tr...))
 		if err := json.Unmarshal(cut, &got); err != nil {
 			t.Fatalf("%q cut to %q: %v", tr, cut, err)
 		}
@@ -179,6 +179,9 @@ func FuzzWithoutPrefix(f *testing.F) {
 		}
 		if len(prefix) > 0 && len(cut) == len(tr) {
 			t.Fatalf("prefix not cut from %q", tr)
+		}
+		if n != len(prefix) {
+			t.Fatalf("prefix of %d bytes cut as %d", len(prefix), n)
 		}
 	})
 }

@@ -153,10 +153,13 @@ type Message struct {
 	Records []Record
 	HasLog  bool     // a state log exists
 	events  []Record // the spool-wide events (events.go)
+	// prefixLen is the prefix's length when it was not read (recovery,
+	// ReadEnvelope).
+	prefixLen int
 }
 
 // Size is what delivery sends: prefix and message.
-func (m *Message) Size() int64 { return int64(len(m.Prefix)) + m.MsgLen }
+func (m *Message) Size() int64 { return int64(max(len(m.Prefix), m.prefixLen)) + m.MsgLen }
 
 // State folds the message's log. A message without an attempt record counts
 // as attempted once: its first attempt is not recorded in advance (Attempt).
@@ -243,6 +246,23 @@ func (s *Spool) readOpen(id string, f File) (*Message, error) {
 		return nil, err
 	}
 	return &Message{ID: id, Env: tr.Env, Prefix: tr.Prefix, MsgLen: msgLen, Records: parseRecords(log), HasLog: log != nil, events: evs}, nil
+}
+
+// ReadEnvelope is Read without the DKIM prefix (Size still counts it), for
+// listings: the prefix is neither decoded nor kept, and the file is read
+// through a bare descriptor.
+func (s *Spool) ReadEnvelope(id string) (*Message, error) {
+	if !ValidID(id) {
+		return nil, fmt.Errorf("spool: %q is not a queue ID: %w", id, os.ErrNotExist)
+	}
+	m, err := s.readMeta(id, true)
+	if err != nil {
+		return nil, err
+	}
+	if m.events, err = s.Events(); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // Body opens a committed message's prefix and bytes for reading.
