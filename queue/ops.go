@@ -46,7 +46,7 @@ type Detail struct {
 	Ret     string   `json:"ret,omitempty"`
 	Signed  bool     `json:"dkim_signed"`
 	Headers string   `json:"headers"` // the message's header block
-	History []Record `json:"history"` // the state log, oldest first
+	History []Record `json:"history"` // the state log and the flush and boot events since reception, oldest first
 }
 
 // List reads every message in the spool directory dir (Options.Dir),
@@ -136,7 +136,7 @@ func detail(sp *spool.Spool, m *spool.Message, now time.Time, full bool) (*Detai
 		d.Recipients = append(d.Recipients, ri)
 	}
 	if full {
-		d.History = m.Records
+		d.History = m.History()
 		rc, size, err := sp.Body(id)
 		if err != nil {
 			return nil, err

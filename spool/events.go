@@ -173,13 +173,24 @@ func (s *Spool) pruneEvents(oldest time.Time) error {
 // record of the message written after it (its At is later), and after
 // every one written before it.
 func foldEvents(recs, evs []Record, received time.Time) State {
-	i, _ := slices.BinarySearchFunc(evs, received, func(r Record, t time.Time) int { return r.At.Compare(t) })
-	evs = evs[i:]
+	evs = eventsSince(evs, received)
 	// Only a flush changes a state (a boot acts on a flush before it): the
 	// common case, a restart with no flush, folds the log alone.
 	if !slices.ContainsFunc(evs, func(r Record) bool { return r.T == "flush" }) {
 		return Fold(recs)
 	}
+	return Fold(mergeRecords(recs, evs))
+}
+
+// eventsSince returns the events (sorted by time) at or after received.
+func eventsSince(evs []Record, received time.Time) []Record {
+	i, _ := slices.BinarySearchFunc(evs, received, func(r Record, t time.Time) int { return r.At.Compare(t) })
+	return evs[i:]
+}
+
+// mergeRecords merges a message's log with events in time order, an event
+// before a record of the same time.
+func mergeRecords(recs, evs []Record) []Record {
 	merged := make([]Record, 0, len(recs)+len(evs))
 	for _, r := range recs {
 		for len(evs) > 0 && evs[0].At.Before(r.At) {
@@ -188,6 +199,11 @@ func foldEvents(recs, evs []Record, received time.Time) State {
 		}
 		merged = append(merged, r)
 	}
-	merged = append(merged, evs...)
-	return Fold(merged)
+	return append(merged, evs...)
+}
+
+// History is what the message's state folds: its log and the spool-wide
+// events (flush, boot) since its reception, in time order (`queue show`).
+func (m *Message) History() []Record {
+	return mergeRecords(m.Records, eventsSince(m.events, m.Env.Received))
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -69,6 +70,19 @@ func TestFlushFoldsIntoEveryMessage(t *testing.T) {
 				t.Errorf("%s: next %v, want %v", id, got, next)
 			}
 		}
+	}
+	// What `queue show` lists: the log with the flush in its place; the
+	// message received after it has none.
+	m, _ := s.Read(ids[1])
+	var kinds []string
+	for _, r := range m.History() {
+		kinds = append(kinds, r.T)
+	}
+	if want := []string{"attempt", "rcpt", "flush", "attempt"}; !slices.Equal(kinds, want) {
+		t.Errorf("history of %s: %v, want %v", ids[1], kinds, want)
+	}
+	if m, _ := s.Read(newID); len(m.History()) != 0 {
+		t.Errorf("history of %s (after the flush): %v", newID, m.History())
 	}
 }
 
