@@ -183,10 +183,10 @@ const recoverReaders = 4
 
 // recoverChunk is how many messages the readers read together, and
 // recoverAhead how many chunks may be read ahead of the (sequential)
-// scheduling of their results: 4,096 messages, a few MB of envelopes.
+// scheduling of their results: 1,024 messages.
 const (
 	recoverChunk = 64
-	recoverAhead = 64
+	recoverAhead = 16
 )
 
 // readChunk is a run of messages the readers read together, each taking
