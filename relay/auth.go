@@ -78,8 +78,13 @@ func (s *session) authenticate(username, password string) error {
 	attempt.Done(ctx, ok)
 	if !ok {
 		mAuthFail.Inc()
-		// Never log the password; the name helps operators find a broken app.
-		s.log.Warn("auth_failed", "user", username)
+		// Never log the password; the name helps operators find a broken app,
+		// the delay that the failures before this one made it wait.
+		if delay > 0 {
+			s.log.Warn("auth_failed", "user", username, "delayed", delay)
+		} else {
+			s.log.Warn("auth_failed", "user", username)
+		}
 		return ReplyAuthFailed
 	}
 	mAuthOK.Inc()

@@ -26,6 +26,7 @@ import (
 
 	"github.com/sluicemail/sluice/internal/testredis"
 	"github.com/sluicemail/sluice/internal/testsmtp"
+	"github.com/sluicemail/sluice/internal/testwait"
 )
 
 // polYAML is the scenario config: {{UP}} is the upstream's port,
@@ -238,20 +239,35 @@ func TestPolicyAuthFailuresRedis(t *testing.T) {
 	t.Parallel()
 	rds := testredis.Start(t)
 	first := launch(t, polCfg("", polRedisBlock(rds.URL, true)))
+	second := launch(t, polCfg("", polRedisBlock(rds.URL, true)), sinkOf(first))
 	var addrs []string
 	var cfgs []*tls.Config
-	for _, d := range []*testDaemon{first, launch(t, polCfg("", polRedisBlock(rds.URL, true)), sinkOf(first))} {
+	for _, d := range []*testDaemon{first, second} {
 		addrs, cfgs = append(addrs, d.addrs["submission"]), append(cfgs, d.tlsConfig())
 	}
+	// "At once" is read from the daemons' logs, not the clock: under a
+	// loaded make test an undelayed failure once took 1.2 s.
+	daemons := []*testDaemon{first, second}
 	for i := 0; i < 5; i++ {
-		if got, took := authAttempt(addrs[i%2], cfgs[i%2], nil, "app", "wrong"); got != "535 5.7.8" || took >= time.Second {
-			t.Fatalf("failure %d: %s after %v, want 535 5.7.8 at once", i+1, got, took)
+		if got, _ := authAttempt(addrs[i%2], cfgs[i%2], nil, "app", "wrong"); got != "535 5.7.8" {
+			t.Fatalf("failure %d: %s, want 535 5.7.8", i+1, got)
+		}
+	}
+	for i, d := range daemons {
+		testwait.Until(t, 10*time.Second, fmt.Sprintf("instance %d to log %d failures", i, 3-i), func() bool {
+			return strings.Count(d.stderr.String(), "msg=auth_failed") == 3-i
+		})
+		if strings.Contains(d.stderr.String(), "delayed=") {
+			t.Fatalf("instance %d delayed one of the first five failures:\n%s", i, d.stderr.String())
 		}
 	}
 	// Instance 1 has seen two failures itself; the delay shows it counts all five.
 	if got, took := authAttempt(addrs[1], cfgs[1], nil, "app", "wrong"); got != "535 5.7.8" || took < 950*time.Millisecond {
 		t.Fatalf("6th failure (instance 1): %s after %v, want 535 5.7.8 delayed by at least 1 s", got, took)
 	}
+	testwait.Until(t, 10*time.Second, "the 6th failure logged as delayed by 1s", func() bool {
+		return strings.Contains(second.stderr.String(), "delayed=1s")
+	})
 	// Failures 7-10 at once, two per instance (each delayed 2 s), to save time.
 	var wg sync.WaitGroup
 	for i := 0; i < 4; i++ {
