@@ -33,15 +33,7 @@ func TestRecoverKeepsStateLogs(t *testing.T) {
 	}
 	s.Close()
 
-	s2, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
-	sn, err := s2.Scan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2, sn := reopenScanned(t, dir)
 	// After the snapshot: a hold on a message it lists without a log.
 	if err := s2.Record(later, true, Record{T: "hold", At: time.Now()}); err != nil {
 		t.Fatal(err)
@@ -72,6 +64,22 @@ func TestRecoverKeepsStateLogs(t *testing.T) {
 	}
 }
 
+// reopenScanned opens the spool in dir again, as a restart does, and takes
+// its snapshot; the spool is closed when the test ends.
+func reopenScanned(t *testing.T, dir string) (*Spool, *Snapshot) {
+	t.Helper()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	sn, err := s.Scan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, sn
+}
+
 // TestRecoverTracksLogsAhead: a log made during recovery is looked for
 // beside a message recovery has not reached yet (a hold on it is kept), not
 // beside one it handed out (its attempt's log): a log made anywhere used to
@@ -87,17 +95,9 @@ func TestRecoverTracksLogsAhead(t *testing.T) {
 		ids = append(ids, id)
 	}
 	s.Close()
-	s2, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
-	sn, err := s2.Scan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2, sn := reopenScanned(t, dir)
 	held := map[string]bool{}
-	err = sn.Recover(func(m *Message) bool {
+	err := sn.Recover(func(m *Message) bool {
 		held[m.ID] = m.State().Held
 		if m.ID == ids[0] {
 			if err := s2.Record(ids[0], true, Record{T: "attempt", N: 1, At: time.Now()}); err != nil {
