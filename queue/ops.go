@@ -72,14 +72,7 @@ func Walk(dir string, fn func(Info) error) error {
 		if err != nil {
 			return fmt.Errorf("queue: read %s: %w", id, err)
 		}
-		d, err := detail(sp, m, now, false)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // delivered while we looked
-		}
-		if err != nil {
-			return err
-		}
-		return fn(d.Info)
+		return fn(detail(m, now).Info)
 	})
 	if err != nil {
 		return fmt.Errorf("queue: read spool %s: %w", dir, err)
@@ -92,14 +85,14 @@ func Show(dir, id string) (*Detail, error) {
 	if !spool.ValidID(id) {
 		return nil, fmt.Errorf("queue: %q is not a queue ID", id)
 	}
-	d, err := show(spool.View(dir, spool.Options{}), id, time.Now(), true)
+	d, err := show(spool.View(dir, spool.Options{}), id, time.Now())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("queue: no message %s in %s", id, dir)
 	}
 	return d, err
 }
 
-func show(sp *spool.Spool, id string, now time.Time, full bool) (*Detail, error) {
+func show(sp *spool.Spool, id string, now time.Time) (*Detail, error) {
 	m, err := sp.Read(id)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -107,17 +100,29 @@ func show(sp *spool.Spool, id string, now time.Time, full bool) (*Detail, error)
 		}
 		return nil, fmt.Errorf("queue: read %s: %w", id, err)
 	}
-	return detail(sp, m, now, full)
+	d := detail(m, now)
+	d.History = m.History()
+	rc, size, err := sp.Body(id)
+	if err != nil {
+		return nil, err
+	}
+	h, _, err := readOriginal(rc, size, false)
+	rc.Close()
+	if err != nil {
+		return nil, err
+	}
+	d.Headers = string(h)
+	return d, nil
 }
 
-// detail is show for a message read (with its prefix when full).
-func detail(sp *spool.Spool, m *spool.Message, now time.Time, full bool) (*Detail, error) {
-	id := m.ID
+// detail is what the envelope and state of a message read tell (a listing
+// needs no more); show adds the history and the headers.
+func detail(m *spool.Message, now time.Time) *Detail {
 	st := m.Recorded() // attempts as recorded: 0 before a recorded one
 	env := m.Env
 	d := &Detail{
 		Info: Info{
-			ID: id, Sender: env.From, Received: env.Received, AgeSeconds: int64(now.Sub(env.Received).Seconds()),
+			ID: m.ID, Sender: env.From, Received: env.Received, AgeSeconds: int64(now.Sub(env.Received).Seconds()),
 			Size: m.Size(), Attempts: st.Attempts, LastError: st.LastErr, Held: st.Held,
 			User: env.User, Route: env.Route,
 		},
@@ -135,20 +140,7 @@ func detail(sp *spool.Spool, m *spool.Message, now time.Time, full bool) (*Detai
 		}
 		d.Recipients = append(d.Recipients, ri)
 	}
-	if full {
-		d.History = m.History()
-		rc, size, err := sp.Body(id)
-		if err != nil {
-			return nil, err
-		}
-		h, _, err := readOriginal(rc, size, false)
-		rc.Close()
-		if err != nil {
-			return nil, err
-		}
-		d.Headers = string(h)
-	}
-	return d, nil
+	return d
 }
 
 // ErrNoDaemon means no serve process listens on the control socket.

@@ -80,11 +80,11 @@ func (s *session) authenticate(username, password string) error {
 		mAuthFail.Inc()
 		// Never log the password; the name helps operators find a broken app,
 		// the delay that the failures before this one made it wait.
+		attrs := []any{"user", username}
 		if delay > 0 {
-			s.log.Warn("auth_failed", "user", username, "delayed", delay)
-		} else {
-			s.log.Warn("auth_failed", "user", username)
+			attrs = append(attrs, "delayed", delay)
 		}
+		s.log.Warn("auth_failed", attrs...)
 		return ReplyAuthFailed
 	}
 	mAuthOK.Inc()

@@ -188,8 +188,8 @@ func eventsSince(evs []Record, received time.Time) []Record {
 	return evs[i:]
 }
 
-// mergeRecords merges a message's log with events in time order, an event
-// before a record of the same time.
+// mergeRecords merges a message's log with events in time order, a record
+// before an event of the same time.
 func mergeRecords(recs, evs []Record) []Record {
 	merged := make([]Record, 0, len(recs)+len(evs))
 	for _, r := range recs {

@@ -32,53 +32,43 @@ func (s *Spool) Recover(fn func(*Message)) error {
 }
 
 // newLogs tracks the state logs created while a recovery runs, for the
-// messages it has not handed out yet: Recover reads a log beside such a
-// message although its snapshot listed none, and reads it again when it
-// hands the message out if the log came after the readers' read. Before, one log made anywhere
-// sent every later read to look for a log beside its message: a failed
-// open per message, which on a cold cache reads directory blocks (a
-// million messages recovered while the upstream was down took twice as
-// long). The set holds only IDs past the recovery's cursor (control
-// actions on messages not yet read), not the logs of delivery attempts,
-// which follow a message's recovery.
+// messages it has not handed out yet (a control action on a message not
+// yet read): the snapshot lists no such log, so Recover reads it when it
+// hands the message out. Logs written for messages already handed out (their
+// attempts) are not tracked. Before, one log made anywhere sent every later
+// read to look for a log beside its message: a failed open per message,
+// which on a cold cache reads directory blocks (a million messages
+// recovered while the upstream was down took twice as long).
 type newLogs struct {
 	mu     sync.Mutex
-	on     bool
-	cursor string // handed out up to here (IDs sort by age)
-	ids    map[string]bool
+	cursor string          // handed out up to here (IDs sort by age)
+	ids    map[string]bool // nil: no recovery runs
 }
 
 // start begins tracking (before the snapshot's listing).
 func (l *newLogs) start() {
 	l.mu.Lock()
-	l.on, l.cursor, l.ids = true, "", map[string]bool{}
+	l.cursor, l.ids = "", map[string]bool{}
 	l.mu.Unlock()
 }
 
 // stop ends tracking (the recovery is over).
 func (l *newLogs) stop() {
 	l.mu.Lock()
-	l.on, l.cursor, l.ids = false, "", nil
+	l.cursor, l.ids = "", nil
 	l.mu.Unlock()
 }
 
 func (l *newLogs) add(id string) {
 	l.mu.Lock()
-	if l.on && id > l.cursor {
+	if l.ids != nil && id > l.cursor {
 		l.ids[id] = true
 	}
 	l.mu.Unlock()
 }
 
-func (l *newLogs) has(id string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.ids[id]
-}
-
 // reached moves the cursor to id, about to be handed out, and says whether
-// a log was made for it meanwhile: the readers read ahead, so the log may
-// be newer than the read.
+// a log was made for it since the snapshot.
 func (l *newLogs) reached(id string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -394,7 +384,7 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 		return nil, fmt.Errorf("spool: read %s: %w: its trailer is message %s's", id, ErrCorrupt, env.ID)
 	}
 	var log []byte
-	if hasLog || s.newLogs.has(id) {
+	if hasLog {
 		if log, err = readAll(s.fs, s.path(id+stateSuffix)); err != nil {
 			return nil, fmt.Errorf("spool: read state of %s: %w", id, err)
 		}

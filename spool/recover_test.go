@@ -106,9 +106,11 @@ func TestRecoverTracksLogsAhead(t *testing.T) {
 			if err := s2.Record(ids[2], true, Record{T: "hold", At: time.Now()}); err != nil {
 				t.Fatal(err)
 			}
-			if s2.newLogs.has(ids[0]) || !s2.newLogs.has(ids[2]) {
+			s2.newLogs.mu.Lock()
+			if s2.newLogs.ids[ids[0]] || !s2.newLogs.ids[ids[2]] {
 				t.Errorf("tracked: %v; want %s only (not yet reached)", s2.newLogs.ids, ids[2])
 			}
+			s2.newLogs.mu.Unlock()
 		}
 		return true
 	})
@@ -118,7 +120,7 @@ func TestRecoverTracksLogsAhead(t *testing.T) {
 	if len(held) != 3 || held[ids[0]] || held[ids[1]] || !held[ids[2]] {
 		t.Errorf("held = %v, want %s held only", held, ids[2])
 	}
-	if s2.newLogs.on || s2.newLogs.ids != nil {
+	if s2.newLogs.ids != nil {
 		t.Error("still tracking new logs after recovery")
 	}
 }

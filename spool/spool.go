@@ -249,8 +249,8 @@ func (s *Spool) readOpen(id string, f File) (*Message, error) {
 }
 
 // ReadEnvelope is Read without the DKIM prefix (Size still counts it), for
-// listings: the prefix is neither decoded nor kept, and the file is read
-// through a bare descriptor.
+// listings: the prefix is neither decoded nor kept, and on the real file
+// system the file is read through a bare descriptor (as recovery reads).
 func (s *Spool) ReadEnvelope(id string) (*Message, error) {
 	if !ValidID(id) {
 		return nil, fmt.Errorf("spool: %q is not a queue ID: %w", id, os.ErrNotExist)
