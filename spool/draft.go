@@ -38,8 +38,6 @@ func (s *Spool) Begin() (*Draft, error) {
 		var err error
 		if f == nil {
 			f, err = s.fs.OpenFile(s.path(ff.name), os.O_RDWR, 0o600)
-		} else {
-			_, err = f.Seek(0, io.SeekStart)
 		}
 		if err == nil {
 			return &Draft{ID: NewID(s.now()), s: s, f: f, path: s.path(ff.name), w: getWriter(f), old: ff.size, slot: strings.TrimPrefix(ff.name, freePrefix)}, nil
@@ -167,16 +165,20 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	putWriter(d.w)
 	d.w = nil
 	// No state log yet: most messages are delivered at the first attempt
-	// and never need one.
-	final := s.path(d.ID)
-	if err := s.fs.Rename(d.path, final); err != nil {
-		d.Abort()
-		return nil, fmt.Errorf("spool: rename %s: %w", d.ID, err)
-	}
-	d.done = true
-	// A slot is durable already: the fsync above made the trailer that
-	// names it durable with the bytes it checks.
-	if d.slot == "" {
+	// and never need one. A message in a slot stays there (resident.go):
+	// the fsync above made the trailer that names the slot and the message
+	// durable with the bytes it checks.
+	if d.slot != "" {
+		s.fin.replaced(d.slot) // a finished message's bytes it held are gone
+		s.resident.Store(d.ID, freePrefix+d.slot)
+		d.done = true
+	} else {
+		final := s.path(d.ID)
+		if err := s.fs.Rename(d.path, final); err != nil {
+			d.Abort()
+			return nil, fmt.Errorf("spool: rename %s: %w", d.ID, err)
+		}
+		d.done = true
 		if err := s.syncDir(); err != nil {
 			// The rename may or may not survive a crash; the client is
 			// told 451 and retries, so a duplicate is possible but
@@ -211,9 +213,11 @@ func (d *Draft) Abort() {
 // collector would otherwise clear and collect at every accept.
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 
+// getWriter returns a pooled writer to f from its start, through pwrite: a
+// reused file needs no seek.
 func getWriter(f File) *bufio.Writer {
 	w := writerPool.Get().(*bufio.Writer)
-	w.Reset(f)
+	w.Reset(io.NewOffsetWriter(f, 0))
 	return w
 }
 

@@ -27,6 +27,7 @@ type File interface {
 	io.ReaderAt
 	io.Writer
 	io.Seeker
+	io.WriterAt
 	Truncate(size int64) error
 	Sync() error
 	Stat() (fs.FileInfo, error)

@@ -299,6 +299,19 @@ func countSteps(d *simDisk) int {
 // into a reused file, a recorded attempt), in every loss mode.
 func TestPowerLossAtEveryStep(t *testing.T) {
 	t.Parallel()
+	powerLossAtEveryStep(t)
+}
+
+// TestPowerLossAtEveryStepRotating is the same with the finished log
+// rewritten at every line (resident.go): each rewrite, cut at every step.
+func TestPowerLossAtEveryStepRotating(t *testing.T) {
+	// Not parallel: finishedRotate is the package's.
+	defer func(n int) { finishedRotate = n }(finishedRotate)
+	finishedRotate = 1
+	powerLossAtEveryStep(t)
+}
+
+func powerLossAtEveryStep(t *testing.T) {
 	full, _ := runScript(-1)
 	n := countSteps(full)
 	if n < 40 {

@@ -92,18 +92,23 @@ func cmpID(a, b id16) int { return bytes.Compare(a[:], b[:]) }
 // written after the snapshot is this process's own, and not in it.
 type Snapshot struct {
 	s      *Spool
-	ids    []id16          // committed messages, sorted (oldest first)
-	logs   []id16          // messages with a state log in the listing, sorted
-	other  []string        // drafts, free files, logs, probes, strays
-	staged map[string]bool // names in the import's staging directory
+	ids    []id16              // committed messages, sorted (oldest first)
+	logs   []id16              // messages with a state log in the listing, sorted
+	other  []string            // drafts, free files, logs, probes, strays
+	staged map[string]bool     // names in the import's staging directory
+	done   map[string][]string // Dir/finished: each slot's finished IDs
 }
 
 // Scan lists the spool for Snapshot.Recover (no file read). The listing is
 // read a block of names at a time and kept compact: message IDs as arrays.
 func (s *Spool) Scan() (*Snapshot, error) {
-	sn := &Snapshot{s: s, staged: map[string]bool{}}
+	done, err := readFinished(s)
+	if err != nil {
+		return nil, fmt.Errorf("spool: read %s: %w", s.finishedPath(), err)
+	}
+	sn := &Snapshot{s: s, staged: map[string]bool{}, done: done}
 	s.newLogs.start() // until Snapshot.Recover ends
-	err := s.listDir(s.dir, func(names []string) {
+	err = s.listDir(s.dir, func(names []string) {
 		for _, n := range names {
 			switch {
 			case ValidID(n):
@@ -341,8 +346,11 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 		return fmt.Errorf("spool: fsync spool directory: %w", err)
 	}
 	for _, name := range free {
-		s.recycle(name, nil)
+		s.recycle(name, nil, nil)
 	}
+	// Every slot the finished log names was emptied above or holds a
+	// message committed since: the first rotation makes that durable.
+	s.fin.adopt(sn.done)
 	if err := s.recoverStaged(); err != nil {
 		return fmt.Errorf("spool: fsync %s: %w", s.stageDir(), err)
 	}
@@ -363,10 +371,10 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 	var prefixLen int
 	var err error
 	if _, ok := s.fs.(osFS); ok {
-		env, msgLen, prefixLen, err = readEnvelopeFD(s.path(id))
+		env, msgLen, prefixLen, err = readEnvelopeFD(s.msgPath(id))
 	} else {
 		var f File
-		if f, err = s.fs.OpenFile(s.path(id), os.O_RDONLY, 0); err != nil {
+		if f, err = s.fs.OpenFile(s.msgPath(id), os.O_RDONLY, 0); err != nil {
 			return nil, err
 		}
 		env, msgLen, prefixLen, err = readEnvelope(f)
@@ -380,7 +388,7 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 	}
 	// The name must be the message's: a file written over (a slot) holds
 	// another ID's trailer until its new content is there.
-	if env.ID != id {
+	if env.ID != id { // (a message in place: its trailer's ID is id)
 		return nil, fmt.Errorf("spool: read %s: %w: its trailer is message %s's", id, ErrCorrupt, env.ID)
 	}
 	var log []byte
@@ -440,8 +448,8 @@ func (sn *Snapshot) slotMessage(name string) string {
 	}
 	defer f.Close()
 	tr, msgLen, err := readTrailer(f)
-	if err != nil || tr.Slot != slot || !ValidID(tr.Env.ID) || tr.Env.ID == slot || sn.hasMessage(tr.Env.ID) {
-		return ""
+	if err != nil || tr.Slot != slot || !ValidID(tr.Env.ID) || tr.Env.ID == slot || sn.hasMessage(tr.Env.ID) || slices.Contains(sn.done[slot], tr.Env.ID) {
+		return "" // not a message; or one whose Finish recorded it (resident.go)
 	}
 	h := crc32.New(castagnoli)
 	if _, err := io.Copy(h, io.NewSectionReader(f, 0, msgLen)); err != nil || h.Sum32() != tr.CRC {
@@ -462,7 +470,11 @@ func (s *Spool) adoptSlots() error {
 	if err != nil {
 		return fmt.Errorf("spool: read %s: %w", s.dir, err)
 	}
-	sn := &Snapshot{s: s, staged: map[string]bool{}}
+	done, err := readFinished(s)
+	if err != nil {
+		return fmt.Errorf("spool: read %s: %w", s.finishedPath(), err)
+	}
+	sn := &Snapshot{s: s, staged: map[string]bool{}, done: done}
 	var free []string
 	for _, n := range names {
 		switch {

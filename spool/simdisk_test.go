@@ -320,6 +320,23 @@ func (f *simFile) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+func (f *simFile) WriteAt(p []byte, off int64) (int, error) {
+	f.d.mu.Lock()
+	defer f.d.mu.Unlock()
+	if err := f.check("write"); err != nil {
+		return 0, err
+	}
+	if !f.d.step(fmt.Sprintf("write %s %d", path.Base(f.name), len(p))) {
+		return 0, pathErr("write", f.name, errPowerCut)
+	}
+	in := f.d.inodes[f.ino]
+	if end := off + int64(len(p)); end > int64(len(in.data)) {
+		in.data = append(in.data, make([]byte, end-int64(len(in.data)))...)
+	}
+	copy(in.data[off:], p)
+	return len(p), nil
+}
+
 func (f *simFile) Seek(off int64, whence int) (int64, error) {
 	f.d.mu.Lock()
 	defer f.d.mu.Unlock()

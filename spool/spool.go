@@ -65,6 +65,13 @@ type Spool struct {
 	// nameUnsynced holds the IDs whose state log was created by a record
 	// written without sync, so its name may not be durable yet.
 	nameUnsynced sync.Map
+	// resident maps the messages committed in place by this process to
+	// their slot's file name (resident.go); fin is Dir/finished.
+	resident sync.Map
+	fin      finishedLog
+	// A View's messages in place, found once (resident.go).
+	viewOnce      sync.Once
+	viewResidents map[string]string
 }
 
 // Open prepares the spool directories under dir and starts the group
@@ -96,10 +103,12 @@ func View(dir string, o Options) *Spool {
 	if o.MaxFree <= 0 {
 		o.MaxFree = 512
 	}
-	return &Spool{
+	s := &Spool{
 		fs: o.FS, root: dir, dir: filepath.Join(dir, "msg"), corrupt: filepath.Join(dir, "corrupt"),
 		log: o.Logger, now: o.Now, free: freePool{max: o.MaxFree},
 	}
+	s.fin.cond.L = &s.fin.mu
+	return s
 }
 
 // Close stops the group committer and closes the free files' descriptors.
@@ -108,6 +117,12 @@ func (s *Spool) Close() {
 		s.flush.stop()
 	}
 	s.free.closeAll()
+	s.fin.mu.Lock()
+	if s.fin.f != nil {
+		s.fin.f.Close()
+		s.fin.f = nil
+	}
+	s.fin.mu.Unlock()
 }
 
 // Dir is the directory the messages are in (for statfs).
@@ -185,6 +200,7 @@ func (s *Spool) IDs() ([]string, error) {
 			ids = append(ids, n)
 		}
 	}
+	ids = append(ids, s.residents()...)
 	slices.Sort(ids)
 	return ids, nil
 }
@@ -197,14 +213,25 @@ func (s *Spool) Walk(fn func(id string) error) error {
 	w, ok := s.fs.(interface {
 		walkDir(dir string, fn func(names []string) error) error
 	})
+	var err error
 	if !ok { // another FS: one listing
-		names, err := s.fs.ReadDir(s.dir)
-		if err != nil {
-			return fmt.Errorf("spool: read %s: %w", s.dir, err)
+		names, rerr := s.fs.ReadDir(s.dir)
+		if rerr != nil {
+			return fmt.Errorf("spool: read %s: %w", s.dir, rerr)
 		}
-		return walkNames(names, fn)
+		err = walkNames(names, fn)
+	} else {
+		err = w.walkDir(s.dir, func(names []string) error { return walkNames(names, fn) })
 	}
-	return w.walkDir(s.dir, func(names []string) error { return walkNames(names, fn) })
+	if err != nil {
+		return err
+	}
+	for _, id := range s.residents() {
+		if err := fn(id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func walkNames(names []string, fn func(string) error) error {
@@ -224,7 +251,7 @@ func (s *Spool) Read(id string) (*Message, error) {
 	if !ValidID(id) {
 		return nil, fmt.Errorf("spool: %q is not a queue ID: %w", id, os.ErrNotExist)
 	}
-	f, err := s.fs.OpenFile(s.path(id), os.O_RDONLY, 0)
+	f, err := s.fs.OpenFile(s.msgPath(id), os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -267,7 +294,7 @@ func (s *Spool) ReadEnvelope(id string) (*Message, error) {
 
 // Body opens a committed message's prefix and bytes for reading.
 func (s *Spool) Body(id string) (io.ReadCloser, int64, error) {
-	f, err := s.fs.OpenFile(s.path(id), os.O_RDONLY, 0)
+	f, err := s.fs.OpenFile(s.msgPath(id), os.O_RDONLY, 0)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -286,6 +313,9 @@ func (s *Spool) Body(id string) (io.ReadCloser, int64, error) {
 // when it was just created, the directory) is fsync'd before Record returns.
 // Records for attempts go through Attempt, which always syncs.
 func (s *Spool) Record(id string, sync bool, recs ...Record) error {
+	if err := s.settle(id); err != nil { // a log's message has its own name
+		return err
+	}
 	s.unlogged.Delete(id) // before the log can exist
 	b, err := encodeRecords(recs)
 	if err != nil {
@@ -334,6 +364,9 @@ func (s *Spool) Finish(id string, fresh *Fresh) error {
 
 // finish removes id; size is its file's length when known, else -1.
 func (s *Spool) finish(id string, f File, size int64) error {
+	if v, ok := s.resident.Load(id); ok {
+		return s.finishResident(id, v.(string), f, size)
+	}
 	name, err := s.unlink(id)
 	if err != nil {
 		if f != nil {
@@ -354,7 +387,7 @@ func (s *Spool) finish(id string, f File, size int64) error {
 	if _, none := s.unlogged.LoadAndDelete(id); !none {
 		s.fs.Remove(s.path(id + stateSuffix)) // an orphan log left by a crash is removed at recovery
 	}
-	s.recycleKeep(name, f, size)
+	s.recycleKeep(name, f, size, nil)
 	return nil
 }
 
@@ -394,24 +427,27 @@ var zeros [keepBlocks]byte
 // with zeros first, so a delivered message does not outlive its delivery in
 // the file (10 µs of CPU against the truncation's 90). The zeros are not
 // fsync'd: the next draft writes over them, and a free file is emptied at
-// recovery anyway.
-func (s *Spool) recycleKeep(name string, f File, size int64) {
+// recovery anyway. emptied, when set, is called once the old content is
+// gone (zeroed, emptied or removed), before the file can be reused.
+func (s *Spool) recycleKeep(name string, f File, size int64, emptied func()) {
 	if name != "" && f != nil && size >= 0 && size <= keepBlocks && s.free.reserve(size) {
-		_, err := f.Seek(0, io.SeekStart)
+		_, err := f.WriteAt(zeros[:size], 0)
 		if err == nil {
-			_, err = f.Write(zeros[:size])
-		}
-		if err == nil && s.free.put(freeFile{name: name, f: f, size: size}) {
-			return
+			if emptied != nil {
+				emptied()
+			}
+			if s.free.put(freeFile{name: name, f: f, size: size}) {
+				return
+			}
 		}
 		s.free.release(size)
 	}
-	s.recycle(name, f)
+	s.recycle(name, f, emptied)
 }
 
 // recycle empties the free file name (its rename durable) and pools it with
 // its descriptor f, if any; a file that cannot be emptied or pooled goes.
-func (s *Spool) recycle(name string, f File) {
+func (s *Spool) recycle(name string, f File, emptied func()) {
 	if name == "" {
 		if f != nil {
 			f.Close()
@@ -425,13 +461,22 @@ func (s *Spool) recycle(name string, f File) {
 	if err == nil {
 		err = f.Truncate(0)
 	}
-	if err == nil && s.free.put(freeFile{name: name, f: f}) {
-		return
+	if err == nil {
+		if emptied != nil {
+			emptied()
+			emptied = nil
+		}
+		if s.free.put(freeFile{name: name, f: f}) {
+			return
+		}
 	}
 	if f != nil {
 		f.Close()
 	}
 	s.fs.Remove(s.path(name))
+	if emptied != nil {
+		emptied()
+	}
 }
 
 // freePool holds the finished message files kept for reuse.

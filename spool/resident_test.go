@@ -1,0 +1,188 @@
+package spool
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// inPlace commits a first message (into a new file), finishes it so its
+// file is free, and commits id into that slot: a message in place.
+func inPlace(t *testing.T, s *Spool, body string) (id, slotName string, fresh *Fresh) {
+	t.Helper()
+	first, f := commitOne(t, s, "Subject: first\r\n\r\nfirst\r\n")
+	if err := s.Finish(first, f); err != nil {
+		t.Fatal(err)
+	}
+	id, fresh = commitOne(t, s, body)
+	v, ok := s.resident.Load(id)
+	if !ok {
+		t.Fatalf("%s committed into a free file is not in place", id)
+	}
+	return id, v.(string), fresh
+}
+
+func finishedLines(t *testing.T, dir string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, finishedName))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return strings.Fields(strings.ReplaceAll(string(b), " ", "/"))
+}
+
+// A message finished in place keeps its slot's name, and the zeros written
+// over it are not fsync'd: if a crash loses them, its bytes and trailer are
+// back on disk as they were when it was accepted. The finished log, fsync'd
+// before Finish returns, is what keeps it from being delivered again.
+func TestFinishedInPlaceStaysGone(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	id, slotName, fresh := inPlace(t, s, "Subject: in place\r\n\r\ndelivered once\r\n")
+	path := filepath.Join(dir, "msg", slotName)
+	accepted, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Finish(id, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); bytes.Contains(b, []byte("delivered once")) {
+		t.Error("the finished message's bytes are still in its free file")
+	}
+	slot := strings.TrimPrefix(slotName, freePrefix)
+	if got := finishedLines(t, dir); len(got) != 1 || got[0] != slot+"/"+id {
+		t.Errorf("finished log %q, want the one line %s %s", got, slot, id)
+	}
+	s.Close()
+	// The zeros never reached the disk.
+	if err := os.WriteFile(path, accepted, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openAt(t, dir, Options{})
+	n := 0
+	if err := s2.Recover(func(*Message) { n++ }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("recovered %d messages, want none: %s was finished", n, id)
+	}
+	if _, err := s2.Read(id); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Read(%s) after recovery: %v, want not found", id, err)
+	}
+	// Without the line it would be a message again: the premise.
+	s2.Close()
+	os.Remove(filepath.Join(dir, finishedName))
+	os.WriteFile(path, accepted, 0o600)
+	s3 := openAt(t, dir, Options{})
+	if _, err := s3.Read(id); err != nil {
+		t.Fatalf("without the finished log the restored slot is not recovered (%v): the test proves nothing", err)
+	}
+}
+
+// The finished log is rewritten once it holds finishedRotate lines, keeping
+// only the lines whose slot may still hold its finished message: it stays
+// small however many messages pass, and the last finished one stays gone.
+func TestFinishedLogRotates(t *testing.T) {
+	// Not parallel: finishedRotate is the package's.
+	defer func(n int) { finishedRotate = n }(finishedRotate)
+	finishedRotate = 8
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	var lastID, lastSlot string
+	var accepted []byte
+	for i := range 100 {
+		id, slotName, fresh := inPlace(t, s, "Subject: n\r\n\r\nbody\r\n")
+		if i == 99 {
+			lastID, lastSlot = id, slotName
+			accepted, _ = os.ReadFile(filepath.Join(dir, "msg", slotName))
+		}
+		if err := s.Finish(id, fresh); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(finishedLines(t, dir)); n > finishedRotate {
+			t.Fatalf("after %d messages the finished log has %d lines, want at most %d", i+1, n, finishedRotate)
+		}
+	}
+	lines := finishedLines(t, dir)
+	want := strings.TrimPrefix(lastSlot, freePrefix) + "/" + lastID
+	if !strings.Contains(strings.Join(lines, " "), want) {
+		t.Fatalf("finished log %q lacks the last message's line %s", lines, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, finishedName+tmpSuffix)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a rotation left its temporary file (%v)", err)
+	}
+	s.Close()
+	os.WriteFile(filepath.Join(dir, "msg", lastSlot), accepted, 0o600)
+	s2 := openAt(t, dir, Options{})
+	if _, err := s2.Read(lastID); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the last finished message came back after its zeros were lost: %v", err)
+	}
+}
+
+// A listing while serve runs (a View) sees the messages in place, and reads
+// them by ID; once finished they are gone from it. A state log gives a
+// message in place its own name first.
+func TestMessagesInPlaceAreListedAndNamed(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	body := "Subject: in place\r\n\r\nlisted\r\n"
+	id, slotName, fresh := inPlace(t, s, body)
+	for _, sp := range []*Spool{s, View(dir, Options{})} {
+		ids, err := sp.IDs()
+		if err != nil || len(ids) != 1 || ids[0] != id {
+			t.Errorf("IDs() = %v, %v; want [%s]", ids, err, id)
+		}
+		var walked []string
+		sp.Walk(func(id string) error { walked = append(walked, id); return nil })
+		if len(walked) != 1 || walked[0] != id {
+			t.Errorf("Walk gave %v, want [%s]", walked, id)
+		}
+		m, err := sp.ReadEnvelope(id)
+		if err != nil || m.Env.ID != id {
+			t.Fatalf("ReadEnvelope(%s): %v", id, err)
+		}
+		rc, _, err := sp.Body(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		if string(b) != "P: 1\r\n"+body {
+			t.Errorf("Body(%s) = %q", id, b)
+		}
+	}
+	if err := s.Record(id, true, Record{T: "hold"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "msg", id)); err != nil {
+		t.Errorf("a message in place with a state log has no name of its own: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "msg", slotName)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("its slot's name is still there: %v", err)
+	}
+	if err := s.Finish(id, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := View(dir, Options{}).IDs(); len(ids) != 0 {
+		t.Errorf("after Finish a View lists %v", ids)
+	}
+	// Finished in place: no longer listed either.
+	id2, _, fresh2 := inPlace(t, s, body)
+	if ids, _ := View(dir, Options{}).IDs(); len(ids) != 1 || ids[0] != id2 {
+		t.Errorf("View lists %v, want [%s]", ids, id2)
+	}
+	if err := s.Finish(id2, fresh2); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := View(dir, Options{}).IDs(); len(ids) != 0 {
+		t.Errorf("after Finish in place a View lists %v", ids)
+	}
+}
