@@ -137,7 +137,15 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	if env.Received.IsZero() {
 		env.Received = s.now()
 	}
-	tail, err := encodeTail(env, prefix, d.n, d.slot, d.crc) // crc: 0 unless a slot
+	// A message written over a free file a little longer than it pads its
+	// trailer to end where the old content did: the file keeps its length,
+	// so the fdatasync below writes the data block and not the inode, and
+	// the files of a pool converge to the longest usual message.
+	minTail := 0
+	if t := d.old - d.n - footerSize; t > 0 && t <= maxPaddedTrailer {
+		minTail = int(t)
+	}
+	tail, err := encodeTail(env, prefix, d.n, d.slot, d.crc, minTail) // crc: 0 unless a slot
 	if err != nil {
 		d.Abort()
 		return nil, fmt.Errorf("spool: encode %s: %w", d.ID, err)
@@ -158,7 +166,10 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 			return nil, fmt.Errorf("spool: truncate %s: %w", d.ID, err)
 		}
 	}
-	if err := d.f.Sync(); err != nil {
+	// fdatasync: the bytes and what reading them back needs (a new length,
+	// new blocks), not the modification time that fsync would write the
+	// inode for. A new file's name is made durable below.
+	if err := datasync(d.f); err != nil {
 		d.Abort()
 		return nil, fmt.Errorf("spool: fsync %s: %w", d.ID, err)
 	}
@@ -194,6 +205,10 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	s.unlogged.Store(d.ID, struct{}{})
 	return &Fresh{f: d.f, prefix: prefix, msgLen: d.n, size: size, s: s, id: d.ID}, nil
 }
+
+// maxPaddedTrailer bounds Commit's padding: a free file much longer than the
+// new message (left by a large one) is cut instead.
+const maxPaddedTrailer = 8 << 10
 
 // Abort removes the draft's file; after Commit it does nothing.
 func (d *Draft) Abort() {

@@ -116,11 +116,22 @@ func ValidID(s string) bool {
 }
 
 // encodeTail returns the trailer and footer that follow msgLen message bytes
-// (slot and crc: see trailer).
-func encodeTail(env *Envelope, prefix []byte, msgLen int64, slot string, crc uint32) ([]byte, error) {
-	tr, err := json.Marshal(trailer{V: 1, Env: env, Slot: slot, CRC: crc, Prefix: prefix})
+// (slot and crc: see trailer). The trailer is at least minLen bytes: spaces
+// before its JSON (which JSON allows) make up the difference, so a message
+// written over a slightly longer free file ends where the old content did
+// (Commit).
+func encodeTail(env *Envelope, prefix []byte, msgLen int64, slot string, crc uint32, minLen int) ([]byte, error) {
+	js, err := json.Marshal(trailer{V: 1, Env: env, Slot: slot, CRC: crc, Prefix: prefix})
 	if err != nil {
 		return nil, err
+	}
+	tr := js
+	if pad := minLen - len(js); pad > 0 {
+		tr = make([]byte, pad, minLen+footerSize)
+		for i := range tr {
+			tr[i] = ' '
+		}
+		tr = append(tr, js...)
 	}
 	var foot [footerSize]byte
 	copy(foot[:8], footerMagic)

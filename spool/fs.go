@@ -34,6 +34,30 @@ type File interface {
 	Close() error
 }
 
+// datasync is fdatasync(2) for a real file, Sync for any other: it makes
+// the data durable with the metadata needed to read it back (length,
+// blocks), not the modification time, whose inode write fsync would add.
+func datasync(f File) error {
+	of, ok := f.(*os.File)
+	if !ok {
+		return f.Sync()
+	}
+	rc, err := of.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		_, serr = ignoringEINTR(func() (int, error) { return 0, syscall.Fdatasync(int(fd)) })
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return &os.PathError{Op: "fdatasync", Path: of.Name(), Err: serr}
+	}
+	return nil
+}
+
 // readEnvelopeFD is readEnvelope for recovery on the real file system,
 // through a bare descriptor (open, fstat, pread, close): *os.File's
 // bookkeeping at each open (a try at the poller, which refuses a regular

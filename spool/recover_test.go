@@ -163,7 +163,7 @@ func FuzzWithoutPrefix(f *testing.F) {
 	f.Add("", `,"prefix":"`, []byte(nil))
 	f.Fuzz(func(t *testing.T, from, to string, prefix []byte) {
 		env := &Envelope{ID: "0123456789ABCDEF", From: from, To: []string{to}, Received: time.Unix(1, 2).UTC()}
-		tail, err := encodeTail(env, prefix, 0, "", 0)
+		tail, err := encodeTail(env, prefix, 0, "", 0, 0)
 		if err != nil {
 			t.Fatalf("encodeTail: %v", err) // json.Marshal of strings and bytes cannot fail
 		}

@@ -37,6 +37,12 @@ import (
 
 const finishedName = "finished"
 
+// finishedChunk is how far ahead the finished log is allocated: its lines
+// are written over zeros already on disk, so the fdatasync that makes them
+// durable writes the data block alone, not the inode as an append's would
+// (its length). A line is 34 bytes: one allocation per 1,900 lines.
+const finishedChunk = 64 << 10
+
 // finishedRotate is how many lines the finished log holds before it is
 // rewritten (a variable: the power-loss test rewrites it at every line).
 var finishedRotate = 4096
@@ -48,6 +54,8 @@ type finishedLog struct {
 	mu       sync.Mutex
 	cond     sync.Cond // on mu: a sync ended
 	f        File      // opened at the first append
+	off      int64     // where the next line goes
+	size     int64     // the file's length: lines, then zeros
 	lines    int       // lines in the file
 	seq      uint64    // lines appended by this process
 	synced   uint64    // seq covered by an fsync
@@ -132,25 +140,25 @@ func (l *finishedLog) append(s *Spool, slot, id string) (uint64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
-		old, statErr := s.fs.OpenFile(s.finishedPath(), os.O_RDONLY, 0)
-		if statErr == nil {
-			old.Close()
-		}
-		f, err := s.fs.OpenFile(s.finishedPath(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
+		if err := l.open(s); err != nil {
 			return 0, err
 		}
-		if errors.Is(statErr, fs.ErrNotExist) {
-			if err := syncDir(s.fs, s.root); err != nil {
-				f.Close()
-				return 0, err
-			}
-		}
-		l.f = f
 	}
-	if _, err := l.f.Write([]byte(slot + " " + id + "\n")); err != nil {
+	line := []byte(slot + " " + id + "\n")
+	if l.off+int64(len(line)) > l.size {
+		// Allocated with zeros, fsync'd: the only inode write in a chunk.
+		if _, err := l.f.WriteAt(zeros[:finishedChunk], l.size); err != nil {
+			return 0, err
+		}
+		if err := l.f.Sync(); err != nil {
+			return 0, err
+		}
+		l.size += finishedChunk
+	}
+	if _, err := l.f.WriteAt(line, l.off); err != nil {
 		return 0, err
 	}
+	l.off += int64(len(line))
 	l.lines++
 	l.seq++
 	if l.live == nil {
@@ -159,6 +167,35 @@ func (l *finishedLog) append(s *Spool, slot, id string) (uint64, error) {
 	l.live[slot] = id
 	delete(l.emptied, slot)
 	return l.seq, nil
+}
+
+// open opens the log, or creates it (its name made durable), and finds its
+// end: after its last line, or after a line a crash cut short.
+func (l *finishedLog) open(s *Spool) error {
+	b, err := readAll(s.fs, s.finishedPath())
+	if err != nil {
+		return err
+	}
+	f, err := s.fs.OpenFile(s.finishedPath(), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if b == nil {
+		if err := syncDir(s.fs, s.root); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	end := bytes.LastIndexFunc(b, func(r rune) bool { return r != 0 }) + 1
+	if end > 0 && b[end-1] != '\n' {
+		if _, err := f.WriteAt([]byte("\n"), int64(end)); err != nil {
+			f.Close()
+			return err
+		}
+		end++
+	}
+	l.f, l.off, l.size = f, int64(end), int64(len(b))
+	return nil
 }
 
 // syncTo returns once an fsync that began after line seq was written has
@@ -174,7 +211,7 @@ func (l *finishedLog) syncTo(seq uint64) error {
 		l.syncing = true
 		target, f := l.seq, l.f
 		l.mu.Unlock()
-		err := f.Sync()
+		err := datasync(f)
 		mDirSyncs.Inc()
 		l.mu.Lock()
 		l.syncing = false
@@ -270,6 +307,8 @@ func (s *Spool) rotateFinished() error {
 	for slot, id := range l.live {
 		b.WriteString(slot + " " + id + "\n")
 	}
+	off := int64(b.Len())
+	b.Write(zeros[:finishedChunk-b.Len()%finishedChunk])
 	tmp := s.finishedPath() + tmpSuffix
 	f, err := s.fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -289,14 +328,14 @@ func (s *Spool) rotateFinished() error {
 		s.fs.Remove(tmp)
 		return err
 	}
-	nf, err := s.fs.OpenFile(s.finishedPath(), os.O_WRONLY|os.O_APPEND, 0)
+	nf, err := s.fs.OpenFile(s.finishedPath(), os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	if l.f != nil {
 		l.f.Close()
 	}
-	l.f, l.lines, l.synced = nf, len(l.live), l.seq
+	l.f, l.off, l.size, l.lines, l.synced = nf, off, int64(b.Len()), len(l.live), l.seq
 	return nil
 }
 
@@ -307,8 +346,8 @@ func readFinished(s *Spool) (map[string][]string, error) {
 		return nil, err
 	}
 	out := map[string][]string{}
-	for line := range bytes.Lines(b) {
-		slot, id, ok := strings.Cut(strings.TrimSpace(string(line)), " ")
+	for line := range bytes.Lines(b) { // zeros after the lines: not lines
+		slot, id, ok := strings.Cut(strings.TrimSpace(string(bytes.Trim(line, "\x00"))), " ")
 		if ok && ValidID(slot) && ValidID(id) {
 			out[slot] = append(out[slot], id)
 		}

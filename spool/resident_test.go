@@ -33,6 +33,7 @@ func finishedLines(t *testing.T, dir string) []string {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
 	}
+	b = bytes.TrimRight(b, "\x00") // the log's allocated rest
 	return strings.Fields(strings.ReplaceAll(string(b), " ", "/"))
 }
 

@@ -118,16 +118,62 @@ func TestWriteAfterCloseFails(t *testing.T) {
 	}
 }
 
+// TestShorterMessageKeepsFileLength: a message written over a free file a
+// little longer than it pads its trailer, so the file keeps its length (its
+// fsync then writes no inode); the padded trailer reads back, in full and
+// without its prefix (recovery's path), and the body is the new message's.
+func TestShorterMessageKeepsFileLength(t *testing.T) {
+	t.Parallel()
+	s := openTemp(t, Options{})
+	id, fresh := commitOne(t, s, strings.Repeat("a long message line\r\n", 100))
+	f1 := fresh.f
+	if err := s.Finish(id, fresh); err != nil {
+		t.Fatal(err)
+	}
+	id2, fresh2 := commitOne(t, s, "short\r\n")
+	defer fresh2.Close()
+	if fresh2.f != f1 {
+		t.Fatal("the next draft did not reuse the free file")
+	}
+	if st, err := fresh2.f.Stat(); err != nil || st.Size() != fresh.size || fresh2.size != fresh.size {
+		t.Errorf("reused file: %v %v, Fresh size %d; want the old %d bytes", st, err, fresh2.size, fresh.size)
+	}
+	m, err := s.Read(id2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Env.ID != id2 || string(m.Prefix) != "P: 1\r\n" || m.MsgLen != int64(len("short\r\n")) {
+		t.Errorf("read back %+v, prefix %q, length %d", m.Env, m.Prefix, m.MsgLen)
+	}
+	f, err := os.Open(s.msgPath(id2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if env, n, _, err := readEnvelope(f); err != nil || env.ID != id2 || n != int64(len("short\r\n")) {
+		t.Errorf("readEnvelope: %+v %d %v", env, n, err)
+	}
+	rc, _, err := s.Body(id2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(b) != "P: 1\r\nshort\r\n" {
+		t.Errorf("reused file reads %q", b)
+	}
+}
+
 // TestFinishHandsFreshDescriptorToPool: a message finished before its first
 // attempt gives its descriptor to the free pool (not leaked, not closed
 // twice) with its blocks (at most keepBlocks), its content overwritten with
 // zeros (a delivered message does not outlive its delivery); the next draft
-// writes over it, and a shorter message cuts the old rest off. A file above
-// keepBlocks is emptied.
+// writes over it, and a message much shorter (by more than maxPaddedTrailer)
+// cuts the old rest off. A file above keepBlocks is emptied.
 func TestFinishHandsFreshDescriptorToPool(t *testing.T) {
 	t.Parallel()
 	s := openTemp(t, Options{})
-	id, fresh := commitOne(t, s, strings.Repeat("a long message line\r\n", 100))
+	id, fresh := commitOne(t, s, strings.Repeat("a long message line\r\n", 1000))
 	f := fresh.f
 	if err := s.Finish(id, fresh); err != nil {
 		t.Fatal(err)
