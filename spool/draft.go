@@ -100,13 +100,17 @@ type Fresh struct {
 }
 
 // Close drops the descriptor of a message that will not be attempted by
-// this process now (it is closing, or the message waits).
+// this process now (it is closing, or the message waits). A message in
+// place gets its own name: one that waits may wait long (resident.go).
 func (fr *Fresh) Close() {
 	if fr != nil && fr.f != nil {
 		fr.f.Close()
 		fr.f = nil
 		if !fr.reopened {
 			fr.s.unlogged.Delete(fr.id)
+			if err := fr.s.settle(fr.id); err != nil {
+				fr.s.log.Warn("spool: message left in its slot", "queue_id", fr.id, "err", err) // recovery finds it there
+			}
 		}
 	}
 }
@@ -181,7 +185,10 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 	// durable with the bytes it checks.
 	if d.slot != "" {
 		s.fin.replaced(d.slot) // a finished message's bytes it held are gone
+	}
+	if d.slot != "" && s.nResident.Load() < maxResident {
 		s.resident.Store(d.ID, freePrefix+d.slot)
+		s.nResident.Add(1)
 		d.done = true
 	} else {
 		final := s.path(d.ID)

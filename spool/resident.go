@@ -37,6 +37,12 @@ import (
 
 const finishedName = "finished"
 
+// maxResident bounds the messages in place: beyond it a commit into a slot
+// renames the message to its ID as before. Recovery after a crash reads and
+// fsyncs every message it finds in a slot; a backlog that takes slot after
+// slot from the pool must not turn that into thousands.
+var maxResident int64 = 1024 // a variable: a test lowers it
+
 // finishedChunk is how far ahead the finished log is allocated: its lines
 // are written over zeros already on disk, so the fdatasync that makes them
 // durable writes the data block alone, not the inode as an append's would
@@ -104,7 +110,9 @@ func (s *Spool) settle(id string) error {
 	if err := s.fs.Rename(s.path(v.(string)), s.path(id)); err != nil {
 		return fmt.Errorf("spool: name %s: %w", id, err)
 	}
-	s.resident.Delete(id)
+	if _, ok := s.resident.LoadAndDelete(id); ok {
+		s.nResident.Add(-1)
+	}
 	return nil
 }
 
@@ -121,7 +129,9 @@ func (s *Spool) finishResident(id, name string, f File, size int64) error {
 		}
 		return fmt.Errorf("spool: record %s finished: %w", id, err)
 	}
-	s.resident.Delete(id)
+	if _, ok := s.resident.LoadAndDelete(id); ok {
+		s.nResident.Add(-1)
+	}
 	if _, none := s.unlogged.LoadAndDelete(id); !none {
 		s.fs.Remove(s.path(id + stateSuffix)) // as finish: whatever a crash may have left
 	}

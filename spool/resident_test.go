@@ -187,3 +187,56 @@ func TestMessagesInPlaceAreListedAndNamed(t *testing.T) {
 		t.Errorf("after Finish in place a View lists %v", ids)
 	}
 }
+
+// A message in place that will wait (its Fresh closed: a breaker is open,
+// or serve stops) gets its own name; and at most maxResident messages are
+// in place at once, the rest committed into a slot are named at once.
+func TestMessagesInPlaceBounded(t *testing.T) {
+	// Not parallel: maxResident is the package's.
+	defer func(n int64) { maxResident = n }(maxResident)
+	maxResident = 2
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	// Four free files.
+	var ids []string
+	var fresh []*Fresh
+	for range 4 {
+		id, f := commitOne(t, s, "Subject: n\r\n\r\nfirst\r\n")
+		ids, fresh = append(ids, id), append(fresh, f)
+	}
+	for i, id := range ids {
+		if err := s.Finish(id, fresh[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids, fresh = nil, nil
+	for range 4 {
+		id, f := commitOne(t, s, "Subject: n\r\n\r\nsecond\r\n")
+		ids, fresh = append(ids, id), append(fresh, f)
+	}
+	named := func(id string) bool {
+		_, err := os.Stat(filepath.Join(dir, "msg", id))
+		return err == nil
+	}
+	for i, id := range ids {
+		if want := i >= 2; named(id) != want {
+			t.Errorf("message %d of 4 committed into a slot: named %v, want %v (at most 2 in place)", i+1, named(id), want)
+		}
+	}
+	fresh[0].Close()
+	if !named(ids[0]) {
+		t.Error("a message in place whose Fresh was closed (it waits) has no name of its own")
+	}
+	// A slot freed by a named message lets the next one stay in place.
+	if err := s.Finish(ids[0], nil); err != nil {
+		t.Fatal(err)
+	}
+	id, f := commitOne(t, s, "Subject: n\r\n\r\nthird\r\n")
+	defer f.Close()
+	if named(id) {
+		t.Error("with one message in place of two allowed, the next commit into a slot was named")
+	}
+	for i := 1; i < 4; i++ {
+		fresh[i].Close()
+	}
+}

@@ -67,8 +67,9 @@ type Spool struct {
 	nameUnsynced sync.Map
 	// resident maps the messages committed in place by this process to
 	// their slot's file name (resident.go); fin is Dir/finished.
-	resident sync.Map
-	fin      finishedLog
+	resident  sync.Map
+	nResident atomic.Int64
+	fin       finishedLog
 	// A View's messages in place, found once (resident.go).
 	viewOnce      sync.Once
 	viewResidents map[string]string
