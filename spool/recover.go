@@ -400,16 +400,17 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 	return &Message{ID: id, Env: env, MsgLen: msgLen, prefixLen: prefixLen, Records: parseRecords(log), HasLog: log != nil}, nil
 }
 
-// recoverSlots finds the messages committed into a free file whose rename
-// to their ID a crash lost (Commit into a slot makes no directory fsync):
-// a free file is such a message when its trailer is valid, names this very
-// free file as its slot, and the CRC it holds matches the message bytes (a
-// crash during the commit's fsync can leave the trailer on disk over old or
-// missing bytes: never acknowledged, and so not a message). Each is renamed
-// to its ID and joins the snapshot; the other names are returned. A free
-// file's old content cannot pass: the slot in its trailer is never the ID
-// in its own free name, and a slot ID is unknown to whoever sent the bytes.
-// At most the pool's 512 files are read, each whole.
+// recoverSlots finds the messages committed into a free file and left there
+// (in place, resident.go; or a crash lost their rename): a free file is
+// such a message when its trailer is valid, names this very free file as
+// its slot, the CRC it holds matches the message bytes (a crash during the
+// commit's fsync can leave the trailer on disk over old or missing bytes:
+// never acknowledged, and so not a message), and the finished log does not
+// list it. Each is renamed to its ID and joins the snapshot; the other
+// names are returned. A free file's other old content cannot pass: its
+// trailer names another slot or is zeros, and a slot ID is unknown to
+// whoever sent the bytes. At most the pool's 512 files and 1,024 messages
+// in place are read, each whole.
 func (sn *Snapshot) recoverSlots(other []string) []string {
 	s := sn.s
 	rest := other[:0]
