@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-msgauth/dkim"
 
+	"github.com/sluicemail/sluice/config"
 	"github.com/sluicemail/sluice/internal/testsmtp"
 )
 
@@ -313,4 +314,10 @@ func TestDurabilityKill9WhileDelivering(t *testing.T) {
 		dups += n - 1
 	}
 	t.Logf("%d accepted before the kill, %d lost, %d duplicates (deliveries in flight at the kill)", want, lost, dups)
+	// A duplicate is a delivery in flight at the kill (DESIGN §1): no more
+	// than the workers that deliver at once. A finished message that came
+	// back (its removal not durable when Finish returned) would add more.
+	if dups > config.DefaultQueueWorkers {
+		t.Errorf("%d duplicates, more than the %d deliveries that can be in flight", dups, config.DefaultQueueWorkers)
+	}
 }
