@@ -121,7 +121,7 @@ func (s *Spool) finishResident(id, name string, f File, size int64) error {
 	slot := strings.TrimPrefix(name, freePrefix)
 	seq, err := s.fin.append(s, slot, id)
 	if err == nil {
-		err = s.fin.syncTo(seq)
+		err = s.fin.syncTo(s, seq)
 	}
 	if err != nil {
 		if f != nil {
@@ -208,15 +208,39 @@ func (l *finishedLog) open(s *Spool) error {
 	return nil
 }
 
+// close syncs and closes the log (the spool closes): a Finish waiting for
+// the sync returns, and one after it opens the log again.
+func (l *finishedLog) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.syncing {
+		l.cond.Wait()
+	}
+	if l.f == nil {
+		return
+	}
+	if datasync(l.f) == nil {
+		l.synced = l.seq
+	}
+	l.f.Close()
+	l.f = nil
+	l.cond.Broadcast()
+}
+
 // syncTo returns once an fsync that began after line seq was written has
 // ended: the first caller to find none running makes one for all waiting.
-func (l *finishedLog) syncTo(seq uint64) error {
+func (l *finishedLog) syncTo(s *Spool, seq uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for l.synced < seq {
 		if l.syncing {
 			l.cond.Wait()
 			continue
+		}
+		if l.f == nil { // closed since (close synced what it could): open again
+			if err := l.open(s); err != nil {
+				return err
+			}
 		}
 		l.syncing = true
 		target, f := l.seq, l.f

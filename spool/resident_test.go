@@ -240,3 +240,26 @@ func TestMessagesInPlaceBounded(t *testing.T) {
 		fresh[i].Close()
 	}
 }
+
+// Serve's shutdown closes the spool while deliveries may still end: a
+// message finished in place after Close is still recorded, durably.
+func TestFinishInPlaceAfterClose(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	id, slotName, fresh := inPlace(t, s, "Subject: late\r\n\r\nfinished after Close\r\n")
+	id2, _, fresh2 := inPlace(t, s, "Subject: later\r\n\r\nfinished after Close too\r\n")
+	s.Close()
+	if err := s.Finish(id, fresh); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // again: the log opened by that Finish is closed too
+	if err := s.Finish(id2, fresh2); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	lines := strings.Join(finishedLines(t, dir), " ")
+	if !strings.Contains(lines, strings.TrimPrefix(slotName, freePrefix)+"/"+id) || !strings.Contains(lines, "/"+id2) {
+		t.Errorf("finished log %q lacks %s and %s", lines, id, id2)
+	}
+}

@@ -118,12 +118,7 @@ func (s *Spool) Close() {
 		s.flush.stop()
 	}
 	s.free.closeAll()
-	s.fin.mu.Lock()
-	if s.fin.f != nil {
-		s.fin.f.Close()
-		s.fin.f = nil
-	}
-	s.fin.mu.Unlock()
+	s.fin.close()
 }
 
 // Dir is the directory the messages are in (for statfs).
