@@ -142,26 +142,7 @@ func (s *Spool) pruneEvents(oldest time.Time) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.eventsPath() + tmpSuffix
-	f, err := s.fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("spool: rewrite %s: %w", s.eventsPath(), err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = s.fs.Rename(tmp, s.eventsPath())
-	}
-	if err == nil {
-		err = syncDir(s.fs, s.root)
-	}
-	if err != nil {
-		s.fs.Remove(tmp)
+	if err := replaceFile(s.fs, s.root, s.eventsPath(), b); err != nil {
 		return fmt.Errorf("spool: rewrite %s: %w", s.eventsPath(), err)
 	}
 	s.ev.list = slices.Clip(keep)

@@ -191,6 +191,35 @@ func appendFile(fsys FS, path string, b []byte, sync bool) (created bool, err er
 	return created, err
 }
 
+// replaceFile replaces path with b atomically: a temporary file beside it,
+// fsync'd, renamed over it, and the directory dir fsync'd. On error path is
+// as it was. internal/durable.WriteFile does the same on the OS; this one goes
+// through the FS seam, where the power-loss tests cut it at every step.
+func replaceFile(fsys FS, dir, path string, b []byte) error {
+	tmp := path + tmpSuffix
+	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = fsys.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(fsys, dir)
+	}
+	if err != nil {
+		fsys.Remove(tmp)
+	}
+	return err
+}
+
 // syncDir fsyncs a directory with a descriptor of its own.
 func syncDir(fsys FS, dir string) error {
 	f, err := fsys.OpenFile(dir, os.O_RDONLY, 0)

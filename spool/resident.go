@@ -343,23 +343,7 @@ func (s *Spool) rotateFinished() error {
 	}
 	off := int64(b.Len())
 	b.Write(zeros[:finishedChunk-b.Len()%finishedChunk])
-	tmp := s.finishedPath() + tmpSuffix
-	f, err := s.fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err = f.Write(b.Bytes()); err == nil {
-		err = f.Sync()
-	}
-	f.Close()
-	if err == nil {
-		err = s.fs.Rename(tmp, s.finishedPath())
-	}
-	if err == nil {
-		err = syncDir(s.fs, s.root)
-	}
-	if err != nil {
-		s.fs.Remove(tmp)
+	if err := replaceFile(s.fs, s.root, s.finishedPath(), b.Bytes()); err != nil {
 		return err
 	}
 	nf, err := s.fs.OpenFile(s.finishedPath(), os.O_RDWR, 0)

@@ -3,7 +3,6 @@ package spool
 import (
 	"bytes"
 	"errors"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -150,13 +149,7 @@ func TestMessagesInPlaceAreListedAndNamed(t *testing.T) {
 		if err != nil || m.Env.ID != id {
 			t.Fatalf("ReadEnvelope(%s): %v", id, err)
 		}
-		rc, _, err := sp.Body(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(rc)
-		rc.Close()
-		if string(b) != "P: 1\r\n"+body {
+		if b := readBody(t, sp, id); b != "P: 1\r\n"+body {
 			t.Errorf("Body(%s) = %q", id, b)
 		}
 	}

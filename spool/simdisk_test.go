@@ -302,27 +302,21 @@ func (f *simFile) ReadAt(p []byte, off int64) (int, error) {
 func (f *simFile) Write(p []byte) (int, error) {
 	f.d.mu.Lock()
 	defer f.d.mu.Unlock()
-	if err := f.check("write"); err != nil {
-		return 0, err
-	}
-	if !f.d.step(fmt.Sprintf("write %s %d", path.Base(f.name), len(p))) {
-		return 0, pathErr("write", f.name, errPowerCut)
-	}
-	in := f.d.inodes[f.ino]
 	if f.appnd {
-		f.off = int64(len(in.data))
+		f.off = int64(len(f.d.inodes[f.ino].data))
 	}
-	if end := f.off + int64(len(p)); end > int64(len(in.data)) {
-		in.data = append(in.data, make([]byte, end-int64(len(in.data)))...)
-	}
-	copy(in.data[f.off:], p)
-	f.off += int64(len(p))
-	return len(p), nil
+	n, err := f.writeAtLocked(p, f.off)
+	f.off += int64(n)
+	return n, err
 }
 
 func (f *simFile) WriteAt(p []byte, off int64) (int, error) {
 	f.d.mu.Lock()
 	defer f.d.mu.Unlock()
+	return f.writeAtLocked(p, off)
+}
+
+func (f *simFile) writeAtLocked(p []byte, off int64) (int, error) {
 	if err := f.check("write"); err != nil {
 		return 0, err
 	}

@@ -35,6 +35,21 @@ func openAt(t *testing.T, dir string, o Options) *Spool {
 	return s
 }
 
+// readBody returns what delivery would send of message id: prefix and bytes.
+func readBody(t *testing.T, s *Spool, id string) string {
+	t.Helper()
+	rc, _, err := s.Body(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func commitOne(t *testing.T, s *Spool, body string) (string, *Fresh) {
 	t.Helper()
 	d, err := s.Begin()
@@ -153,13 +168,7 @@ func TestShorterMessageKeepsFileLength(t *testing.T) {
 	if env, n, _, err := readEnvelope(f); err != nil || env.ID != id2 || n != int64(len("short\r\n")) {
 		t.Errorf("readEnvelope: %+v %d %v", env, n, err)
 	}
-	rc, _, err := s.Body(id2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(rc)
-	rc.Close()
-	if string(b) != "P: 1\r\nshort\r\n" {
+	if b := readBody(t, s, id2); b != "P: 1\r\nshort\r\n" {
 		t.Errorf("reused file reads %q", b)
 	}
 }
@@ -198,13 +207,7 @@ func TestFinishHandsFreshDescriptorToPool(t *testing.T) {
 	if st, err := f.Stat(); err != nil || st.Size() != fresh2.size || fresh2.size >= fresh.size {
 		t.Errorf("reused file: %v %v; want %d bytes, the old content cut", st, err, fresh2.size)
 	}
-	rc, _, err := s.Body(id2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(rc)
-	rc.Close()
-	if string(b) != "P: 1\r\nshort\r\n" {
+	if b := readBody(t, s, id2); b != "P: 1\r\nshort\r\n" {
 		t.Errorf("reused file reads %q", b)
 	}
 	if _, err := s.Read(id); !errors.Is(err, os.ErrNotExist) {
