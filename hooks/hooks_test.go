@@ -21,7 +21,11 @@ type events struct {
 	evs []journal.Event
 }
 
-func (e *events) Append(ev journal.Event) { e.mu.Lock(); e.evs = append(e.evs, ev); e.mu.Unlock() }
+func (e *events) Append(evs ...journal.Event) {
+	e.mu.Lock()
+	e.evs = append(e.evs, evs...)
+	e.mu.Unlock()
+}
 
 type rig struct {
 	h    *Handler

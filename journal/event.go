@@ -82,7 +82,7 @@ type Event struct {
 // called on the path of a 250 and of every delivery. A nil Sink in the
 // options of relay or queue means no journal.
 type Sink interface {
-	Append(Event)
+	Append(...Event)
 }
 
 // MarshalJSON encodes e as the journal stores it, so `trace --json` prints

@@ -236,68 +236,87 @@ func (j *Journal) newActiveLocked(seq uint64) error {
 	return nil
 }
 
-// Append writes e to the journal (Time defaults to now). It never waits
-// for a disk flush; a failed write is logged and counted, and the event is
-// lost: the journal must never stop mail.
-func (j *Journal) Append(e Event) {
-	if e.Time.IsZero() {
-		e.Time = j.now()
+// Append writes evs to the journal (Time defaults to now), in one write:
+// the events one delivery attempt makes (its attempt and its outcome) cost
+// one system call, not one each. It never waits for a disk flush; a failed
+// write is logged and counted, and the events are lost: the journal must
+// never stop mail.
+func (j *Journal) Append(evs ...Event) {
+	if len(evs) == 0 {
+		return
 	}
-	var kb [8]uint64
-	keys := eventKeys(kb[:0], &e)
 	bp := bufPool.Get().(*[]byte)
-	line := appendJSON((*bp)[:0], &e)
-	t := e.Time.UnixNano()
+	buf := (*bp)[:0]
+	var one [1]lineMeta
+	metas := one[:0]
+	if len(evs) > 1 {
+		metas = make([]lineMeta, 0, len(evs))
+	}
+	for i := range evs {
+		e := &evs[i]
+		if e.Time.IsZero() {
+			e.Time = j.now()
+		}
+		metas = append(metas, lineMeta{start: len(buf), t: e.Time.UnixNano()})
+		m := &metas[len(metas)-1] // metas never grows past its capacity
+		m.keys = eventKeys(m.kb[:0], e)
+		buf = appendJSON(buf, e)
+	}
+	defer func() { *bp = buf; bufPool.Put(bp) }()
 
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
-		*bp = line
-		bufPool.Put(bp)
 		return
 	}
 	if j.opts.MinFreeSpace > 0 && j.sinceFree >= checkEvery {
 		j.checkSpaceLocked()
 	}
 	if j.paused {
-		mErrors.Inc()
+		mErrors.Add(float64(len(evs)))
 		j.mu.Unlock()
-		*bp = line
-		bufPool.Put(bp)
 		return
 	}
 	a := j.act
-	if a.size > 0 && (a.size+int64(len(line)) > j.opts.SegmentSize || j.now().Sub(a.created) >= j.opts.SegmentAge) {
+	if a.size > 0 && (a.size+int64(len(buf)) > j.opts.SegmentSize || j.now().Sub(a.created) >= j.opts.SegmentAge) {
 		if err := j.rotateLocked(); err != nil {
 			j.errorLocked("rotate", err)
 		}
 		a = j.act
 	}
-	off := a.size
-	n, err := a.f.Write(line)
+	base := a.size
+	n, err := a.f.Write(buf)
 	a.size += int64(n)
 	j.sinceFree += int64(n)
 	if err != nil {
 		j.errorLocked("write", err)
 	} else {
-		for _, h := range keys {
-			a.idx = append(a.idx, entry{h: h, off: uint32(off)})
-		}
-		if a.minT == 0 || t < a.minT {
-			a.minT = t
-		}
-		if t > a.maxT {
-			a.maxT = t
+		for i, m := range metas {
+			for _, h := range m.keys {
+				a.idx = append(a.idx, entry{h: h, off: uint32(base + int64(m.start))})
+			}
+			if a.minT == 0 || m.t < a.minT {
+				a.minT = m.t
+			}
+			if m.t > a.maxT {
+				a.maxT = m.t
+			}
+			j.stats.add(&evs[i])
 		}
 		j.dirty = true
-		j.stats.add(&e)
 	}
 	j.mu.Unlock()
-	*bp = line
-	bufPool.Put(bp)
 	if err == nil {
-		mEvents.Inc()
+		mEvents.Add(float64(len(evs)))
 	}
+}
+
+// lineMeta is what Append indexes of one event's line.
+type lineMeta struct {
+	kb    [8]uint64
+	keys  []uint64
+	start int // offset in the write
+	t     int64
 }
 
 // checkEvery is how many bytes may be written between free-space checks.

@@ -30,17 +30,20 @@ func open(t testing.TB, dir string, c *clock, maxSize int64) *Journal {
 	return j
 }
 
-// message appends the events of one delivered message.
+// message appends the events of one delivered message: its delivery's in
+// one Append, as the queue does (one write, every line indexed).
 func message(j *Journal, c *clock, qid, mid, from string, to ...string) {
 	j.Append(Event{Event: Accepted, QueueID: qid, MessageID: mid, Sender: from, User: "app", IP: "192.0.2.7",
 		Listener: "submission", Recipients: to, Size: 2048, DKIM: []string{"s2026r"}, Route: []string{"primary"}})
 	c.add(time.Second)
+	var evs []Event
 	for _, r := range to {
-		j.Append(Event{Event: Attempt, QueueID: qid, MessageID: mid, Sender: from, Recipient: r, Upstream: "primary",
-			Host: "127.0.0.1", Port: 587, TLS: "TLS 1.3", Code: 250, Enhanced: "2.0.0", Text: "Ok 0100018c-" + qid, DurationMS: 12})
-		j.Append(Event{Event: Delivered, QueueID: qid, MessageID: mid, Sender: from, Recipient: r, Upstream: "primary",
-			Code: 250, Enhanced: "2.0.0", Text: "Ok 0100018c-" + qid})
+		evs = append(evs, Event{Event: Attempt, QueueID: qid, MessageID: mid, Sender: from, Recipient: r, Upstream: "primary",
+			Host: "127.0.0.1", Port: 587, TLS: "TLS 1.3", Code: 250, Enhanced: "2.0.0", Text: "Ok 0100018c-" + qid, DurationMS: 12},
+			Event{Event: Delivered, QueueID: qid, MessageID: mid, Sender: from, Recipient: r, Upstream: "primary",
+				Code: 250, Enhanced: "2.0.0", Text: "Ok 0100018c-" + qid})
 	}
+	j.Append(evs...)
 	c.add(time.Second)
 }
 

@@ -23,9 +23,9 @@ var (
 		"Accepted to final outcome (delivered, bounced or expired), per recipient.", metrics.QueueTimeBuckets)
 )
 
-func (q *Queue) journal(ev journal.Event) {
-	if q.opts.Journal != nil {
-		q.opts.Journal.Append(ev)
+func (q *Queue) journal(evs ...journal.Event) {
+	if q.opts.Journal != nil && len(evs) > 0 {
+		q.opts.Journal.Append(evs...)
 	}
 }
 
@@ -33,9 +33,10 @@ func (q *Queue) event(e *entry, kind string, at time.Time) journal.Event {
 	return journal.Event{Time: at, Event: kind, QueueID: e.id.String(), MessageID: e.env.MessageID, Sender: e.env.From}
 }
 
-// journalAttempts records each try of one Deliver call, per recipient,
-// and observes its duration.
-func (q *Queue) journalAttempts(e *entry, pending []string, res upstream.Result, at time.Time) {
+// journalAttempts adds to evs each try of one Deliver call, per recipient,
+// and observes its duration. The attempt's events are appended together
+// (one write): see attempt.
+func (q *Queue) journalAttempts(evs []journal.Event, e *entry, pending []string, res upstream.Result, at time.Time) []journal.Event {
 	attempts := res.Attempts
 	if len(attempts) == 0 && len(res.Errs) > 0 {
 		// A Deliverer that does not itemise its tries made one.
@@ -55,9 +56,10 @@ func (q *Queue) journalAttempts(e *entry, pending []string, res upstream.Result,
 			} else {
 				ev.Code, ev.Enhanced, ev.Text = okReply(a.Reply)
 			}
-			q.journal(ev)
+			evs = append(evs, ev)
 		}
 	}
+	return evs
 }
 
 // lastReply is the reply of the try that ended on the result's upstream.
@@ -70,14 +72,14 @@ func lastReply(res upstream.Result) string {
 	return ""
 }
 
-// journalOutcome records one recipient's outcome: delivered (err nil,
+// journalOutcome adds to evs one recipient's outcome: delivered (err nil,
 // with the 250 reply), deferred, bounced or expired.
-func (q *Queue) journalOutcome(e *entry, kind, rcpt, up string, err error, reply string, at time.Time) {
+func (q *Queue) journalOutcome(evs []journal.Event, e *entry, kind, rcpt, up string, err error, reply string, at time.Time) []journal.Event {
 	if kind != journal.Deferred {
 		mQueueSecs.Observe(at.Sub(e.env.Received).Seconds())
 	}
 	if q.opts.Journal == nil {
-		return
+		return evs
 	}
 	ev := q.event(e, kind, at)
 	ev.Recipient, ev.Upstream = rcpt, up
@@ -86,7 +88,7 @@ func (q *Queue) journalOutcome(e *entry, kind, rcpt, up string, err error, reply
 	} else {
 		ev.Code, ev.Enhanced, ev.Text = okReply(reply)
 	}
-	q.journal(ev)
+	return append(evs, ev)
 }
 
 var enhancedRe = regexp.MustCompile(`^[245]\.\d{1,3}\.\d{1,3}$`)

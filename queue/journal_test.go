@@ -23,9 +23,9 @@ type recorder struct {
 	evs []journal.Event
 }
 
-func (r *recorder) Append(e journal.Event) {
+func (r *recorder) Append(evs ...journal.Event) {
 	r.mu.Lock()
-	r.evs = append(r.evs, e)
+	r.evs = append(r.evs, evs...)
 	r.mu.Unlock()
 }
 

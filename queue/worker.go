@@ -198,7 +198,8 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 	res := q.opts.Deliverer.Deliver(ctx, msg)
 
 	now = q.now()
-	q.journalAttempts(e, pending, res, now)
+	// The attempt's journal events go in one write, after its outcomes.
+	jevs := q.journalAttempts(nil, e, pending, res, now)
 	reply := lastReply(res)
 	expired := !now.Before(expiry)
 	var recs []Record
@@ -217,7 +218,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			mDelivered.Inc(res.Upstream)
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateDelivered, Upstream: res.Upstream})
 			final[to] = true
-			q.journalOutcome(e, "delivered", to, res.Upstream, nil, reply, now)
+			jevs = q.journalOutcome(jevs, e, "delivered", to, res.Upstream, nil, reply, now)
 			q.hooks.add("delivered", e, dsnRcpt{Addr: to, Status: "2.0.0", Diag: strings.TrimSpace("250 " + reply)})
 			continue
 		}
@@ -234,7 +235,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateBounced, Upstream: up, Status: st, Diag: f.Diag})
 			failed = append(failed, dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: st, Diag: f.Diag})
 			final[to] = true
-			q.journalOutcome(e, "bounced", to, up, err, "", now)
+			jevs = q.journalOutcome(jevs, e, "bounced", to, up, err, "", now)
 			if q.opts.Suppress != nil && f.Code >= 500 {
 				q.opts.Suppress.Bounced(ctx, to, st, f.Diag, up)
 			}
@@ -245,7 +246,7 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: StateExpired, Upstream: up, Status: "4.4.7", Diag: diag})
 			failed = append(failed, dsnRcpt{Addr: to, ORCPT: e.env.RcptOpts[to].ORCPT, Action: "failed", Status: "4.4.7", Diag: diag})
 			final[to] = true
-			q.journalOutcome(e, "expired", to, up, err, "", now)
+			jevs = q.journalOutcome(jevs, e, "expired", to, up, err, "", now)
 		default:
 			args := []any{"queue_id", e.id.String(), "rcpt", to, "upstream", up, "err", f.Diag, "attempt", n, "next_attempt", next}
 			if f.PossibleDuplicate {
@@ -255,10 +256,11 @@ func (q *Queue) attempt(ctx context.Context, e *entry) {
 			mDeferred.Inc(up)
 			recs = append(recs, Record{T: "rcpt", At: now, Rcpt: to, State: stateDeferred, Upstream: up, Status: statusFor(f), Diag: f.Diag})
 			deferred++
-			q.journalOutcome(e, "deferred", to, up, err, "", now)
+			jevs = q.journalOutcome(jevs, e, "deferred", to, up, err, "", now)
 			q.hooks.add("deferred", e, dsnRcpt{Addr: to, Status: statusFor(f), Diag: f.Diag})
 		}
 	}
+	q.journal(jevs...)
 
 	// Reports and webhook events are spooled before the outcome is recorded:
 	// a crash in between repeats a report, never loses one.

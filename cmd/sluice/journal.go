@@ -42,9 +42,9 @@ type journalSink struct {
 
 func (s *journalSink) set(j *journal.Journal) { s.j.Store(j) }
 
-func (s *journalSink) Append(e journal.Event) {
+func (s *journalSink) Append(evs ...journal.Event) {
 	if j := s.j.Load(); j != nil {
-		j.Append(e)
+		j.Append(evs...)
 	}
 }
 
@@ -56,7 +56,7 @@ type offlineJournal struct {
 	j    *journal.Journal
 }
 
-func (o *offlineJournal) Append(e journal.Event) {
+func (o *offlineJournal) Append(evs ...journal.Event) {
 	o.once.Do(func() {
 		j, err := openJournal(o.cfg, slog.Default())
 		if err != nil {
@@ -66,7 +66,7 @@ func (o *offlineJournal) Append(e journal.Event) {
 		o.j = j
 	})
 	if o.j != nil {
-		o.j.Append(e)
+		o.j.Append(evs...)
 	}
 }
 

@@ -191,11 +191,13 @@ type indexingSink struct {
 	ix   *suppress.Index
 }
 
-func (i indexingSink) Append(e journal.Event) {
-	i.next.Append(e)
-	if e.Event == journal.Accepted {
-		i.ix.Enqueue(suppress.Message{QueueID: e.QueueID, MessageID: e.MessageID, Sender: e.Sender,
-			Recipients: e.Recipients, Route: e.Route, Accepted: e.Time})
+func (i indexingSink) Append(evs ...journal.Event) {
+	i.next.Append(evs...)
+	for _, e := range evs {
+		if e.Event == journal.Accepted {
+			i.ix.Enqueue(suppress.Message{QueueID: e.QueueID, MessageID: e.MessageID, Sender: e.Sender,
+				Recipients: e.Recipients, Route: e.Route, Accepted: e.Time})
+		}
 	}
 }
 
