@@ -88,7 +88,7 @@ func (s *Spool) attempt(id string, h *Fresh, rec Record, covered bool) (*Attempt
 func (s *Spool) Reopen(id string) (*Fresh, *Envelope, error) {
 	// Read and write: once delivered, the file goes to the free pool and
 	// the next draft writes over it (recycleKeep).
-	f, err := s.fs.OpenFile(s.msgPath(id), os.O_RDWR, 0)
+	f, err := s.openMsg(id, os.O_RDWR)
 	if err != nil {
 		return nil, nil, fmt.Errorf("spool: open %s: %w", id, err)
 	}

@@ -366,19 +366,15 @@ func (sn *Snapshot) Recover(fn func(*Message) bool) error {
 // from its trailer (the DKIM prefix is skipped, the message bytes are not
 // touched) and, when the snapshot listed one, its state log.
 func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
-	var env *Envelope
-	var msgLen int64
-	var prefixLen int
-	var err error
-	if _, ok := s.fs.(osFS); ok {
-		env, msgLen, prefixLen, err = readEnvelopeFD(s.msgPath(id))
-	} else {
-		var f File
-		if f, err = s.fs.OpenFile(s.msgPath(id), os.O_RDONLY, 0); err != nil {
-			return nil, err
-		}
-		env, msgLen, prefixLen, err = readEnvelope(f)
-		f.Close()
+	p := s.residentPath(id)
+	if p == "" {
+		p = s.path(id)
+	}
+	env, msgLen, prefixLen, err := s.readEnvelopeOf(p)
+	if p != s.path(id) && (err != nil || env.ID != id) {
+		// It left its slot since it was looked up (named, or finished and
+		// the slot written over): under its name, or gone.
+		env, msgLen, prefixLen, err = s.readEnvelopeOf(s.path(id))
 	}
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -398,6 +394,20 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 		}
 	}
 	return &Message{ID: id, Env: env, MsgLen: msgLen, prefixLen: prefixLen, Records: parseRecords(log), HasLog: log != nil}, nil
+}
+
+// readEnvelopeOf reads the envelope of the message file at path: through a
+// bare descriptor on the real file system (readEnvelopeFD).
+func (s *Spool) readEnvelopeOf(path string) (*Envelope, int64, int, error) {
+	if _, ok := s.fs.(osFS); ok {
+		return readEnvelopeFD(path)
+	}
+	f, err := s.fs.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer f.Close()
+	return readEnvelope(f)
 }
 
 // recoverSlots finds the messages committed into a free file and left there

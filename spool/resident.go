@@ -91,12 +91,19 @@ func (s *Spool) residentPath(id string) string {
 	return ""
 }
 
-// msgPath is the file that holds message id.
-func (s *Spool) msgPath(id string) string {
+// openMsg opens message id's file: its slot while it is in place, else its
+// own name. One that left its slot since it was looked up (named, or
+// finished and the slot written over) is looked for under its name.
+func (s *Spool) openMsg(id string, flag int) (File, error) {
 	if p := s.residentPath(id); p != "" {
-		return p
+		if f, err := s.fs.OpenFile(p, flag, 0); err == nil {
+			if tr, _, err := readTrailer(f); err == nil && tr.Env.ID == id {
+				return f, nil
+			}
+			f.Close()
+		}
 	}
-	return s.path(id)
+	return s.fs.OpenFile(s.path(id), flag, 0)
 }
 
 // settle gives a message in place its own name (before its state log is

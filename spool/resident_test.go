@@ -256,3 +256,45 @@ func TestFinishInPlaceAfterClose(t *testing.T) {
 		t.Errorf("finished log %q lacks %s and %s", lines, id, id2)
 	}
 }
+
+// A listing's View found a message in place; if it leaves its slot before
+// the View reads it, the View finds it under its name, or not at all once
+// it is finished and another message is in its slot: never that one's bytes.
+func TestViewFollowsMessageLeavingItsSlot(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	id, _, fresh := inPlace(t, s, "Subject: one\r\n\r\nfirst in the slot\r\n")
+	v := View(dir, Options{})
+	if ids, _ := v.IDs(); len(ids) != 1 || ids[0] != id {
+		t.Fatalf("View lists %v, want [%s]", ids, id)
+	}
+	fresh.Close() // it waits: named
+	if b := readBody(t, v, id); !strings.Contains(b, "first in the slot") {
+		t.Errorf("Body(%s) after it was named = %q", id, b)
+	}
+	if m, err := v.ReadEnvelope(id); err != nil || m.Env.ID != id {
+		t.Errorf("ReadEnvelope(%s) after it was named: %v", id, err)
+	}
+
+	id2, slot2, fresh2 := inPlace(t, s, "Subject: two\r\n\r\nsecond\r\n")
+	v2 := View(dir, Options{})
+	v2.IDs()
+	if err := s.Finish(id2, fresh2); err != nil {
+		t.Fatal(err)
+	}
+	id3, f3 := commitOne(t, s, "Subject: three\r\n\r\nthird, in the second's slot\r\n")
+	defer f3.Close()
+	if p := s.residentPath(id3); filepath.Base(p) != slot2 {
+		t.Fatalf("the third message is in %q, want the second's slot %s (premise)", p, slot2)
+	}
+	for name, read := range map[string]func() error{
+		"Read":         func() error { _, err := v2.Read(id2); return err },
+		"ReadEnvelope": func() error { _, err := v2.ReadEnvelope(id2); return err },
+		"Body":         func() error { _, _, err := v2.Body(id2); return err },
+	} {
+		if err := read(); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s(%s) after it was finished and its slot reused: %v, want not found", name, id2, err)
+		}
+	}
+}

@@ -247,7 +247,7 @@ func (s *Spool) Read(id string) (*Message, error) {
 	if !ValidID(id) {
 		return nil, fmt.Errorf("spool: %q is not a queue ID: %w", id, os.ErrNotExist)
 	}
-	f, err := s.fs.OpenFile(s.msgPath(id), os.O_RDONLY, 0)
+	f, err := s.openMsg(id, os.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +290,7 @@ func (s *Spool) ReadEnvelope(id string) (*Message, error) {
 
 // Body opens a committed message's prefix and bytes for reading.
 func (s *Spool) Body(id string) (io.ReadCloser, int64, error) {
-	f, err := s.fs.OpenFile(s.msgPath(id), os.O_RDONLY, 0)
+	f, err := s.openMsg(id, os.O_RDONLY)
 	if err != nil {
 		return nil, 0, err
 	}

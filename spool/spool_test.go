@@ -160,7 +160,7 @@ func TestShorterMessageKeepsFileLength(t *testing.T) {
 	if m.Env.ID != id2 || string(m.Prefix) != "P: 1\r\n" || m.MsgLen != int64(len("short\r\n")) {
 		t.Errorf("read back %+v, prefix %q, length %d", m.Env, m.Prefix, m.MsgLen)
 	}
-	f, err := os.Open(s.msgPath(id2))
+	f, err := os.Open(s.residentPath(id2))
 	if err != nil {
 		t.Fatal(err)
 	}
