@@ -17,14 +17,16 @@ import (
 // after Commit: no rename. On this machine kind's ext4 (no journal) every
 // rename marks the file new in its directory, and the file's next fsync then
 // writes the directory too: the rename to its ID at commit and the one back
-// to a free name at Finish cost a directory write in every commit's fsync,
-// 4.7 disk writes per message against 3.0 without (docs/performance.md).
-// The trailer names the slot and the message's ID, so a message in place is
-// found by reading it (recoverSlots; a View's residents).
+// to a free name at Finish cost a directory write in nearly every commit's
+// fsync: 4.7 disk writes per Ed25519 message, 4.0 in place, and 16% more
+// messages a second (docs/performance.md). The trailer names the slot and
+// the message's ID, so a message in place is found by reading it
+// (recoverSlots; a View's residents).
 //
 // Most messages are delivered at their first attempt and never get a name.
-// One that needs a state log (deferred, held, …) is renamed to its ID first
-// (settle); from then on it is like any other.
+// One that needs a state log (deferred, held, …) or will wait (its Fresh
+// closed) is renamed to its ID first (settle); from then on it is like any
+// other.
 //
 // Finishing a message in place cannot rename it free: its slot's name must
 // not change. Its ID and slot are appended instead to Dir/finished, fsync'd
@@ -33,7 +35,7 @@ import (
 // slot whose trailer's ID is in that log for free. A line is needed only
 // until the slot's old content is gone for good: written over by a later
 // Commit (its fsync), or emptied and fsync'd; the log is rewritten without
-// such lines once it holds finishedRotate of them (rotate).
+// such lines once it holds finishedRotate of them (rotateFinished).
 
 const finishedName = "finished"
 
