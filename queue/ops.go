@@ -242,6 +242,11 @@ func Apply(opts Options, req Request) (string, error) {
 		return "", err
 	}
 	defer q.Close()
+	// Messages a crashed serve left in their slots get their names, as its
+	// next start would give them: the actions find messages by name.
+	if err := q.spool.AdoptSlots(); err != nil {
+		return "", err
+	}
 	return q.action(req, true)
 }
 

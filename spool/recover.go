@@ -474,8 +474,11 @@ func (sn *Snapshot) slotMessage(name string) string {
 	return tr.Env.ID
 }
 
-// adoptSlots renames, durably, the messages a crash left under a free name
-// in a spool no process recovers (Import's source).
+// AdoptSlots renames, durably, the messages a serving process left in their
+// slots (a crash, resident.go) to their IDs, in a spool no process serves
+// or recovers: `sluice queue` acting on the files, or Import's source.
+func (s *Spool) AdoptSlots() error { return s.adoptSlots() }
+
 func (s *Spool) adoptSlots() error {
 	names, err := s.fs.ReadDir(s.dir)
 	if err != nil {

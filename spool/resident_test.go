@@ -298,3 +298,31 @@ func TestViewFollowsMessageLeavingItsSlot(t *testing.T) {
 		}
 	}
 }
+
+// After a crash left a message in its slot, `sluice queue` acting on the
+// files with no daemon (an Open'ed spool that does not recover) adopts it
+// first: then it is found by its ID, and can be held or deleted.
+func TestAdoptSlotsNamesMessagesLeftInPlace(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	id, _, fresh := inPlace(t, s, "Subject: left\r\n\r\nleft in place by a crash\r\n")
+	fresh.f.Close() // a crash: not Close, which would name it
+	s2, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if _, err := s2.Read(id); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("before AdoptSlots a spool that did not recover reads %s: %v (premise)", id, err)
+	}
+	if err := s2.AdoptSlots(); err != nil {
+		t.Fatal(err)
+	}
+	if b := readBody(t, s2, id); !strings.Contains(b, "left in place by a crash") {
+		t.Errorf("after AdoptSlots %s reads %q", id, b)
+	}
+	if err := s2.Finish(id, nil); err != nil {
+		t.Errorf("Finish (queue delete) after AdoptSlots: %v", err)
+	}
+}
