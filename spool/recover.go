@@ -377,6 +377,9 @@ func (s *Spool) readMeta(id string, hasLog bool) (*Message, error) {
 		env, msgLen, prefixLen, err = s.readEnvelopeOf(s.path(id))
 	}
 	if errors.Is(err, os.ErrNotExist) {
+		if s.flush == nil && s.view.scan(s) {
+			return s.readMeta(id, hasLog) // a View that had not met it: once more after a scan
+		}
 		return nil, err
 	}
 	if err != nil {

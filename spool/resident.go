@@ -78,11 +78,11 @@ type finishedLog struct {
 }
 
 // residentPath returns the slot file a message of this process is committed
-// in, or "" when it has its own name. A View looks in the slots (once).
+// in, or "" when it has its own name; for a View, the slot its walk (or a
+// scan) found the message in.
 func (s *Spool) residentPath(id string) string {
 	if s.flush == nil {
-		s.viewOnce.Do(s.loadViewResidents)
-		if name, ok := s.viewResidents[id]; ok {
+		if name := s.view.lookup(id); name != "" {
 			return s.path(name)
 		}
 		return ""
@@ -105,7 +105,11 @@ func (s *Spool) openMsg(id string, flag int) (File, error) {
 			f.Close()
 		}
 	}
-	return s.fs.OpenFile(s.path(id), flag, 0)
+	f, err := s.fs.OpenFile(s.path(id), flag, 0)
+	if errors.Is(err, fs.ErrNotExist) && s.flush == nil && s.view.scan(s) {
+		return s.openMsg(id, flag) // a View that had not met it: once more after a scan
+	}
+	return f, err
 }
 
 // settle gives a message in place its own name (before its state log is
@@ -397,17 +401,9 @@ func (l *finishedLog) adopt(done map[string][]string) {
 	}
 }
 
-// residents returns the IDs of the messages in place: this process's, or
-// for a View those a serving process committed.
+// residents returns the IDs of this process's messages in place.
 func (s *Spool) residents() []string {
 	var ids []string
-	if s.flush == nil {
-		s.viewOnce.Do(s.loadViewResidents)
-		for id := range s.viewResidents {
-			ids = append(ids, id)
-		}
-		return ids
-	}
 	s.resident.Range(func(k, _ any) bool {
 		ids = append(ids, k.(string))
 		return true
@@ -415,27 +411,71 @@ func (s *Spool) residents() []string {
 	return ids
 }
 
-// loadViewResidents finds, for a View, the messages a serving process
-// committed in place: slots whose trailer names them and their own ID, not
-// finished. The bytes' CRC is not checked: a listing while serve runs sees
-// a commit whose fsync has not ended as queued, as it would see its file.
-func (s *Spool) loadViewResidents() {
-	s.viewResidents = map[string]string{}
-	names, err := s.fs.ReadDir(s.dir)
-	if err != nil {
-		return
+// viewResidents is what a View knows of the messages a serving process
+// committed in place: found as its walk meets their slots (a listing reads
+// every free file's trailer anyway), or by one scan of the directory when a
+// read by ID misses (`queue show`). Only free names are kept, never the
+// directory: a listing of a million needs no more memory than of ten. The
+// bytes' CRC is not checked: a listing while serve runs sees a commit whose
+// fsync has not ended as queued, as it would see its file.
+type viewResidents struct {
+	mu      sync.Mutex
+	byID    map[string]string   // message ID → its slot's file name
+	done    map[string][]string // Dir/finished, read once
+	loaded  bool
+	scanned bool
+}
+
+func (v *viewResidents) lookup(id string) string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.byID[id]
+}
+
+// found reads free file name's trailer and returns the ID of the message in
+// place in it, or "".
+func (v *viewResidents) found(s *Spool, name string) string {
+	slot, ok := strings.CutPrefix(name, freePrefix)
+	if !ok || !ValidID(slot) {
+		return ""
 	}
-	done, _ := readFinished(s)
-	for _, name := range names {
-		slot, ok := strings.CutPrefix(name, freePrefix)
-		if !ok || !ValidID(slot) {
-			continue
-		}
-		id := residentID(s, name, slot, done)
-		if id != "" {
-			s.viewResidents[id] = name
-		}
+	v.mu.Lock()
+	if !v.loaded {
+		v.done, _ = readFinished(s)
+		v.loaded = true
 	}
+	done := v.done
+	v.mu.Unlock()
+	id := residentID(s, name, slot, done)
+	if id != "" {
+		v.mu.Lock()
+		if v.byID == nil {
+			v.byID = map[string]string{}
+		}
+		v.byID[id] = name
+		v.mu.Unlock()
+	}
+	return id
+}
+
+// scan walks the directory once for messages in place; false when it was
+// scanned already (nothing new to find).
+func (v *viewResidents) scan(s *Spool) bool {
+	v.mu.Lock()
+	if v.scanned {
+		v.mu.Unlock()
+		return false
+	}
+	v.scanned = true
+	v.mu.Unlock()
+	s.listDir(s.dir, func(names []string) {
+		for _, n := range names {
+			if strings.HasPrefix(n, freePrefix) {
+				v.found(s, n)
+			}
+		}
+	})
+	return true
 }
 
 // residentID reads the trailer of free file name and returns the ID of the

@@ -70,9 +70,9 @@ type Spool struct {
 	resident  sync.Map
 	nResident atomic.Int64
 	fin       finishedLog
-	// A View's messages in place, found once (resident.go).
-	viewOnce      sync.Once
-	viewResidents map[string]string
+	// A View's messages in place, found as its walk meets their slots or
+	// by one scan of the directory when a read misses (resident.go).
+	view viewResidents
 }
 
 // Open prepares the spool directories under dir and starts the group
@@ -190,13 +190,11 @@ func (s *Spool) IDs() ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: read %s: %w", s.dir, err)
 	}
-	ids := names[:0]
-	for _, n := range names {
-		if ValidID(n) {
-			ids = append(ids, n)
-		}
+	var ids []string
+	s.walkNames(names, func(id string) error { ids = append(ids, id); return nil })
+	if s.flush != nil {
+		ids = append(ids, s.residents()...)
 	}
-	ids = append(ids, s.residents()...)
 	slices.Sort(ids)
 	return ids, nil
 }
@@ -209,20 +207,27 @@ func (s *Spool) Walk(fn func(id string) error) error {
 	w, ok := s.fs.(interface {
 		walkDir(dir string, fn func(names []string) error) error
 	})
+	if s.flush == nil {
+		// The walk meets every slot itself: a read that misses during it
+		// is a message gone, not one to scan the directory for again.
+		s.view.mu.Lock()
+		s.view.scanned = true
+		s.view.mu.Unlock()
+	}
 	var err error
 	if !ok { // another FS: one listing
 		names, rerr := s.fs.ReadDir(s.dir)
 		if rerr != nil {
 			return fmt.Errorf("spool: read %s: %w", s.dir, rerr)
 		}
-		err = walkNames(names, fn)
+		err = s.walkNames(names, fn)
 	} else {
-		err = w.walkDir(s.dir, func(names []string) error { return walkNames(names, fn) })
+		err = w.walkDir(s.dir, func(names []string) error { return s.walkNames(names, fn) })
 	}
-	if err != nil {
+	if err != nil || s.flush == nil {
 		return err
 	}
-	for _, id := range s.residents() {
+	for _, id := range s.residents() { // this process's, in memory
 		if err := fn(id); err != nil {
 			return err
 		}
@@ -230,12 +235,21 @@ func (s *Spool) Walk(fn func(id string) error) error {
 	return nil
 }
 
-func walkNames(names []string, fn func(string) error) error {
+// walkNames calls fn with the message IDs among names; a View also reads
+// the free files among them for messages in place (resident.go).
+func (s *Spool) walkNames(names []string, fn func(string) error) error {
 	for _, n := range names {
-		if ValidID(n) {
-			if err := fn(n); err != nil {
-				return err
+		id := n
+		if !ValidID(n) {
+			if s.flush != nil || !strings.HasPrefix(n, freePrefix) {
+				continue
 			}
+			if id = s.view.found(s, n); id == "" {
+				continue
+			}
+		}
+		if err := fn(id); err != nil {
+			return err
 		}
 	}
 	return nil
