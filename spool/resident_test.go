@@ -135,6 +135,10 @@ func TestMessagesInPlaceAreListedAndNamed(t *testing.T) {
 	s := openAt(t, dir, Options{})
 	body := "Subject: in place\r\n\r\nlisted\r\n"
 	id, slotName, fresh := inPlace(t, s, body)
+	// `queue show ID`: a View that walked nothing finds it by one scan.
+	if m, err := View(dir, Options{}).Read(id); err != nil || m.Env.ID != id {
+		t.Errorf("a new View's Read(%s): %v", id, err)
+	}
 	for _, sp := range []*Spool{s, View(dir, Options{})} {
 		ids, err := sp.IDs()
 		if err != nil || len(ids) != 1 || ids[0] != id {
