@@ -197,14 +197,19 @@ func (d *Draft) Commit(env *Envelope, prefix []byte) (*Fresh, error) {
 			return nil, fmt.Errorf("spool: rename %s: %w", d.ID, err)
 		}
 		d.done = true
-		if err := s.syncDir(); err != nil {
-			// The rename may or may not survive a crash; the client is
-			// told 451 and retries, so a duplicate is possible but
-			// nothing is lost. Remove the file so this process does not
-			// deliver it too.
-			s.fs.Remove(final)
-			d.f.Close()
-			return nil, fmt.Errorf("spool: fsync spool directory for %s: %w", d.ID, err)
+		// A new file's name must be durable before the 250. A slot named
+		// at once (maxResident reached) is durable already, by its
+		// trailer: recovery finds it in its slot if the rename is lost.
+		if d.slot == "" {
+			if err := s.syncDir(); err != nil {
+				// The rename may or may not survive a crash; the client is
+				// told 451 and retries, so a duplicate is possible but
+				// nothing is lost. Remove the file so this process does
+				// not deliver it too.
+				s.fs.Remove(final)
+				d.f.Close()
+				return nil, fmt.Errorf("spool: fsync spool directory for %s: %w", d.ID, err)
+			}
 		}
 	}
 	mCommits.Inc()

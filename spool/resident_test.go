@@ -207,9 +207,13 @@ func TestMessagesInPlaceBounded(t *testing.T) {
 		}
 	}
 	ids, fresh = nil, nil
+	syncs := s.flush.n.Load()
 	for range 4 {
 		id, f := commitOne(t, s, "Subject: n\r\n\r\nsecond\r\n")
 		ids, fresh = append(ids, id), append(fresh, f)
+	}
+	if n := s.flush.n.Load() - syncs; n != 0 {
+		t.Errorf("commits into slots made %d directory fsyncs, want none (in place or named, the trailer makes them durable)", n)
 	}
 	named := func(id string) bool {
 		_, err := os.Stat(filepath.Join(dir, "msg", id))
