@@ -247,19 +247,18 @@ func (j *Journal) Append(evs ...Event) {
 	}
 	bp := bufPool.Get().(*[]byte)
 	buf := (*bp)[:0]
-	var one [1]lineMeta
-	metas := one[:0]
-	if len(evs) > 1 {
-		metas = make([]lineMeta, 0, len(evs))
-	}
+	// On the stack for an attempt's few events: no allocation.
+	var small [4]lineMeta
+	var kbuf [16]uint64
+	metas, keys := small[:0], kbuf[:0]
 	for i := range evs {
 		e := &evs[i]
 		if e.Time.IsZero() {
 			e.Time = j.now()
 		}
-		metas = append(metas, lineMeta{start: len(buf), t: e.Time.UnixNano()})
-		m := &metas[len(metas)-1] // metas never grows past its capacity
-		m.keys = eventKeys(m.kb[:0], e)
+		k0 := len(keys)
+		keys = eventKeys(keys, e)
+		metas = append(metas, lineMeta{start: len(buf), k0: k0, k1: len(keys), t: e.Time.UnixNano()})
 		buf = appendJSON(buf, e)
 	}
 	defer func() { *bp = buf; bufPool.Put(bp) }()
@@ -292,7 +291,7 @@ func (j *Journal) Append(evs ...Event) {
 		j.errorLocked("write", err)
 	} else {
 		for i, m := range metas {
-			for _, h := range m.keys {
+			for _, h := range keys[m.k0:m.k1] {
 				a.idx = append(a.idx, entry{h: h, off: uint32(base + int64(m.start))})
 			}
 			if a.minT == 0 || m.t < a.minT {
@@ -311,12 +310,11 @@ func (j *Journal) Append(evs ...Event) {
 	}
 }
 
-// lineMeta is what Append indexes of one event's line.
+// lineMeta is what Append indexes of one event's line: its offset in the
+// write, its keys (keys[k0:k1]) and its time.
 type lineMeta struct {
-	kb    [8]uint64
-	keys  []uint64
-	start int // offset in the write
-	t     int64
+	start, k0, k1 int
+	t             int64
 }
 
 // checkEvery is how many bytes may be written between free-space checks.

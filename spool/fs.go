@@ -26,7 +26,6 @@ type File interface {
 	io.Reader
 	io.ReaderAt
 	io.Writer
-	io.Seeker
 	io.WriterAt
 	Truncate(size int64) error
 	Sync() error

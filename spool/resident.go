@@ -259,7 +259,6 @@ func (l *finishedLog) syncTo(s *Spool, seq uint64) error {
 		target, f := l.seq, l.f
 		l.mu.Unlock()
 		err := datasync(f)
-		mDirSyncs.Inc()
 		l.mu.Lock()
 		l.syncing = false
 		l.cond.Broadcast()

@@ -331,23 +331,6 @@ func (f *simFile) writeAtLocked(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func (f *simFile) Seek(off int64, whence int) (int64, error) {
-	f.d.mu.Lock()
-	defer f.d.mu.Unlock()
-	if err := f.check("seek"); err != nil {
-		return 0, err
-	}
-	switch whence {
-	case io.SeekStart:
-		f.off = off
-	case io.SeekCurrent:
-		f.off += off
-	case io.SeekEnd:
-		f.off = int64(len(f.d.inodes[f.ino].data)) + off
-	}
-	return f.off, nil
-}
-
 func (f *simFile) Truncate(size int64) error {
 	f.d.mu.Lock()
 	defer f.d.mu.Unlock()

@@ -445,6 +445,7 @@ func (s *Spool) recycleKeep(name string, f File, size int64, emptied func()) {
 		if err == nil {
 			if emptied != nil {
 				emptied()
+				emptied = nil // recycle below must not say it twice
 			}
 			if s.free.put(freeFile{name: name, f: f, size: size}) {
 				return
