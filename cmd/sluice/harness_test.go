@@ -144,8 +144,17 @@ var listeningRE = regexp.MustCompile(`msg=listening listener=(\S+) address=(\S+)
 // start runs `sluice ARGS...` and waits until every listener logged its address.
 func start(t *testing.T, listeners int, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, nil, listeners, args...)
+}
+
+// startEnv is start with extra environment variables.
+func startEnv(t *testing.T, envv []string, listeners int, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, addrs: map[string]string{}, done: make(chan struct{})}
 	p.cmd = exec.Command(sluiceBin, args...)
+	if envv != nil {
+		p.cmd.Env = append(os.Environ(), envv...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,6 +49,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		}
 	}
 	log := newLogger(cfg.Log, stderr)
+	log.Info("runtime", "gomaxprocs", serveProcs(), "cpus", runtime.NumCPU())
 	d := &daemon{path: *path, dev: *dev, log: log}
 	return d.run(cfg)
 }
