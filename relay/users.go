@@ -38,7 +38,9 @@ type check struct {
 
 // hashSlots bounds concurrent hash checks: argon2id holds 19 MiB while it
 // runs, so twenty clients logging in at once must not cost 380 MiB, and
-// more checks than cores only queue for CPU anyway.
+// more checks than cores only queue for CPU anyway. It is sized when the
+// package loads, before serve sets two Ps per core (cmd/sluice/procs.go):
+// one slot per core the runtime found, or per GOMAXPROCS an operator set.
 var hashSlots = make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))
 
 const maxCachedLogins = 10000
