@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -49,7 +48,8 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		}
 	}
 	log := newLogger(cfg.Log, stderr)
-	log.Info("runtime", "gomaxprocs", serveProcs(), "cpus", runtime.NumCPU())
+	procs, setBy := serveProcs()
+	log.Info("runtime", "gomaxprocs", procs, "set_by", setBy)
 	d := &daemon{path: *path, dev: *dev, log: log}
 	return d.run(cfg)
 }
