@@ -5,6 +5,7 @@ import (
 	"hash"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // This file is DKIM relaxed canonicalization (RFC 6376 §3.4.2, §3.4.4).
@@ -26,6 +27,62 @@ func relaxedHeader(field string) string {
 		return r == ' ' || r == '\t' || r == '\n' || r == '\r'
 	}), " ")
 	return k + ":" + v + "\r\n"
+}
+
+// appendRelaxedHeader appends relaxedHeader(field) to dst without the
+// allocations of its string steps (a signed message canonicalizes every
+// signed field and its own DKIM-Signature field). For a name that is all
+// ASCII, ToLower and TrimSpace work byte by byte, and the value's
+// separators are ASCII bytes that never occur inside a multi-byte UTF-8
+// sequence, so the bytes are the same (FuzzAppendRelaxedHeader checks it);
+// any other name takes relaxedHeader itself.
+func appendRelaxedHeader[S ~string | ~[]byte](dst []byte, field S) []byte {
+	colon := len(field)
+	for i := range len(field) {
+		if field[i] == ':' {
+			colon = i
+			break
+		}
+	}
+	name := field[:colon]
+	for i := range len(name) {
+		if name[i] >= utf8.RuneSelf {
+			return append(dst, relaxedHeader(string(field))...)
+		}
+	}
+	for len(name) > 0 && asciiSpace(name[0]) {
+		name = name[1:]
+	}
+	for len(name) > 0 && asciiSpace(name[len(name)-1]) {
+		name = name[:len(name)-1]
+	}
+	for i := range len(name) {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	dst = append(dst, ':')
+	gap, started := false, false
+	for i := colon + 1; i < len(field); i++ {
+		switch c := field[i]; c {
+		case ' ', '\t', '\r', '\n':
+			gap = true
+		default:
+			if gap && started {
+				dst = append(dst, ' ')
+			}
+			gap, started = false, true
+			dst = append(dst, c)
+		}
+	}
+	return append(dst, '\r', '\n')
+}
+
+// asciiSpace is strings.TrimSpace's set within ASCII.
+func asciiSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
 }
 
 // fieldName is the name part of a header field as verifiers compare it.

@@ -73,3 +73,25 @@ func hasHeaderEnd(msg []byte) bool {
 	}
 	return false
 }
+
+// FuzzAppendRelaxedHeader: the allocation-free canonicalizer gives
+// relaxedHeader's bytes for any field, from a string or from bytes, and
+// sameName agrees with comparing strings.ToLower of both names (lowerEqual).
+func FuzzAppendRelaxedHeader(f *testing.F) {
+	for _, s := range []string{"From: a@b.c\r\n", " SUBJECT :\tx  y\r\n z \r\n", "no colon", "Fr\xc3\xa9m: x\r\n",
+		"\x0bX-A\x0c: \xff\xfe\r\n", "K\xe2\x84\xaa: kelvin\r\n", ":", "a:b:c", "\u017fender: long s\r\n"} {
+		f.Add(s, "From")
+	}
+	f.Fuzz(func(t *testing.T, field, name string) {
+		want := relaxedHeader(field)
+		if got := string(appendRelaxedHeader([]byte("x"), field)); got != "x"+want {
+			t.Fatalf("appendRelaxedHeader(%q) = %q, want %q", field, got[1:], want)
+		}
+		if got := string(appendRelaxedHeader(nil, []byte(field))); got != want {
+			t.Fatalf("appendRelaxedHeader([]byte(%q)) = %q, want %q", field, got, want)
+		}
+		if got, want := sameName(field, name), lowerEqual(field, name); got != want {
+			t.Fatalf("sameName(%q, %q) = %v, want %v", field, name, got, want)
+		}
+	})
+}

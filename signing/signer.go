@@ -15,9 +15,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sluicemail/sluice/config"
 )
@@ -44,6 +46,15 @@ var signedHeaders = []string{
 	"MIME-Version", "Sender", "List-Unsubscribe", "List-Unsubscribe-Post",
 	"Feedback-ID",
 }
+
+// signedLower is signedHeaders lower-cased, once.
+var signedLower = func() []string {
+	l := make([]string, len(signedHeaders))
+	for i, n := range signedHeaders {
+		l[i] = strings.ToLower(n)
+	}
+	return l
+}()
 
 // oversigned fields are listed once more than they occur (once when absent),
 // so a field of that name added later breaks the signature: nobody can slip a
@@ -190,30 +201,42 @@ func (s *Signer) scanHeader(p []byte) int {
 }
 
 // endHeader splits the header block into fields and releases it. A line
-// starting with a space or tab continues the previous field.
+// starting with a space or tab continues the previous field. Every line
+// ends in CRLF in the fields, which share one string: a field built line
+// by line, or a string per field, was a tenth of a signed message's
+// allocations (and appending to a string copied a field folded over many
+// lines once per line, quadratic: issue 8 item 7).
 func (s *Signer) endHeader() {
 	s.inBody = true
 	if len(s.hdr) > 0 && (s.hdr[0] == ' ' || s.hdr[0] == '\t') {
 		s.err = ErrFoldedFirstLine
 	}
-	// One field is built in a buffer and made a string once: appending
-	// each continuation line to a string copied the field every time,
-	// quadratic in a field folded over many lines (issue 8 item 7).
-	var cur []byte
-	for _, line := range strings.SplitAfter(string(s.hdr), "\n") {
-		line = strings.TrimSuffix(line, "\n")
-		line = strings.TrimSuffix(line, "\r")
-		if line == "" {
+	buf := make([]byte, 0, len(s.hdr)+32)
+	var ends []int // where each field ends in buf
+	for rest := s.hdr; len(rest) > 0; {
+		line := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
 			break // the empty line that ends the header
 		}
-		if cur != nil && line[0] != ' ' && line[0] != '\t' {
-			s.fields = append(s.fields, string(cur))
-			cur = cur[:0]
+		if len(buf) > 0 && line[0] != ' ' && line[0] != '\t' {
+			ends = append(ends, len(buf))
 		}
-		cur = append(append(cur, line...), "\r\n"...)
+		buf = append(append(buf, line...), '\r', '\n')
 	}
-	if cur != nil {
-		s.fields = append(s.fields, string(cur))
+	if len(buf) > 0 {
+		ends = append(ends, len(buf))
+	}
+	all, start := string(buf), 0
+	s.fields = make([]string, 0, len(ends))
+	for _, end := range ends {
+		s.fields = append(s.fields, all[start:end])
+		start = end
 	}
 	s.hdr = nil
 }
@@ -245,15 +268,14 @@ func (s *Signer) Close() error {
 		return s.err
 	}
 	h := s.headerList()
+	signed := canonicalFields(h, s.fields)
 	t := s.now()
-	var out []byte
+	out := make([]byte, 0, 512*len(s.keys))
 	for _, key := range s.keys {
-		f, err := signField(key, h, s.fields, bh, t)
-		if err != nil {
+		if out, err = appendSignField(out, key, h, signed, bh, t); err != nil {
 			s.err = fmt.Errorf("signing: sign with %s._domainkey.%s: %w", key.Selector, key.Domain, err)
 			return s.err
 		}
-		out = append(out, f...)
 	}
 	s.signed = out
 	return nil
@@ -278,9 +300,9 @@ func (s *Signer) Header() []byte {
 // once more for the oversigned ones. ses replaces Message-ID and Date with
 // its own, so for it they are left out entirely.
 func (s *Signer) headerList() []string {
-	var h []string
-	for _, name := range signedHeaders {
-		lower := strings.ToLower(name)
+	h := make([]string, 0, len(s.fields)+len(oversigned))
+	for i, name := range signedHeaders {
+		lower := signedLower[i]
 		if s.profile == ProfileSES && (lower == "message-id" || lower == "date") {
 			continue
 		}
@@ -301,9 +323,91 @@ func (s *Signer) headerList() []string {
 	return h
 }
 
-// signField computes one DKIM-Signature field (RFC 6376 §3.7): the signed
-// fields bottom-up per name, then this field itself with an empty b=.
-func signField(key Key, h []string, fields []string, bh []byte, t time.Time) (string, error) {
+// canonicalFields is what every key's signature hashes first (RFC 6376
+// §3.7): the fields h names, in h's order, each name taking the next
+// instance from the bottom of the header, as verifiers do for a name
+// listed more than once, in relaxed form. It is the same for every key,
+// so it is made once per message. Each distinct name keeps a cursor that
+// only moves up the header, so a header with thousands of one field costs
+// one pass per name, not one per entry of h (issue 8 item 7).
+func canonicalFields(h []string, fields []string) []byte {
+	n := 0
+	for _, f := range fields {
+		n += len(f) // the relaxed form is never longer
+	}
+	out := make([]byte, 0, n)
+	type cursor struct {
+		name string
+		next int // the field to look at next, going up
+	}
+	cursors := make([]cursor, 0, len(signedHeaders))
+	for _, name := range h {
+		i := slices.IndexFunc(cursors, func(c cursor) bool { return sameName(c.name, name) })
+		if i < 0 {
+			cursors = append(cursors, cursor{name, len(fields) - 1})
+			i = len(cursors) - 1
+		}
+		c := &cursors[i]
+		for c.next >= 0 && !sameName(fieldName(fields[c.next]), name) {
+			c.next--
+		}
+		if c.next >= 0 {
+			out = appendRelaxedHeader(out, fields[c.next])
+			c.next--
+		}
+	}
+	return out
+}
+
+// sameName reports whether two field names are the same once lower-cased
+// (strings.ToLower, as relaxed canonicalization lower-cases them), without
+// lower-casing copies when both are ASCII.
+func sameName(a, b string) bool {
+	if len(a) != len(b) {
+		if isASCII(a) && isASCII(b) {
+			return false
+		}
+		return lowerEqual(a, b)
+	}
+	for i := range len(a) {
+		x, y := a[i], b[i]
+		if x >= utf8.RuneSelf || y >= utf8.RuneSelf {
+			return lowerEqual(a, b)
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// lowerEqual compares the names lower-cased, as the grouping by
+// strings.ToLower always did. strings.EqualFold is not the same outside
+// ASCII: it folds "ſ" (U+017F) to "s", which ToLower leaves alone.
+func lowerEqual(a, b string) bool {
+	la, lb := strings.ToLower(a), strings.ToLower(b)
+	return la == lb
+}
+
+func isASCII(s string) bool {
+	for i := range len(s) {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// appendSignField appends one DKIM-Signature field to dst: the hash of the
+// signed fields (canonicalFields) and of this field itself with an empty
+// b=, signed with key.
+func appendSignField(dst []byte, key Key, h []string, signed, bh []byte, t time.Time) ([]byte, error) {
 	var algo string
 	switch key.Signer.(type) {
 	case *rsa.PrivateKey:
@@ -311,29 +415,17 @@ func signField(key Key, h []string, fields []string, bh []byte, t time.Time) (st
 	case ed25519.PrivateKey:
 		algo = "ed25519-sha256"
 	default:
-		return "", fmt.Errorf("unsupported key type %T", key.Signer)
+		return dst, fmt.Errorf("unsupported key type %T", key.Signer)
 	}
-	unsigned := formatField(algo, key, h, bh, t)
-
-	// Each name in h takes the next instance from the bottom of the header,
-	// as verifiers do for a name listed more than once. The instances are
-	// grouped by name once: searching the header again for each entry of h
-	// was quadratic in a header with thousands of one field (issue 8 item 7).
+	start := len(dst)
+	dst = appendFormatField(dst, algo, key, h, bh, t)
+	dst = append(dst, "b=\r\n"...)
+	own := appendRelaxedHeader(make([]byte, 0, len(dst)-start), dst[start:])
+	dst = dst[:len(dst)-2] // keep "b=", drop its CRLF
 	d := sha256.New()
-	byName := make(map[string][]string)
-	for _, f := range fields {
-		k := strings.ToLower(fieldName(f))
-		byName[k] = append(byName[k], f)
-	}
-	for _, name := range h {
-		k := strings.ToLower(name)
-		if l := byName[k]; len(l) > 0 {
-			d.Write([]byte(relaxedHeader(l[len(l)-1])))
-			byName[k] = l[:len(l)-1]
-		}
-	}
-	d.Write([]byte(strings.TrimRight(relaxedHeader(unsigned+"b=\r\n"), "\r\n")))
-	digest := d.Sum(nil)
+	d.Write(signed)
+	d.Write(bytes.TrimRight(own, "\r\n"))
+	digest := d.Sum(make([]byte, 0, sha256.Size))
 
 	// RSA signs the digest with PKCS#1 v1.5; Ed25519 signs the 32-byte
 	// digest itself as its message (RFC 8463), hence no hash for it.
@@ -343,68 +435,68 @@ func signField(key Key, h []string, fields []string, bh []byte, t time.Time) (st
 	}
 	sig, err := key.sign(digest, opts)
 	if err != nil {
-		return "", err
+		return dst[:start], err
 	}
-	return unsigned + "b=" + foldBase64(base64.StdEncoding.EncodeToString(sig)) + "\r\n", nil
+	// b= in lines of 72 characters; verifiers strip whitespace inside it.
+	b64 := base64.StdEncoding.AppendEncode(make([]byte, 0, base64.StdEncoding.EncodedLen(len(sig))), sig)
+	for first := 72 - len(" b="); len(b64) > first; first = 72 {
+		dst = append(append(dst, b64[:first]...), "\r\n "...)
+		b64 = b64[first:]
+	}
+	return append(append(dst, b64...), '\r', '\n'), nil
 }
 
-// formatField writes every tag but b's value, folded below 78 columns:
+// appendFormatField appends every tag but b's value, folded below 78
+// columns:
 //
 //	DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com;
 //	 s=s2026r; t=1795982125; h=From:From:To:To:Subject:Subject:Date:Date:
 //	 Message-ID:Message-ID:...; bh=...;
 //	 b=
-func formatField(algo string, key Key, h []string, bh []byte, t time.Time) string {
-	var b strings.Builder
-	line := len("DKIM-Signature:")
-	b.WriteString("DKIM-Signature:")
-	word := func(w string) {
-		if line+1+len(w) > 78 {
-			b.WriteString("\r\n")
+func appendFormatField(b []byte, algo string, key Key, h []string, bh []byte, t time.Time) []byte {
+	const head = "DKIM-Signature:"
+	b = append(b, head...)
+	line := len(head)
+	// word appends a space and the parts, on a new line if they would
+	// reach past column 78; glue appends them without the space when they
+	// fit (h= folds after a colon, where RFC 6376 allows whitespace).
+	word := func(parts ...string) {
+		n := 0
+		for _, p := range parts {
+			n += len(p)
+		}
+		if line+1+n > 78 {
+			b = append(b, "\r\n"...)
 			line = 0
 		}
-		b.WriteByte(' ')
-		b.WriteString(w)
-		line += 1 + len(w)
+		b = append(b, ' ')
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		line += 1 + n
 	}
+	var num [20]byte
 	word("v=1;")
-	word("a=" + algo + ";")
+	word("a=", algo, ";")
 	word("c=relaxed/relaxed;")
-	word("d=" + key.Domain + ";")
-	word("s=" + key.Selector + ";")
-	word("t=" + strconv.FormatInt(t.Unix(), 10) + ";")
-	// h= folds after a colon, where RFC 6376 allows whitespace.
+	word("d=", key.Domain, ";")
+	word("s=", key.Selector, ";")
+	word("t=", string(strconv.AppendInt(num[:0], t.Unix(), 10)), ";")
 	for i, name := range h {
-		w := name + ":"
+		pre, post := "", ":"
 		if i == 0 {
-			w = "h=" + w
+			pre = "h="
 		}
 		if i == len(h)-1 {
-			w = strings.TrimSuffix(w, ":") + ";"
+			post = ";"
 		}
-		if i > 0 && line+len(w) <= 78 {
-			b.WriteString(w)
-			line += len(w)
+		if n := len(pre) + len(name) + len(post); i > 0 && line+n <= 78 {
+			b = append(append(append(b, pre...), name...), post...)
+			line += n
 			continue
 		}
-		word(w)
+		word(pre, name, post)
 	}
-	word("bh=" + base64.StdEncoding.EncodeToString(bh) + ";")
-	b.WriteString("\r\n ")
-	return b.String()
-}
-
-// foldBase64 breaks the b= value into lines of 72 characters; verifiers
-// strip whitespace inside it.
-func foldBase64(v string) string {
-	var b strings.Builder
-	first := 72 - len(" b=")
-	for len(v) > first {
-		b.WriteString(v[:first])
-		b.WriteString("\r\n ")
-		v = v[first:]
-		first = 72
-	}
-	b.WriteString(v)
-	return b.String()
+	word("bh=", base64.StdEncoding.EncodeToString(bh), ";")
+	return append(b, "\r\n "...)
 }
