@@ -360,31 +360,13 @@ func canonicalFields(h []string, fields []string) []byte {
 }
 
 // sameName reports whether two field names are the same once lower-cased
-// (strings.ToLower, as relaxed canonicalization lower-cases them), without
-// lower-casing copies when both are ASCII.
+// (strings.ToLower, as relaxed canonicalization lower-cases them). For
+// ASCII names that is strings.EqualFold, which makes no copies.
 func sameName(a, b string) bool {
-	if len(a) != len(b) {
-		if isASCII(a) && isASCII(b) {
-			return false
-		}
-		return lowerEqual(a, b)
+	if isASCII(a) && isASCII(b) {
+		return strings.EqualFold(a, b)
 	}
-	for i := range len(a) {
-		x, y := a[i], b[i]
-		if x >= utf8.RuneSelf || y >= utf8.RuneSelf {
-			return lowerEqual(a, b)
-		}
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
+	return lowerEqual(a, b)
 }
 
 // lowerEqual compares the names lower-cased, as the grouping by
@@ -458,8 +440,9 @@ func appendFormatField(b []byte, algo string, key Key, h []string, bh []byte, t 
 	b = append(b, head...)
 	line := len(head)
 	// word appends a space and the parts, on a new line if they would
-	// reach past column 78; glue appends them without the space when they
-	// fit (h= folds after a colon, where RFC 6376 allows whitespace).
+	// reach past column 78. The names of h= after the first go on without
+	// a space while they fit (h= folds after a colon, where RFC 6376
+	// allows whitespace).
 	word := func(parts ...string) {
 		n := 0
 		for _, p := range parts {
